@@ -1,0 +1,87 @@
+"""fairattack's attack loop against a plain PyTorch loop on the same model and batch.
+
+    python benchmarks/bench_attack.py [--model efficientnet-lite0|resnet18] [--batch 8] [--steps 5]
+
+Both sides run `steps` gradient steps on the same images: the plain loop is the minimum any
+attack needs (forward, backward, update, projection in torch); fairattack adds the C core's
+bookkeeping, the NHWC<->NCHW copies of the shim and one forward-only loss evaluation at the end.
+The ratio is what the library costs on top of the model.
+"""
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+import fairattack as fa
+
+
+def build(name):
+    if name == "resnet18":
+        import torchvision
+
+        from fairattack.models import ImageNetWrapper
+
+        return ImageNetWrapper(torchvision.models.resnet18(weights=None), input_size=224,
+                               mode="torch").eval(), 224
+    from fairattack import models
+
+    return models.build_default(name), models.input_size(name)
+
+
+def plain_loop(net, x0, labels, steps, alpha, eps):
+    x0 = torch.from_numpy(x0).permute(0, 3, 1, 2).contiguous()
+    y = torch.from_numpy(labels)
+    x = x0.clone()
+    for _ in range(steps):
+        x.requires_grad_(True)
+        loss = torch.nn.functional.cross_entropy(net(x), y, reduction="sum")
+        (g,) = torch.autograd.grad(loss, x)
+        with torch.no_grad():
+            x = torch.clamp(x + alpha * g.sign(), 0, 255)
+            x = torch.min(torch.max(x, x0 - eps), x0 + eps)
+    return x
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="efficientnet-lite0")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=3)
+    args = p.parse_args()
+    net, size = build(args.model)
+    for param in net.parameters():
+        param.requires_grad_(False)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (args.batch, size, size, 3)).astype(np.uint8)
+    model = fa.load_model(net, name=args.model)
+    labels = model.predict(images)
+    x0 = images.astype(np.float32)
+
+    plain_loop(net, x0, labels, 1, 1.0, 16.0)  # warm-up (TorchScript profiling runs too)
+    fa.attack(model, images, labels, "PGD", "fixed", max_iter=1, batch_size=args.batch)
+    t_plain, t_fa, t_cal = [], [], []
+    for _ in range(args.repeats):
+        t = time.perf_counter()
+        plain_loop(net, x0, labels, args.steps, 1.6, 16.0)
+        t_plain.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        fa.attack(model, images, labels, "PGD", "fixed", max_iter=args.steps,
+                  batch_size=args.batch)
+        t_fa.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        fa.attack(model, images, labels, "Adam", "fixed", max_iter=args.steps,
+                  batch_size=args.batch)
+        t_cal.append(time.perf_counter() - t)
+    plain, ours, adam = min(t_plain), min(t_fa), min(t_cal)
+    print(f"model {args.model}, batch {args.batch}, {size}x{size}, {args.steps} steps, "
+          f"torch threads {torch.get_num_threads()}")
+    print(f"plain PyTorch loop      {plain:8.3f} s  ({plain / args.steps * 1e3:7.1f} ms/step)")
+    print(f"fairattack PGD          {ours:8.3f} s  ratio {ours / plain:5.2f}")
+    print(f"fairattack Adam+calib.  {adam:8.3f} s  ratio {adam / plain:5.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,328 @@
+/*
+ * attack.c -- the attack loop of SPEC 2 for a whole batch: per-image state, step size,
+ * stopping and best-iterate tracking, on either backend (fa_backend.h).
+ *
+ * Every image runs the loop on its own; the batch only shares the oracle calls. Images that
+ * stop leave the batch at once: their result is written out and the rows behind them move up
+ * (compact), so later oracle calls see only images still running.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fa_backend.h"
+
+/* backend buffers, n * dim floats each; NULL when the optimizer does not need one */
+enum { B_X0, B_X, B_G, B_D, B_M, B_V, B_XT, B_BEST, B_COUNT };
+
+typedef struct {
+    const fa_config *cfg;
+    const fa_backend *be;
+    const fa_oracle *oracle;
+    const float *x0_host;
+    fa_result *out;
+    int64_t dim, n;       /* n: images still running (rows of every buffer)              */
+    float *buf[B_COUNT];
+    /* host, one entry per running row */
+    int64_t *orig;        /* the image's position in the call                             */
+    int64_t *index;       /* index_offset + orig, for per-image randomness                */
+    int64_t *labels, *pred, *src;
+    float *loss, *best_loss, *alpha, *step, *rm, *asum, *gscale, *pcoef;
+    void *host_block;
+} run_state;
+
+static int needs_v(int opt) {
+    return opt == FA_OPT_ADAM || opt == FA_OPT_LADAM || opt == FA_OPT_ADABELIEF ||
+           opt == FA_OPT_MSVAG || opt == FA_OPT_RMSPROP || opt == FA_OPT_ADAMW ||
+           opt == FA_OPT_YOGI;
+}
+
+static int needs_m(int opt) {
+    return opt != FA_OPT_GD && opt != FA_OPT_FGSM && opt != FA_OPT_PGD && opt != FA_OPT_RMSPROP;
+}
+
+static int lookahead(int opt) { return opt == FA_OPT_NAGD || opt == FA_OPT_NIFGSM; }
+
+static void state_free(run_state *s) {
+    for (int b = 0; b < B_COUNT; b++)
+        s->be->free(s->buf[b]);
+    free(s->host_block);
+}
+
+static fa_status state_new(run_state *s) {
+    const size_t rows = (size_t)s->n, bytes = rows * (size_t)s->dim * sizeof(float);
+    const int opt = s->cfg->optimizer;
+    fa_status st;
+    for (int b = 0; b < B_COUNT; b++) {
+        const int want = (b == B_M && !needs_m(opt)) || (b == B_V && !needs_v(opt)) ||
+                                 (b == B_XT && !lookahead(opt))
+                             ? 0
+                             : 1;
+        if (want && (st = s->be->alloc((void **)&s->buf[b], bytes)) != FA_OK)
+            return st;
+    }
+    s->host_block = malloc(rows * (5 * sizeof(int64_t) + 8 * sizeof(float)) + 1);
+    if (s->host_block == NULL)
+        return fa_set_error(FA_ERR_MEMORY, "fa_attack: out of host memory");
+    int64_t *p = (int64_t *)s->host_block;
+    s->orig = p, s->index = p + rows, s->labels = p + 2 * rows, s->pred = p + 3 * rows;
+    s->src = p + 4 * rows;
+    float *f = (float *)(p + 5 * rows);
+    s->loss = f, s->best_loss = f + rows, s->alpha = f + 2 * rows, s->step = f + 3 * rows;
+    s->rm = f + 4 * rows, s->asum = f + 5 * rows, s->gscale = f + 6 * rows;
+    s->pcoef = f + 7 * rows;
+    return FA_OK;
+}
+
+/* The image of row r leaves the batch with `status`; its result comes from backend buffer
+ * `from` (B_X or B_BEST) or, for B_X0, from the caller's clean image. */
+static fa_status finish(run_state *s, int64_t r, int status, int from, float loss, int k) {
+    const int64_t i = s->orig[r];
+    const size_t bytes = (size_t)s->dim * sizeof(float);
+    float *dst = s->out->adv + i * s->dim;
+    fa_status st = FA_OK;
+    if (from == B_X0)
+        memcpy(dst, s->x0_host + i * s->dim, bytes);
+    else
+        st = s->be->copy(dst, s->buf[from] + r * s->dim, bytes, FA_COPY_D2H);
+    s->out->status[i] = status;
+    s->out->loss[i] = loss;
+    s->out->iterations[i] = k;
+    s->out->alpha[i] = status == FA_IMAGE_SKIPPED ? 0.0f : s->alpha[r];
+    s->orig[r] = -1; /* marks the row for compaction */
+    return st;
+}
+
+/* Drops the rows finish() marked: every buffer and host array moves up. */
+static fa_status compact(run_state *s) {
+    int64_t n_new = 0;
+    for (int64_t r = 0; r < s->n; r++)
+        if (s->orig[r] >= 0)
+            s->src[n_new++] = r;
+    if (n_new == s->n)
+        return FA_OK;
+    fa_status st;
+    for (int b = 0; b < B_COUNT; b++)
+        if (s->buf[b] && (st = s->be->compact(s->buf[b], s->dim, n_new, s->src)) != FA_OK)
+            return st;
+    for (int64_t j = 0; j < n_new; j++) {
+        const int64_t r = s->src[j];
+        s->orig[j] = s->orig[r], s->index[j] = s->index[r], s->labels[j] = s->labels[r];
+        s->best_loss[j] = s->best_loss[r], s->alpha[j] = s->alpha[r];
+    }
+    s->n = n_new;
+    return FA_OK;
+}
+
+static fa_status ask(run_state *s, const float *x, int want_grad) {
+    const fa_oracle *o = s->oracle;
+    fa_status st = o->grad(o->ctx, s->n, s->index, s->labels, x, want_grad, s->loss, s->pred,
+                           want_grad ? s->buf[B_G] : NULL);
+    if (st != FA_OK && fa_last_error()[0] == '\0')
+        fa_set_error(st, "the gradient oracle failed (%s)", fa_status_name(st));
+    if (st == FA_OK && want_grad)
+        st = s->be->abs_sum(s->n, s->dim, s->buf[B_G], s->asum);
+    return st;
+}
+
+/* One pass of SPEC 2's "L = CE(x_k) ... break" part for every running row. */
+static fa_status check_rows(run_state *s, int k, int have_grad) {
+    const fa_config *c = s->cfg;
+    fa_status st;
+    if (c->stop_rmse > 0.0f &&
+        (st = s->be->rmse(s->n, s->dim, s->buf[B_X], s->buf[B_X0], s->rm)) != FA_OK)
+        return st;
+    for (int64_t r = 0; r < s->n; r++) {
+        const int64_t i = s->orig[r];
+        const float L = s->loss[r];
+        st = FA_OK;
+        if (k == 0 && c->skip_misclassified && s->out->clean_pred[i] != s->labels[r])
+            st = finish(s, r, FA_IMAGE_SKIPPED, B_X0, NAN, 0);
+        else if (!isfinite(L) || (have_grad && !isfinite(s->asum[r])))
+            st = finish(s, r, FA_IMAGE_NAN, B_X0, NAN, k);
+        else {
+            if (L > s->best_loss[r]) {
+                s->best_loss[r] = L;
+                const size_t bytes = (size_t)s->dim * sizeof(float);
+                st = s->be->copy(s->buf[B_BEST] + r * s->dim, s->buf[B_X] + r * s->dim, bytes,
+                                 FA_COPY_D2D);
+            }
+            if (st != FA_OK)
+                return st;
+            if (k >= c->max_iter)
+                st = finish(s, r, FA_IMAGE_MAX_ITER, B_BEST, s->best_loss[r], k);
+            else if (L >= c->stop_loss)
+                st = finish(s, r, FA_IMAGE_STOP_LOSS, B_X, L, k);
+            else if (c->stop_rmse > 0.0f && s->rm[r] >= c->stop_rmse * (1.0f - 1e-3f))
+                st = finish(s, r, FA_IMAGE_STOP_RMSE, B_X, L, k);
+        }
+        if (st != FA_OK)
+            return st;
+    }
+    return compact(s);
+}
+
+/* After the look-ahead gradient: rows whose gradient is not finite fail. */
+static fa_status drop_nan_grads(run_state *s, int k) {
+    fa_status st;
+    for (int64_t r = 0; r < s->n; r++)
+        if (!isfinite(s->asum[r]) && (st = finish(s, r, FA_IMAGE_NAN, B_X0, NAN, k)) != FA_OK)
+            return st;
+    return compact(s);
+}
+
+/* d_k for the running rows from the gradient at `at` (SPEC 2 and 3). */
+static fa_status direction(run_state *s, int k, const float *at) {
+    const fa_config *c = s->cfg;
+    const float *gscale = NULL, *pcoef = NULL;
+    fa_status st;
+    if (c->optimizer == FA_OPT_MIFGSM || c->optimizer == FA_OPT_NIFGSM) {
+        for (int64_t r = 0; r < s->n; r++)
+            s->gscale[r] = s->asum[r] > 0.0f ? 1.0f / s->asum[r] : 0.0f;
+        gscale = s->gscale;
+    }
+    if (c->rmse_weight > 0.0f && k >= 1) {
+        if ((st = s->be->rmse(s->n, s->dim, at, s->buf[B_X0], s->pcoef)) != FA_OK)
+            return st;
+        for (int64_t r = 0; r < s->n; r++) {
+            const float rm = s->pcoef[r];
+            s->pcoef[r] = rm > 0.0f ? c->rmse_weight / ((float)s->dim * rm) : 0.0f;
+        }
+        pcoef = s->pcoef;
+    }
+    return s->be->direction(c, k, s->n, s->dim, at, s->buf[B_X0], s->buf[B_G], gscale, pcoef,
+                            s->buf[B_M], s->buf[B_V], s->buf[B_D]);
+}
+
+static fa_status loop(run_state *s) {
+    const fa_config *c = s->cfg;
+    const fa_backend *be = s->be;
+    const int ahead = lookahead(c->optimizer);
+    const int jump = c->optimizer == FA_OPT_NAGD && c->nesterov == FA_NESTEROV_AUTHORS;
+    fa_status st;
+    for (int k = 0; s->n > 0; k++) {
+        if (s->oracle->should_stop && s->oracle->should_stop(s->oracle->ctx))
+            return fa_set_error(FA_ERR_INTERRUPTED, "the attack was interrupted");
+        const int want_grad = k < c->max_iter && !(ahead && k >= 1);
+        if ((st = ask(s, s->buf[B_X], want_grad)) != FA_OK)
+            return st;
+        if (k == 0 && !c->random_start)
+            for (int64_t r = 0; r < s->n; r++) {
+                s->out->clean_loss[s->orig[r]] = s->loss[r];
+                s->out->clean_pred[s->orig[r]] = s->pred[r];
+            }
+        if ((st = check_rows(s, k, want_grad)) != FA_OK)
+            return st;
+        if (s->n == 0)
+            break;
+        const float *at = s->buf[B_X];
+        if (ahead && k >= 1) {
+            /* x~ = P(x + mu * alpha * m); the gradient is taken there */
+            if ((st = be->step(s->n, s->dim, s->buf[B_X], s->buf[B_X0], s->buf[B_M], s->alpha,
+                               c->momentum, c->eps, s->buf[B_XT])) != FA_OK ||
+                (st = ask(s, s->buf[B_XT], 1)) != FA_OK || (st = drop_nan_grads(s, k)) != FA_OK)
+                return st;
+            if (s->n == 0)
+                break;
+            at = s->buf[B_XT];
+        }
+        if ((st = direction(s, k, at)) != FA_OK)
+            return st;
+        if (k == 0) {
+            if (c->alpha > 0.0f)
+                for (int64_t r = 0; r < s->n; r++)
+                    s->alpha[r] = c->alpha;
+            else if ((st = fa_calibrate(be, s->n, s->dim, s->buf[B_X], s->buf[B_X0],
+                                        s->buf[B_D], c->eps, c->first_step_rmse, s->alpha)) !=
+                     FA_OK)
+                return st;
+        }
+        const float *base = jump && k >= 1 ? s->buf[B_XT] : s->buf[B_X];
+        memcpy(s->step, s->alpha, (size_t)s->n * sizeof(float));
+        if (c->stop_rmse > 0.0f &&
+            (st = fa_shorten(be, s->n, s->dim, base, s->buf[B_X0], s->buf[B_D], c->eps,
+                             c->stop_rmse, s->step)) != FA_OK)
+            return st;
+        if ((st = be->step(s->n, s->dim, base, s->buf[B_X0], s->buf[B_D], s->step, 1.0f, c->eps,
+                           s->buf[B_X])) != FA_OK)
+            return st;
+    }
+    return FA_OK;
+}
+
+static fa_status check_args(const fa_config *cfg, int device, int64_t n, int64_t dim,
+                            const float *x0, const int64_t *labels, const fa_oracle *oracle,
+                            const fa_result *out) {
+    fa_status st = fa_config_check(cfg);
+    if (st != FA_OK)
+        return st;
+    if (device != FA_DEVICE_CPU && device != FA_DEVICE_CUDA)
+        return fa_set_error(FA_ERR_ARGUMENT, "device=%d must be 0 (cpu) or 1 (cuda)", device);
+    if (n < 0 || dim <= 0 || (n > 0 && dim > INT64_MAX / n / (int64_t)sizeof(float)))
+        return fa_set_error(FA_ERR_ARGUMENT, "n=%lld, dim=%lld: need n >= 0 and dim > 0",
+                            (long long)n, (long long)dim);
+    if (oracle == NULL || oracle->grad == NULL)
+        return fa_set_error(FA_ERR_ARGUMENT, "oracle (and oracle->grad) must not be NULL");
+    if (out == NULL || (n > 0 && (!out->adv || !out->loss || !out->clean_loss ||
+                                  !out->clean_pred || !out->iterations || !out->alpha ||
+                                  !out->status)))
+        return fa_set_error(FA_ERR_ARGUMENT, "out and every array in it must not be NULL");
+    if (n > 0 && (x0 == NULL || labels == NULL))
+        return fa_set_error(FA_ERR_ARGUMENT, "x0 and labels must not be NULL");
+    for (int64_t i = 0; i < n; i++) {
+        if (labels[i] < 0)
+            return fa_set_error(FA_ERR_ARGUMENT, "labels[%lld]=%lld must be >= 0", (long long)i,
+                                (long long)labels[i]);
+        for (int64_t j = i * dim; j < (i + 1) * dim; j++)
+            if (!(x0[j] >= 0.0f && x0[j] <= 255.0f))
+                return fa_set_error(FA_ERR_ARGUMENT,
+                                    "x0[%lld] (image %lld) = %g: pixels must be in [0, 255]",
+                                    (long long)j, (long long)i, (double)x0[j]);
+    }
+    return FA_OK;
+}
+
+fa_status fa_attack(const fa_config *cfg, int device, int64_t n, int64_t dim, const float *x0,
+                    const int64_t *labels, const fa_oracle *oracle, fa_result *out) {
+    fa_clear_error();
+    fa_status st = check_args(cfg, device, n, dim, x0, labels, oracle, out);
+    if (st != FA_OK || n == 0)
+        return st;
+    run_state s;
+    memset(&s, 0, sizeof s);
+    s.cfg = cfg, s.oracle = oracle, s.x0_host = x0, s.out = out, s.dim = dim, s.n = n;
+    if (device == FA_DEVICE_CUDA) {
+        s.be = fa_backend_cuda();
+        if (s.be == NULL || !fa_cuda_available())
+            return fa_set_error(FA_ERR_NO_CUDA,
+                                s.be ? "device=cuda, but no CUDA device is present"
+                                     : "device=cuda, but fairattack was built without CUDA");
+    } else {
+        s.be = fa_backend_cpu();
+    }
+    const size_t bytes = (size_t)(n * dim) * sizeof(float);
+    if ((st = state_new(&s)) != FA_OK ||
+        (st = s.be->copy(s.buf[B_X0], x0, bytes, FA_COPY_H2D)) != FA_OK)
+        goto done;
+    for (int64_t i = 0; i < n; i++) {
+        s.orig[i] = i, s.index[i] = cfg->index_offset + i, s.labels[i] = labels[i];
+        s.best_loss[i] = -INFINITY, s.alpha[i] = 0.0f;
+        out->status[i] = FA_IMAGE_RUNNING, out->iterations[i] = 0, out->alpha[i] = 0.0f;
+        out->loss[i] = NAN, out->clean_loss[i] = NAN, out->clean_pred[i] = -1;
+    }
+    if (cfg->random_start) {
+        /* the clean loss and prediction come from x0 itself, the loop starts elsewhere */
+        if ((st = ask(&s, s.buf[B_X0], 0)) != FA_OK)
+            goto done;
+        for (int64_t i = 0; i < n; i++)
+            out->clean_loss[i] = s.loss[i], out->clean_pred[i] = s.pred[i];
+        st = s.be->random_start(n, dim, s.buf[B_X0], cfg->eps, cfg->seed, s.index, s.buf[B_X]);
+    } else {
+        st = s.be->copy(s.buf[B_X], s.buf[B_X0], bytes, FA_COPY_D2D);
+    }
+    if (st == FA_OK)
+        st = loop(&s);
+done:
+    state_free(&s);
+    return st;
+}

@@ -1,0 +1,582 @@
+/*
+ * backend_cuda.cu -- the fa_backend table (core/fa_backend.h documents every entry) on GPU
+ * memory, with CUDA kernels fa_k_*.
+ *
+ * Stream: all work goes to the legacy default stream (stream 0), so it is ordered after every
+ * earlier copy and kernel of this backend without any explicit synchronisation. The LibTorch
+ * shim runs the model on torch's current stream, which is the legacy default stream unless the
+ * user changes it, and synchronises the device before it reads x. Copies to the host
+ * (cudaMemcpy D2H) wait for the kernels before them.
+ *
+ * Arithmetic: the element-wise formulas are evaluated in the order of fa_backend.h and of
+ * backend_cpu.c, and products go through mul() (__fmul_rn) so that nvcc never contracts a
+ * multiply and an add into one FMA. With nvcc's default IEEE division and square root, every
+ * element-wise result is then the CPU backend's, bit for bit. Per-image sums run in double in a
+ * fixed order that depends on dim only (two passes: fixed chunks of a row, then the chunks in
+ * order), never on n or on scheduling, so an image's sum never depends on its batch.
+ *
+ * Scratch: the per-image host arrays (alpha, gscale, pcoef, index) and the partial sums live in
+ * one device buffer that grows on demand and is kept for the life of the process. A
+ * cudaMalloc/cudaFree pair per call would be simpler, but cudaFree synchronises the whole device
+ * and calibration calls step_rmse dozens of times per batch. A mutex held for the whole of each
+ * call guards it, so runs on several host threads are safe (they serialise here). If the current
+ * device changes, the buffer is reallocated on the new one.
+ */
+#include <math.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <mutex>
+
+#include <cuda_runtime.h>
+
+extern "C" { /* fa_backend.h has no extern "C" guard of its own */
+#include "fa_backend.h"
+}
+
+namespace {
+
+constexpr int kThreads = 256;            /* threads per block, every kernel               */
+constexpr int64_t kMaxGridX = 4096;      /* element-wise blocks along a row (grid-stride) */
+constexpr int64_t kMaxGridY = 65535;     /* rows in one grid (grid-stride over the rest)  */
+constexpr int64_t kChunkMin = 8 * kThreads; /* reductions: at least this many values a block */
+constexpr int64_t kMaxChunks = 64;       /* ... and at most this many blocks per row      */
+constexpr int64_t kMaxReduceBlocks = 1 << 20;
+
+/* ---------------------------------------------------------------- errors */
+
+fa_status cuda_fail(cudaError_t err, const char *what) {
+    (void)cudaGetLastError(); /* clear a non-sticky error so no later check reports it again */
+    return fa_set_error(FA_ERR_CUDA, "%s failed: %s", what, cudaGetErrorString(err));
+}
+
+fa_status check(cudaError_t err, const char *what) {
+    return err == cudaSuccess ? FA_OK : cuda_fail(err, what);
+}
+
+/* After every kernel launch: a bad configuration or a fault already known. */
+fa_status check_launch(const char *kernel) { return check(cudaGetLastError(), kernel); }
+
+fa_status check_sizes(const char *function, int64_t n, int64_t dim) {
+    if (n < 0 || dim < 0)
+        return fa_set_error(FA_ERR_ARGUMENT, "%s: n=%lld and dim=%lld must be >= 0", function,
+                            (long long)n, (long long)dim);
+    return FA_OK;
+}
+
+/* ---------------------------------------------------------------- scratch */
+
+struct scratch_view {
+    float *a;         /* n floats: alpha or gscale */
+    float *b;         /* n floats: pcoef           */
+    float *out;       /* n floats: per-image result */
+    int64_t *index;   /* n int64                    */
+    double *partial;  /* n * chunks doubles         */
+};
+
+std::mutex scratch_mutex; /* held by every table function for its whole call */
+struct {
+    void *base;
+    size_t bytes;
+    int device;
+} scratch = {nullptr, 0, -1};
+
+size_t align_up(size_t bytes) { return (bytes + 255) & ~(size_t)255; }
+
+/* Carves the view for n images (chunks partial sums each); caller holds scratch_mutex. */
+fa_status scratch_get(int64_t n, int64_t chunks, scratch_view *view) {
+    const size_t f = align_up((size_t)n * sizeof(float));
+    const size_t i = align_up((size_t)n * sizeof(int64_t));
+    const size_t p = align_up((size_t)n * (size_t)chunks * sizeof(double));
+    const size_t need = p + i + 3 * f;
+    int device = 0;
+    fa_status status = check(cudaGetDevice(&device), "cudaGetDevice");
+    if (status != FA_OK)
+        return status;
+    if (need > scratch.bytes || device != scratch.device) {
+        if (scratch.base != nullptr)
+            (void)cudaFree(scratch.base); /* a failure here only leaks the old buffer */
+        (void)cudaGetLastError();
+        scratch.base = nullptr;
+        scratch.bytes = 0;
+        const cudaError_t err = cudaMalloc(&scratch.base, need);
+        if (err != cudaSuccess) {
+            scratch.base = nullptr;
+            (void)cudaGetLastError();
+            return fa_set_error(err == cudaErrorMemoryAllocation ? FA_ERR_MEMORY : FA_ERR_CUDA,
+                                "cudaMalloc(%zu bytes) for the CUDA backend's scratch failed: %s",
+                                need, cudaGetErrorString(err));
+        }
+        scratch.bytes = need;
+        scratch.device = device;
+    }
+    char *base = static_cast<char *>(scratch.base);
+    view->partial = reinterpret_cast<double *>(base);
+    view->index = reinterpret_cast<int64_t *>(base + p);
+    view->a = reinterpret_cast<float *>(base + p + i);
+    view->b = reinterpret_cast<float *>(base + p + i + f);
+    view->out = reinterpret_cast<float *>(base + p + i + 2 * f);
+    return FA_OK;
+}
+
+/* Copies n host entries into a scratch array; a NULL host array gives a NULL device one. */
+template <class T> fa_status upload(T *device, const T *host, int64_t n, T **out) {
+    *out = nullptr;
+    if (host == nullptr)
+        return FA_OK;
+    *out = device;
+    return check(cudaMemcpy(device, host, (size_t)n * sizeof(T), cudaMemcpyHostToDevice),
+                 "cudaMemcpy of a per-image array (host to device)");
+}
+
+/* ---------------------------------------------------------------- device helpers */
+
+/* A product that nvcc may not fuse with a neighbouring add (keeps results equal to the CPU's). */
+__device__ __forceinline__ float mul(float a, float b) { return __fmul_rn(a, b); }
+__device__ __forceinline__ double dmul(double a, double b) { return __dmul_rn(a, b); }
+
+/* P of SPEC 1, with NaN propagating (comparisons with NaN are false). */
+__device__ __forceinline__ float project(float y, float x0, float eps) {
+    y = y < 0.0f ? 0.0f : (y > 255.0f ? 255.0f : y);
+    const float lo = x0 - eps;
+    const float hi = x0 + eps;
+    return y < lo ? lo : (y > hi ? hi : y);
+}
+
+__device__ __forceinline__ float sign(float a) {
+    return a > 0.0f ? 1.0f : (a < 0.0f ? -1.0f : 0.0f);
+}
+
+/* Grid-stride over rows (y) and the values of a row (x): each row's scalars are read once and
+ * no 64-bit division is needed per value. */
+#define FA_FOR_ROWS(i, n) for (int64_t i = blockIdx.y; i < (n); i += gridDim.y)
+#define FA_FOR_COLS(j, dim)                                                                    \
+    for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < (dim);                \
+         j += (int64_t)gridDim.x * blockDim.x)
+
+dim3 rows_grid(int64_t n, int64_t dim) {
+    const int64_t x = (dim + kThreads - 1) / kThreads;
+    return dim3((unsigned)(x < kMaxGridX ? x : kMaxGridX), (unsigned)(n < kMaxGridY ? n : kMaxGridY));
+}
+
+/* ---------------------------------------------------------------- direction */
+
+struct direction_consts {
+    int optimizer;
+    float mu, b1, b2, delta, lambda, decay, msvag_beta, msvag_rho, rmsprop_rho;
+};
+
+__global__ void fa_k_direction(direction_consts c, int64_t n, int64_t dim, const float *x,
+                               const float *x0, const float *g, const float *gscale,
+                               const float *pcoef, float *m, float *v, float *d) {
+    FA_FOR_ROWS(i, n) {
+        const float gs = gscale != nullptr ? gscale[i] : 1.0f;
+        const float pc = pcoef != nullptr ? pcoef[i] : 0.0f;
+        const int64_t row = i * dim;
+        FA_FOR_COLS(j, dim) {
+            const int64_t e = row + j;
+            float ge = mul(gs, g[e]);
+            if (pcoef != nullptr)
+                ge = ge + mul(pc, x[e] - x0[e]);
+            float mm, vv, dd, t;
+            switch (c.optimizer) {
+            case FA_OPT_GD:
+                dd = ge;
+                break;
+            case FA_OPT_MGD:
+            case FA_OPT_NAGD:
+                mm = mul(c.mu, m[e]) + ge;
+                m[e] = mm;
+                dd = mm;
+                break;
+            case FA_OPT_ADAM:
+            case FA_OPT_LADAM:
+            case FA_OPT_ADAMW:
+                if (c.optimizer == FA_OPT_LADAM)
+                    ge = ge - mul(c.lambda, x[e]);
+                mm = mul(c.b1, m[e]) + mul(1.0f - c.b1, ge);
+                vv = mul(c.b2, v[e]) + mul(1.0f - c.b2, mul(ge, ge));
+                m[e] = mm;
+                v[e] = vv;
+                dd = mm / (sqrtf(vv) + c.delta);
+                if (c.optimizer == FA_OPT_ADAMW)
+                    dd = dd + mul(c.decay, x[e]);
+                break;
+            case FA_OPT_ADABELIEF:
+                mm = mul(c.b1, m[e]) + mul(1.0f - c.b1, ge);
+                t = ge - mm;
+                vv = mul(c.b2, v[e]) + mul(1.0f - c.b2, mul(t, t));
+                m[e] = mm;
+                v[e] = vv;
+                dd = mm / (sqrtf(vv) + c.delta);
+                break;
+            case FA_OPT_MSVAG:
+                mm = mul(c.msvag_beta, m[e]) + mul(1.0f - c.msvag_beta, ge);
+                vv = mul(c.msvag_beta, v[e]) + mul(1.0f - c.msvag_beta, mul(ge, ge));
+                m[e] = mm;
+                v[e] = vv;
+                t = mul(mm, mm); /* m^2 */
+                {
+                    const float den = mul(1.0f - mul(2.0f, c.msvag_rho), t) + mul(c.msvag_rho, vv);
+                    dd = den == 0.0f ? 0.0f : mul(mul(1.0f - c.msvag_rho, t) / den, mm);
+                }
+                break;
+            case FA_OPT_RMSPROP:
+                vv = mul(c.rmsprop_rho, v[e]) + mul(1.0f - c.rmsprop_rho, mul(ge, ge));
+                v[e] = vv;
+                dd = ge / sqrtf(vv + c.delta);
+                break;
+            case FA_OPT_YOGI:
+                mm = mul(c.b1, m[e]) + mul(1.0f - c.b1, ge);
+                t = mul(ge, ge);
+                vv = v[e];
+                vv = vv - mul(mul(1.0f - c.b2, t), sign(vv - t));
+                m[e] = mm;
+                v[e] = vv;
+                dd = mm / (sqrtf(vv) + c.delta);
+                break;
+            case FA_OPT_FGSM:
+            case FA_OPT_PGD:
+                dd = sign(ge);
+                break;
+            default: /* FA_OPT_MIFGSM, FA_OPT_NIFGSM (the host checked the range) */
+                mm = mul(c.mu, m[e]) + ge;
+                m[e] = mm;
+                dd = sign(mm);
+                break;
+            }
+            d[e] = dd;
+        }
+    }
+}
+
+/* rho_k of M-SVAG (SPEC 3) for the 0-based step k, on the host as backend_cpu.c has it. */
+float msvag_rho(float b, int k) {
+    const float bk = powf(b, (float)(k + 2));
+    return (1.0f - b) * (1.0f + bk) / ((1.0f + b) * (1.0f - bk));
+}
+
+/* ---------------------------------------------------------------- step, random start */
+
+__global__ void fa_k_step(int64_t n, int64_t dim, const float *x, const float *x0,
+                          const float *d, const float *alpha, float scale, float eps,
+                          float *out) {
+    FA_FOR_ROWS(i, n) {
+        const float a = mul(scale, alpha[i]);
+        const int64_t row = i * dim;
+        FA_FOR_COLS(j, dim) {
+            const int64_t e = row + j; /* out may alias x: each value is read, then written */
+            out[e] = project(x[e] + mul(a, d[e]), x0[e], eps);
+        }
+    }
+}
+
+__global__ void fa_k_random_start(int64_t n, int64_t dim, const float *x0, float eps,
+                                  uint64_t seed, const int64_t *index, float *out) {
+    FA_FOR_ROWS(i, n) {
+        const int64_t image = index[i];
+        const int64_t row = i * dim;
+        FA_FOR_COLS(j, dim) {
+            const int64_t e = row + j;
+            out[e] = project(x0[e] + mul(eps, fa_uniform_pm1(seed, image, j)), x0[e], eps);
+        }
+    }
+}
+
+/* ---------------------------------------------------------------- per-image sums */
+
+/* Terms of the three sums; term(i, e) is value e (flat) of image i. */
+struct step_rmse_term {
+    const float *x, *x0, *d, *alpha;
+    float eps;
+    __device__ double operator()(int64_t i, int64_t e) const {
+        const double t = (double)project(x[e] + mul(alpha[i], d[e]), x0[e], eps) - (double)x0[e];
+        return dmul(t, t);
+    }
+};
+
+struct rmse_term {
+    const float *x, *x0;
+    __device__ double operator()(int64_t, int64_t e) const {
+        const double t = (double)x[e] - (double)x0[e];
+        return dmul(t, t);
+    }
+};
+
+struct abs_term {
+    const float *g;
+    __device__ double operator()(int64_t, int64_t e) const { return fabs((double)g[e]); }
+};
+
+/* Fixed split of a row into chunks (a function of dim only). */
+int64_t row_chunks(int64_t dim) {
+    const int64_t c = (dim + kChunkMin - 1) / kChunkMin;
+    return c < 1 ? 1 : (c > kMaxChunks ? kMaxChunks : c);
+}
+
+/* Pass 1: partial[b] = sum of chunk b % chunks of row b / chunks, threads in a fixed tree. */
+template <class Term>
+__global__ void fa_k_row_partial(Term term, int64_t n, int64_t dim, int64_t chunks,
+                                 double *partial) {
+    __shared__ double sum[kThreads];
+    const int64_t chunk = (dim + chunks - 1) / chunks;
+    for (int64_t b = blockIdx.x; b < n * chunks; b += gridDim.x) { /* uniform in the block */
+        const int64_t i = b / chunks;
+        const int64_t begin = (b % chunks) * chunk;
+        const int64_t end = begin + chunk < dim ? begin + chunk : dim;
+        double s = 0.0;
+        for (int64_t j = begin + threadIdx.x; j < end; j += kThreads)
+            s += term(i, i * dim + j);
+        sum[threadIdx.x] = s;
+        __syncthreads();
+        for (int w = kThreads / 2; w > 0; w /= 2) {
+            if ((int)threadIdx.x < w)
+                sum[threadIdx.x] += sum[threadIdx.x + w];
+            __syncthreads();
+        }
+        if (threadIdx.x == 0)
+            partial[b] = sum[0];
+        __syncthreads(); /* sum[0] is read before the next row overwrites it */
+    }
+}
+
+/* Pass 2: out[i] = the chunks of row i summed in order; root: sqrt(sum / dim) (RMSE). */
+__global__ void fa_k_row_finish(int64_t n, int64_t dim, int64_t chunks, const double *partial,
+                                int root, float *out) {
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (int64_t)gridDim.x * blockDim.x) {
+        double s = 0.0;
+        for (int64_t c = 0; c < chunks; c++)
+            s += partial[i * chunks + c];
+        out[i] = root ? (float)sqrt(s / (double)dim) : (float)s;
+    }
+}
+
+/* Both passes and the copy to out_host; the caller holds scratch_mutex and filled `view`. */
+template <class Term>
+fa_status row_sum(Term term, int64_t n, int64_t dim, int64_t chunks, int root,
+                  const scratch_view &view, float *out_host) {
+    const int64_t blocks = n * chunks < kMaxReduceBlocks ? n * chunks : kMaxReduceBlocks;
+    fa_k_row_partial<<<(unsigned)blocks, kThreads>>>(term, n, dim, chunks, view.partial);
+    fa_status status = check_launch("fa_k_row_partial launch");
+    if (status != FA_OK)
+        return status;
+    const int64_t finish = (n + kThreads - 1) / kThreads;
+    fa_k_row_finish<<<(unsigned)(finish < kMaxGridX ? finish : kMaxGridX), kThreads>>>(
+        n, dim, chunks, view.partial, root, view.out);
+    status = check_launch("fa_k_row_finish launch");
+    if (status != FA_OK)
+        return status;
+    return check(cudaMemcpy(out_host, view.out, (size_t)n * sizeof(float), cudaMemcpyDeviceToHost),
+                 "cudaMemcpy of per-image results (device to host)");
+}
+
+/* ---------------------------------------------------------------- the table's functions */
+
+fa_status cuda_alloc(void **p, size_t bytes) {
+    *p = nullptr;
+    if (bytes == 0)
+        return FA_OK;
+    cudaError_t err = cudaMalloc(p, bytes);
+    if (err != cudaSuccess) {
+        *p = nullptr;
+        (void)cudaGetLastError();
+        return fa_set_error(err == cudaErrorMemoryAllocation ? FA_ERR_MEMORY : FA_ERR_CUDA,
+                            "cudaMalloc(%zu bytes) failed: %s", bytes, cudaGetErrorString(err));
+    }
+    err = cudaMemset(*p, 0, bytes);
+    if (err != cudaSuccess) {
+        (void)cudaFree(*p);
+        *p = nullptr;
+        return cuda_fail(err, "cudaMemset after cudaMalloc");
+    }
+    return FA_OK;
+}
+
+void cuda_free(void *p) {
+    if (p == nullptr)
+        return;
+    if (cudaFree(p) != cudaSuccess)
+        (void)cudaGetLastError(); /* nothing to report through a void; keep no stale error */
+}
+
+fa_status cuda_copy(void *dst, const void *src, size_t bytes, int kind) {
+    static const cudaMemcpyKind kinds[] = {cudaMemcpyHostToDevice, cudaMemcpyDeviceToHost,
+                                           cudaMemcpyDeviceToDevice};
+    static const char *const names[] = {"cudaMemcpy (host to device)",
+                                        "cudaMemcpy (device to host)",
+                                        "cudaMemcpy (device to device)"};
+    if (kind < FA_COPY_H2D || kind > FA_COPY_D2D)
+        return fa_set_error(FA_ERR_ARGUMENT,
+                            "kind=%d must be FA_COPY_H2D (0), FA_COPY_D2H (1) or FA_COPY_D2D (2)",
+                            kind);
+    if (bytes == 0)
+        return FA_OK;
+    if (dst == nullptr || src == nullptr)
+        return fa_set_error(FA_ERR_ARGUMENT, "copy of %zu bytes: dst and src must not be NULL",
+                            bytes);
+    return check(cudaMemcpy(dst, src, bytes, kinds[kind]), names[kind]);
+}
+
+fa_status cuda_direction(const fa_config *cfg, int k, int64_t n, int64_t dim, const float *x,
+                         const float *x0, const float *g, const float *gscale,
+                         const float *pcoef, float *m, float *v, float *d) {
+    std::lock_guard<std::mutex> lock(scratch_mutex);
+    if (cfg == nullptr)
+        return fa_set_error(FA_ERR_ARGUMENT, "direction: cfg must not be NULL");
+    if (cfg->optimizer < 0 || cfg->optimizer >= FA_OPT_COUNT)
+        return fa_set_error(FA_ERR_ARGUMENT, "cfg.optimizer=%d out of range [0, %d)",
+                            cfg->optimizer, (int)FA_OPT_COUNT);
+    fa_status status = check_sizes("direction", n, dim);
+    if (status != FA_OK || n == 0 || dim == 0)
+        return status;
+    scratch_view view;
+    status = scratch_get(n, 0, &view);
+    float *gscale_d = nullptr, *pcoef_d = nullptr;
+    if (status == FA_OK)
+        status = upload(view.a, gscale, n, &gscale_d);
+    if (status == FA_OK)
+        status = upload(view.b, pcoef, n, &pcoef_d);
+    if (status != FA_OK)
+        return status;
+    direction_consts c;
+    c.optimizer = cfg->optimizer;
+    c.mu = cfg->momentum;
+    c.b1 = cfg->beta1;
+    c.b2 = cfg->beta2;
+    c.delta = cfg->delta;
+    c.lambda = cfg->ladam_lambda;
+    c.decay = cfg->adamw_decay;
+    c.msvag_beta = cfg->msvag_beta;
+    c.msvag_rho = cfg->optimizer == FA_OPT_MSVAG ? msvag_rho(cfg->msvag_beta, k) : 0.0f;
+    c.rmsprop_rho = cfg->rmsprop_rho;
+    fa_k_direction<<<rows_grid(n, dim), kThreads>>>(c, n, dim, x, x0, g, gscale_d, pcoef_d, m, v,
+                                                   d);
+    return check_launch("fa_k_direction launch");
+}
+
+fa_status cuda_step(int64_t n, int64_t dim, const float *x, const float *x0, const float *d,
+                    const float *alpha, float scale, float eps, float *out) {
+    std::lock_guard<std::mutex> lock(scratch_mutex);
+    fa_status status = check_sizes("step", n, dim);
+    if (status != FA_OK || n == 0 || dim == 0)
+        return status;
+    scratch_view view;
+    float *alpha_d = nullptr;
+    status = scratch_get(n, 0, &view);
+    if (status == FA_OK)
+        status = upload(view.a, alpha, n, &alpha_d);
+    if (status != FA_OK)
+        return status;
+    if (alpha_d == nullptr)
+        return fa_set_error(FA_ERR_ARGUMENT, "step: alpha must not be NULL");
+    fa_k_step<<<rows_grid(n, dim), kThreads>>>(n, dim, x, x0, d, alpha_d, scale, eps, out);
+    return check_launch("fa_k_step launch");
+}
+
+fa_status cuda_step_rmse(int64_t n, int64_t dim, const float *x, const float *x0, const float *d,
+                         const float *alpha, float eps, float *out_host) {
+    std::lock_guard<std::mutex> lock(scratch_mutex);
+    fa_status status = check_sizes("step_rmse", n, dim);
+    if (status != FA_OK || n == 0)
+        return status;
+    if (alpha == nullptr)
+        return fa_set_error(FA_ERR_ARGUMENT, "step_rmse: alpha must not be NULL");
+    const int64_t chunks = row_chunks(dim);
+    scratch_view view;
+    float *alpha_d = nullptr;
+    status = scratch_get(n, chunks, &view);
+    if (status == FA_OK)
+        status = upload(view.a, alpha, n, &alpha_d);
+    if (status != FA_OK)
+        return status;
+    const step_rmse_term term = {x, x0, d, alpha_d, eps};
+    return row_sum(term, n, dim, chunks, 1, view, out_host);
+}
+
+fa_status cuda_rmse(int64_t n, int64_t dim, const float *x, const float *x0, float *out_host) {
+    std::lock_guard<std::mutex> lock(scratch_mutex);
+    fa_status status = check_sizes("rmse", n, dim);
+    if (status != FA_OK || n == 0)
+        return status;
+    const int64_t chunks = row_chunks(dim);
+    scratch_view view;
+    status = scratch_get(n, chunks, &view);
+    if (status != FA_OK)
+        return status;
+    const rmse_term term = {x, x0};
+    return row_sum(term, n, dim, chunks, 1, view, out_host);
+}
+
+fa_status cuda_abs_sum(int64_t n, int64_t dim, const float *g, float *out_host) {
+    std::lock_guard<std::mutex> lock(scratch_mutex);
+    fa_status status = check_sizes("abs_sum", n, dim);
+    if (status != FA_OK || n == 0)
+        return status;
+    const int64_t chunks = row_chunks(dim);
+    scratch_view view;
+    status = scratch_get(n, chunks, &view);
+    if (status != FA_OK)
+        return status;
+    const abs_term term = {g};
+    return row_sum(term, n, dim, chunks, 0, view, out_host);
+}
+
+fa_status cuda_random_start(int64_t n, int64_t dim, const float *x0, float eps, uint64_t seed,
+                            const int64_t *index, float *out) {
+    std::lock_guard<std::mutex> lock(scratch_mutex);
+    fa_status status = check_sizes("random_start", n, dim);
+    if (status != FA_OK || n == 0 || dim == 0)
+        return status;
+    if (index == nullptr)
+        return fa_set_error(FA_ERR_ARGUMENT, "random_start: index must not be NULL");
+    scratch_view view;
+    int64_t *index_d = nullptr;
+    status = scratch_get(n, 0, &view);
+    if (status == FA_OK)
+        status = upload(view.index, index, n, &index_d);
+    if (status != FA_OK)
+        return status;
+    fa_k_random_start<<<rows_grid(n, dim), kThreads>>>(n, dim, x0, eps, seed, index_d, out);
+    return check_launch("fa_k_random_start launch");
+}
+
+/* One ordered device-to-device copy per moved row: src[j] > j and increasing, so a row is never
+ * read after it was written, and two rows never overlap. */
+fa_status cuda_compact(float *buf, int64_t dim, int64_t n_new, const int64_t *src) {
+    fa_status status = check_sizes("compact", n_new, dim);
+    if (status != FA_OK || n_new == 0 || dim == 0)
+        return status;
+    for (int64_t j = 0; j < n_new; j++) {
+        if (src[j] < j || (j > 0 && src[j] <= src[j - 1]))
+            return fa_set_error(FA_ERR_INTERNAL,
+                                "compact: src[%lld]=%lld must be >= %lld and above src[j-1]",
+                                (long long)j, (long long)src[j], (long long)j);
+        if (src[j] == j)
+            continue;
+        status = check(cudaMemcpy(buf + j * dim, buf + src[j] * dim, (size_t)dim * sizeof(float),
+                                  cudaMemcpyDeviceToDevice),
+                       "cudaMemcpy of a row (device to device)");
+        if (status != FA_OK)
+            return status;
+    }
+    return FA_OK;
+}
+
+const fa_backend table = {
+    "cuda",       cuda_alloc,     cuda_free, cuda_copy,   cuda_direction,     cuda_step,
+    cuda_step_rmse, cuda_rmse, cuda_abs_sum, cuda_random_start, cuda_compact,
+};
+
+} /* namespace */
+
+extern "C" const fa_backend *fa_backend_cuda(void) { return &table; }
+
+extern "C" int fa_cuda_available(void) {
+    int count = 0;
+    if (cudaGetDeviceCount(&count) != cudaSuccess) {
+        (void)cudaGetLastError(); /* no driver or no device: leave no error behind */
+        return 0;
+    }
+    return count > 0;
+}

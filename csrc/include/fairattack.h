@@ -1,0 +1,224 @@
+/*
+ * fairattack.h -- the contract of the fairattack C core (pure C11).
+ *
+ * The core crafts adversarial examples for a batch of images under the protocol of
+ * shared/SPEC.md: optimizer update rules, projection onto the l-inf ball and the pixel box,
+ * per-image step-size calibration, per-image stopping and best-iterate tracking, and metrics.
+ * It knows neither Python nor LibTorch: gradients arrive through a callback (fa_oracle).
+ *
+ * Conventions
+ *   - Pixels are float, in [0, 255]. An image is `dim` contiguous floats (H*W*C, NHWC order on
+ *     the caller's side; the core itself never looks at the layout except in fa_metrics).
+ *   - Every fallible function returns fa_status; results go through out-parameters. A failing
+ *     call leaves a message readable with fa_last_error() (thread-local, owned by the library,
+ *     valid until the next failing call on the same thread).
+ *   - Ownership: every buffer passed in is borrowed for the duration of the call only; the core
+ *     never frees or keeps a caller's pointer. Output arrays are allocated by the caller.
+ *   - The library never prints, exits or aborts.
+ */
+#ifndef FAIRATTACK_H
+#define FAIRATTACK_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define FA_VERSION "0.1.0"
+
+/* ---------------------------------------------------------------- status codes and errors */
+
+typedef enum fa_status {
+    FA_OK = 0,
+    FA_ERR_ARGUMENT = 1,    /* a bad argument; the message names it (Python: ValueError)   */
+    FA_ERR_TYPE = 2,        /* wrong kind of object / dtype (Python: TypeError)             */
+    FA_ERR_MEMORY = 3,      /* allocation failed (Python: MemoryError)                      */
+    FA_ERR_MODEL = 4,       /* the model or gradient oracle failed (Python: RuntimeError)   */
+    FA_ERR_IO = 5,          /* a file is missing, unreadable or corrupt (Python: OSError)   */
+    FA_ERR_CUDA = 6,        /* a CUDA call failed (Python: RuntimeError)                    */
+    FA_ERR_NO_CUDA = 7,     /* CUDA asked for, but not built in or no device (RuntimeError) */
+    FA_ERR_INTERRUPTED = 8, /* the stop callback asked to stop (Python: KeyboardInterrupt)  */
+    FA_ERR_INTERNAL = 9     /* a bug in fairattack (Python: RuntimeError)                   */
+} fa_status;
+
+/* Message of the last failing call on this thread ("" if none). Owned by the library. */
+const char *fa_last_error(void);
+/* Sets the thread's message (printf-style) and returns `status`; for the layers above the core
+ * (shim, module, callbacks) so that one mechanism carries every message. */
+fa_status fa_set_error(fa_status status, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+void fa_clear_error(void);
+/* "FA_OK", "FA_ERR_ARGUMENT", ...; "FA_UNKNOWN" for values out of range. */
+const char *fa_status_name(int status);
+
+/* ---------------------------------------------------------------- optimizers */
+
+typedef enum fa_optimizer {
+    /* the paper's seven attacks (raw directions, SPEC section 3) */
+    FA_OPT_GD = 0,
+    FA_OPT_MGD = 1,
+    FA_OPT_NAGD = 2,
+    FA_OPT_ADAM = 3,
+    FA_OPT_LADAM = 4,
+    FA_OPT_ADABELIEF = 5,
+    FA_OPT_MSVAG = 6,
+    /* extras of the authors' code */
+    FA_OPT_RMSPROP = 7,
+    FA_OPT_ADAMW = 8,
+    FA_OPT_YOGI = 9,
+    /* classic sign attacks */
+    FA_OPT_FGSM = 10,
+    FA_OPT_PGD = 11, /* I-FGSM; random start with fa_config.random_start */
+    FA_OPT_MIFGSM = 12,
+    FA_OPT_NIFGSM = 13,
+    FA_OPT_COUNT = 14
+} fa_optimizer;
+
+/* Canonical names: "GD", "MGD", "NAGD", "Adam", "LAdam", "AdaB", "MSVAG", "RMSProp", "AdamW",
+ * "Yogi", "FGSM", "PGD", "MI-FGSM", "NI-FGSM". NULL for values out of range. */
+const char *fa_optimizer_name(int optimizer);
+
+typedef enum fa_nesterov {
+    FA_NESTEROV_AUTHORS = 0,  /* jump x~ = P(x + mu*a*m), grad at x~, x' = P(x~ + a*m) (default) */
+    FA_NESTEROV_TEXTBOOK = 1  /* same look-ahead gradient, but x' = P(x + a*m)                */
+} fa_nesterov;
+
+/* ---------------------------------------------------------------- per-image outcome */
+
+typedef enum fa_image_status {
+    FA_IMAGE_RUNNING = 0,   /* never in a returned result                                     */
+    FA_IMAGE_STOP_LOSS = 1, /* CE reached stop_loss: the last iterate is returned             */
+    FA_IMAGE_STOP_RMSE = 2, /* RMSE reached stop_rmse: the last iterate is returned           */
+    FA_IMAGE_MAX_ITER = 3,  /* hit max_iter: the iterate of maximal CE is returned            */
+    FA_IMAGE_SKIPPED = 4,   /* misclassified before the attack: not attacked, x0 returned     */
+    FA_IMAGE_NAN = 5,       /* loss, gradient or iterate became NaN/inf: failed, x0 returned  */
+    FA_IMAGE_STATUS_COUNT = 6
+} fa_image_status;
+
+/* "running", "stop_loss", "stop_rmse", "max_iter", "skipped", "nan"; NULL out of range. */
+const char *fa_image_status_name(int status);
+
+/* ---------------------------------------------------------------- configuration */
+
+typedef struct fa_config {
+    int optimizer;          /* fa_optimizer                                                 */
+    float eps;              /* l-inf budget in pixel units, > 0                             */
+    int max_iter;           /* step cap, >= 0 (0: only evaluate x0)                         */
+    float first_step_rmse;  /* > 0: calibrate alpha per image so the first step has this RMSE */
+    float alpha;            /* > 0: fixed step size instead; exactly one of the two is > 0    */
+    float stop_loss;        /* stop an image once CE (nats) >= this; INFINITY: never          */
+    float stop_rmse;        /* > 0: stop an image once its RMSE reaches this (last step is
+                               shortened to land on it); 0: off                              */
+    float rmse_weight;      /* gamma >= 0: from step 1 on, ascend CE + gamma * RMSE(x, x0)    */
+    /* optimizer constants (fa_config_default fills the SPEC's values) */
+    float momentum;         /* MGD/NAGD mu (0.9); MI/NI-FGSM mu (1.0)                        */
+    float beta1;            /* Adam family beta1 (0.9)                                       */
+    float beta2;            /* Adam family beta2 (0.999)                                     */
+    float delta;            /* Adam family / RMSProp epsilon (1e-8)                          */
+    float ladam_lambda;     /* LAdam: Adam on g - lambda*x (1e-12)                           */
+    float adamw_decay;      /* AdamW-style: d = m/(sqrt(v)+delta) + decay*x (0.005)          */
+    float msvag_beta;       /* M-SVAG beta (0.9)                                             */
+    float rmsprop_rho;      /* RMSProp rho (0.9)                                             */
+    int nesterov;           /* fa_nesterov, for NAGD                                         */
+    int random_start;       /* PGD: start from a uniform point of the eps-ball (1) or x0 (0)  */
+    uint64_t seed;          /* random start; images draw from (seed, image index): batching
+                               never changes a result                                        */
+    int64_t index_offset;   /* image i of a call has index index_offset + i (>= 0): a caller
+                               that splits a dataset into batches passes each batch's start */
+    int skip_misclassified; /* 1: images the model gets wrong at x0 are skipped (default 1)   */
+} fa_config;
+
+/* Fills *out with the SPEC's defaults for `optimizer` under the const_loss setting: eps 16,
+ * stop_loss 30, max_iter and first_step_rmse from SPEC section 2's table (sign attacks: FGSM one
+ * step of alpha = eps; PGD/MI/NI 10 steps of alpha = eps/10, no loss stop). */
+fa_status fa_config_default(int optimizer, fa_config *out);
+/* Checks every field; the message names the first bad one ("cfg.eps=-1 must be > 0"). */
+fa_status fa_config_check(const fa_config *cfg);
+
+/* ---------------------------------------------------------------- gradient oracle */
+
+/*
+ * Loss and gradient for a batch of `n` images.
+ *   index[n]   host; the caller's position of each image (for per-image randomness)
+ *   labels[n]  host; the true label of each image
+ *   x          n*dim floats in the run's memory (host for FA_DEVICE_CPU, device for CUDA)
+ *   want_grad  0: only loss and pred are needed; grad may be left untouched
+ *   loss[n]    host out: per-image cross-entropy in nats (-log p_y)
+ *   pred[n]    host out: argmax class per image
+ *   grad       out, n*dim floats in the run's memory: d loss_i / d x_i (pixel units)
+ * Returns FA_OK, or an error status after fa_set_error(). Must not keep any pointer.
+ */
+typedef fa_status (*fa_grad_fn)(void *ctx, int64_t n, const int64_t *index,
+                                const int64_t *labels, const float *x, int want_grad,
+                                float *loss, int64_t *pred, float *grad);
+
+/* Polled once per iteration; nonzero stops the run with FA_ERR_INTERRUPTED. May be NULL. */
+typedef int (*fa_stop_fn)(void *ctx);
+
+typedef struct fa_oracle {
+    fa_grad_fn grad;
+    fa_stop_fn should_stop;
+    void *ctx; /* passed to both, borrowed */
+} fa_oracle;
+
+/* ---------------------------------------------------------------- devices */
+
+typedef enum fa_device { FA_DEVICE_CPU = 0, FA_DEVICE_CUDA = 1 } fa_device;
+
+/* 1 if the core was built with CUDA kernels and a CUDA device is present, else 0. */
+int fa_cuda_available(void);
+
+/* ---------------------------------------------------------------- the attack */
+
+/* Caller-owned output arrays, one entry per image (adv: n*dim floats, host). */
+typedef struct fa_result {
+    float *adv;          /* the returned iterate, projected, float (host)                    */
+    float *loss;         /* CE (nats) at the returned iterate; NaN for skipped/NaN images     */
+    float *clean_loss;   /* CE at x0                                                          */
+    int64_t *clean_pred; /* argmax at x0                                                      */
+    int32_t *iterations; /* steps taken (k when the image stopped)                           */
+    float *alpha;        /* step size used (calibrated or fixed); 0 for skipped images        */
+    int32_t *status;     /* fa_image_status                                                   */
+} fa_result;
+
+/*
+ * Runs the attack loop of SPEC section 2 on n images of dim floats each.
+ *   x0       host, n*dim, values in [0, 255] (checked)
+ *   labels   host, n, >= 0 (range against the model is the oracle's check)
+ * All images run independently: a result never depends on the batch it was run in.
+ * Images that stop leave the batch; the oracle is only asked about images still running.
+ * With FA_DEVICE_CUDA the working buffers live on the GPU and the oracle receives device
+ * pointers; x0 and the results stay on the host.
+ */
+fa_status fa_attack(const fa_config *cfg, int device, int64_t n, int64_t dim, const float *x0,
+                    const int64_t *labels, const fa_oracle *oracle, fa_result *out);
+
+/* ---------------------------------------------------------------- metrics */
+
+/* Caller-owned arrays of n floats; any may be NULL (not computed). */
+typedef struct fa_metrics {
+    float *rmse; /* sqrt(mean(delta^2)), pixel units                                        */
+    float *linf; /* max |delta|                                                              */
+    float *l2;   /* ||delta||_2                                                              */
+    float *l1;   /* mean |delta|                                                             */
+    float *l0;   /* share of values with |delta| > 0.5                                       */
+    float *psnr; /* 10 log10(255^2 / mean(delta^2)); INFINITY when delta == 0                 */
+    float *ssim; /* mean SSIM over channels: Gaussian window 11, sigma 1.5, K1 .01, K2 .03,
+                    L 255, valid region (equals skimage's structural_similarity with
+                    gaussian_weights=True, use_sample_covariance=False, data_range=255)      */
+} fa_metrics;
+
+/* Metrics of adv against clean, both n*h*w*c floats in NHWC order (host). */
+fa_status fa_metrics_compute(int64_t n, int64_t h, int64_t w, int64_t c, const float *adv,
+                             const float *clean, fa_metrics *out);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* FAIRATTACK_H */

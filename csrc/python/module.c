@@ -1,0 +1,634 @@
+/*
+ * module.c -- fairattack._core: the CPython + NumPy face of the C core and the LibTorch shim.
+ * The only file that includes Python.h / numpy. The Python package validates arguments first
+ * (naming them); this layer checks types and shapes again and maps fa_status to exceptions in
+ * one place (raise_status). Long work runs without the GIL; the attack's stop check takes it
+ * briefly for PyErr_CheckSignals so Ctrl-C stops a run cleanly.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stddef.h>
+#include <string.h>
+
+#include <numpy/arrayobject.h>
+
+#include "fa_torch.h"
+#include "fairattack.h"
+
+/* ------------------------------------------------------------------ errors */
+
+static PyObject *raise_status(fa_status status) {
+    PyObject *type;
+    switch (status) {
+    case FA_ERR_ARGUMENT: type = PyExc_ValueError; break;
+    case FA_ERR_TYPE: type = PyExc_TypeError; break;
+    case FA_ERR_MEMORY: type = PyExc_MemoryError; break;
+    case FA_ERR_IO: type = PyExc_OSError; break;
+    case FA_ERR_INTERRUPTED: type = PyExc_KeyboardInterrupt; break;
+    default: type = PyExc_RuntimeError; break;
+    }
+    const char *msg = fa_last_error();
+    PyErr_SetString(type, msg[0] ? msg : fa_status_name(status));
+    return NULL;
+}
+
+/* A C-contiguous aligned array of `type` and rank `ndim`, or NULL with TypeError/ValueError. */
+static PyArrayObject *as_array(PyObject *obj, int type, int ndim, const char *name) {
+    if (!PyArray_Check(obj)) {
+        PyErr_Format(PyExc_TypeError, "%s must be a numpy array", name);
+        return NULL;
+    }
+    PyArrayObject *arr = (PyArrayObject *)obj;
+    if (PyArray_TYPE(arr) != type || PyArray_NDIM(arr) != ndim) {
+        PyErr_Format(PyExc_ValueError, "%s must be a %d-d array of %s", name, ndim,
+                     type == NPY_FLOAT32 ? "float32" : "int64");
+        return NULL;
+    }
+    return (PyArrayObject *)PyArray_FROMANY(obj, type, ndim, ndim, NPY_ARRAY_IN_ARRAY);
+}
+
+/* ------------------------------------------------------------------ config <-> dict */
+
+typedef enum { F_INT, F_FLOAT, F_U64, F_I64 } field_kind;
+typedef struct {
+    const char *name;
+    size_t offset;
+    field_kind kind;
+} field;
+
+#define FIELD(n, k) {#n, offsetof(fa_config, n), k}
+static const field config_fields[] = {
+    FIELD(optimizer, F_INT),         FIELD(eps, F_FLOAT),         FIELD(max_iter, F_INT),
+    FIELD(first_step_rmse, F_FLOAT), FIELD(alpha, F_FLOAT),       FIELD(stop_loss, F_FLOAT),
+    FIELD(stop_rmse, F_FLOAT),       FIELD(rmse_weight, F_FLOAT), FIELD(momentum, F_FLOAT),
+    FIELD(beta1, F_FLOAT),           FIELD(beta2, F_FLOAT),       FIELD(delta, F_FLOAT),
+    FIELD(ladam_lambda, F_FLOAT),    FIELD(adamw_decay, F_FLOAT), FIELD(msvag_beta, F_FLOAT),
+    FIELD(rmsprop_rho, F_FLOAT),     FIELD(nesterov, F_INT),      FIELD(random_start, F_INT),
+    FIELD(seed, F_U64),              FIELD(skip_misclassified, F_INT),
+    FIELD(index_offset, F_I64),
+};
+#undef FIELD
+#define N_FIELDS (sizeof config_fields / sizeof config_fields[0])
+
+static PyObject *config_to_dict(const fa_config *cfg) {
+    PyObject *d = PyDict_New();
+    if (!d)
+        return NULL;
+    for (size_t i = 0; i < N_FIELDS; i++) {
+        const char *p = (const char *)cfg + config_fields[i].offset;
+        PyObject *v = config_fields[i].kind == F_INT     ? PyLong_FromLong(*(const int *)p)
+                      : config_fields[i].kind == F_FLOAT ? PyFloat_FromDouble(*(const float *)p)
+                      : config_fields[i].kind == F_I64   ? PyLong_FromLongLong(*(const int64_t *)p)
+                                                         : PyLong_FromUnsignedLongLong(
+                                                               *(const uint64_t *)p);
+        if (!v || PyDict_SetItemString(d, config_fields[i].name, v) < 0) {
+            Py_XDECREF(v);
+            Py_DECREF(d);
+            return NULL;
+        }
+        Py_DECREF(v);
+    }
+    return d;
+}
+
+/* Every key of the dict must be a known field; missing fields keep the optimizer's default. */
+static int dict_to_config(PyObject *d, fa_config *cfg) {
+    if (!PyDict_Check(d)) {
+        PyErr_SetString(PyExc_TypeError, "config must be a dict");
+        return -1;
+    }
+    PyObject *opt = PyDict_GetItemString(d, "optimizer");
+    if (!opt) {
+        PyErr_SetString(PyExc_ValueError, "config['optimizer'] is required");
+        return -1;
+    }
+    long o = PyLong_AsLong(opt);
+    if (o == -1 && PyErr_Occurred())
+        return -1;
+    if (fa_config_default((int)o, cfg) != FA_OK) {
+        raise_status(FA_ERR_ARGUMENT);
+        return -1;
+    }
+    PyObject *key, *value;
+    Py_ssize_t pos = 0;
+    while (PyDict_Next(d, &pos, &key, &value)) {
+        const char *name = PyUnicode_AsUTF8(key);
+        if (!name)
+            return -1;
+        size_t i = 0;
+        while (i < N_FIELDS && strcmp(config_fields[i].name, name) != 0)
+            i++;
+        if (i == N_FIELDS) {
+            PyErr_Format(PyExc_ValueError, "unknown config field '%s'", name);
+            return -1;
+        }
+        char *p = (char *)cfg + config_fields[i].offset;
+        if (config_fields[i].kind == F_FLOAT) {
+            double x = PyFloat_AsDouble(value);
+            if (x == -1.0 && PyErr_Occurred())
+                return -1;
+            *(float *)p = (float)x;
+        } else if (config_fields[i].kind == F_INT) {
+            long x = PyLong_AsLong(value);
+            if (x == -1 && PyErr_Occurred())
+                return -1;
+            if (x < -2147483647L || x > 2147483647L) {
+                PyErr_Format(PyExc_ValueError, "config['%s']=%ld out of range", name, x);
+                return -1;
+            }
+            *(int *)p = (int)x;
+        } else if (config_fields[i].kind == F_I64) {
+            long long x = PyLong_AsLongLong(value);
+            if (x == -1 && PyErr_Occurred())
+                return -1;
+            *(int64_t *)p = (int64_t)x;
+        } else {
+            unsigned long long x = PyLong_AsUnsignedLongLongMask(value);
+            if (PyErr_Occurred())
+                return -1;
+            *(uint64_t *)p = (uint64_t)x;
+        }
+    }
+    return 0;
+}
+
+static PyObject *py_default_config(PyObject *self, PyObject *arg) {
+    (void)self;
+    long o = PyLong_AsLong(arg);
+    if (o == -1 && PyErr_Occurred())
+        return NULL;
+    fa_config cfg;
+    fa_status s = fa_config_default((int)o, &cfg);
+    if (s != FA_OK)
+        return raise_status(s);
+    return config_to_dict(&cfg);
+}
+
+static PyObject *py_check_config(PyObject *self, PyObject *arg) {
+    (void)self;
+    fa_config cfg;
+    if (dict_to_config(arg, &cfg) < 0)
+        return NULL;
+    fa_status s = fa_config_check(&cfg);
+    if (s != FA_OK)
+        return raise_status(s);
+    return config_to_dict(&cfg);
+}
+
+/* ------------------------------------------------------------------ Model */
+
+typedef struct {
+    PyObject_HEAD fa_model *model;
+    int device;
+} ModelObject;
+
+static void Model_dealloc(ModelObject *self) {
+    fa_model_free(self->model);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int Model_init(ModelObject *self, PyObject *args, PyObject *kwargs) {
+    static char *kwlist[] = {"source", "device", NULL};
+    PyObject *source;
+    int device = FA_DEVICE_CPU;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|i", kwlist, &source, &device))
+        return -1;
+    fa_model *model = NULL;
+    fa_status s;
+    if (PyBytes_Check(source)) {
+        char *data;
+        Py_ssize_t size;
+        if (PyBytes_AsStringAndSize(source, &data, &size) < 0)
+            return -1;
+        Py_BEGIN_ALLOW_THREADS s = fa_model_load_buffer(data, (size_t)size, device, &model);
+        Py_END_ALLOW_THREADS
+    } else {
+        PyObject *path = NULL;
+        if (!PyUnicode_FSConverter(source, &path))
+            return -1;
+        const char *p = PyBytes_AS_STRING(path);
+        Py_BEGIN_ALLOW_THREADS s = fa_model_load(p, device, &model);
+        Py_END_ALLOW_THREADS Py_DECREF(path);
+    }
+    if (s != FA_OK) {
+        raise_status(s);
+        return -1;
+    }
+    fa_model_free(self->model);
+    self->model = model;
+    self->device = device;
+    return 0;
+}
+
+static PyObject *Model_num_classes(ModelObject *self, PyObject *args) {
+    long long h, w, c;
+    if (!PyArg_ParseTuple(args, "LLL", &h, &w, &c))
+        return NULL;
+    int64_t k = 0;
+    fa_status s;
+    Py_BEGIN_ALLOW_THREADS s = fa_model_num_classes(self->model, h, w, c, &k);
+    Py_END_ALLOW_THREADS if (s != FA_OK) return raise_status(s);
+    return PyLong_FromLongLong(k);
+}
+
+/* run(x float32 [N,H,W,C], labels int64 [N] or None, want_grad, num_classes or 0)
+ * -> (loss or None, logits or None, pred, grad or None). Host memory only: a CUDA model copies
+ * its inputs to the GPU inside the shim. */
+static PyObject *Model_run(ModelObject *self, PyObject *args) {
+    PyObject *xo, *lo;
+    int want_grad;
+    long long k;
+    if (!PyArg_ParseTuple(args, "OOpL", &xo, &lo, &want_grad, &k))
+        return NULL;
+    PyArrayObject *x = NULL, *labels = NULL, *loss = NULL, *logits = NULL, *pred = NULL,
+                  *grad = NULL;
+    PyObject *result = NULL;
+    if (!(x = as_array(xo, NPY_FLOAT32, 4, "x")))
+        goto done;
+    if (lo != Py_None && !(labels = as_array(lo, NPY_INT64, 1, "labels")))
+        goto done;
+    npy_intp *shape = PyArray_DIMS(x);
+    npy_intp n = shape[0];
+    if (labels && PyArray_DIM(labels, 0) != n) {
+        PyErr_Format(PyExc_ValueError, "labels has %zd entries, expected %zd", (Py_ssize_t)PyArray_DIM(labels, 0), (Py_ssize_t)n);
+        goto done;
+    }
+    if (want_grad && !labels) {
+        PyErr_SetString(PyExc_ValueError, "want_grad needs labels");
+        goto done;
+    }
+    npy_intp logit_shape[2] = {n, (npy_intp)k};
+    if (!(pred = (PyArrayObject *)PyArray_SimpleNew(1, &n, NPY_INT64)))
+        goto done;
+    if (labels && !(loss = (PyArrayObject *)PyArray_SimpleNew(1, &n, NPY_FLOAT32)))
+        goto done;
+    if (k > 0 && !(logits = (PyArrayObject *)PyArray_SimpleNew(2, logit_shape, NPY_FLOAT32)))
+        goto done;
+    if (want_grad && !(grad = (PyArrayObject *)PyArray_SimpleNew(4, shape, NPY_FLOAT32)))
+        goto done;
+    fa_status s;
+    Py_BEGIN_ALLOW_THREADS s = fa_model_run(
+        self->model, n, shape[1], shape[2], shape[3], (const float *)PyArray_DATA(x),
+        labels ? (const int64_t *)PyArray_DATA(labels) : NULL, want_grad,
+        loss ? (float *)PyArray_DATA(loss) : NULL, logits ? (float *)PyArray_DATA(logits) : NULL,
+        k, (int64_t *)PyArray_DATA(pred), grad ? (float *)PyArray_DATA(grad) : NULL, 0, NULL,
+        NULL, 0);
+    Py_END_ALLOW_THREADS if (s != FA_OK) {
+        raise_status(s);
+        goto done;
+    }
+    result = Py_BuildValue("(OOOO)", loss ? (PyObject *)loss : Py_None,
+                           logits ? (PyObject *)logits : Py_None, (PyObject *)pred,
+                           grad ? (PyObject *)grad : Py_None);
+done:
+    Py_XDECREF(x);
+    Py_XDECREF(labels);
+    Py_XDECREF(loss);
+    Py_XDECREF(logits);
+    Py_XDECREF(pred);
+    Py_XDECREF(grad);
+    return result;
+}
+
+static PyObject *Model_get_device(ModelObject *self, void *closure) {
+    (void)closure;
+    return PyLong_FromLong(self->device);
+}
+
+static PyMethodDef Model_methods[] = {
+    {"num_classes", (PyCFunction)Model_num_classes, METH_VARARGS,
+     "num_classes(h, w, c) -> K, from one forward of a zero image"},
+    {"run", (PyCFunction)Model_run, METH_VARARGS,
+     "run(x, labels, want_grad, num_classes) -> (loss, logits, pred, grad)"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef Model_getset[] = {
+    {"device", (getter)Model_get_device, NULL, "0: cpu, 1: cuda", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject ModelType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "fairattack._core.Model",
+    .tp_basicsize = sizeof(ModelObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Model(source, device=0): a TorchScript classifier loaded by the LibTorch shim",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Model_init,
+    .tp_dealloc = (destructor)Model_dealloc,
+    .tp_methods = Model_methods,
+    .tp_getset = Model_getset,
+};
+
+/* ------------------------------------------------------------------ oracles */
+
+/* Ctrl-C: take the GIL for a moment and let Python look at its signals. */
+static int stop_requested(void *ctx) {
+    (void)ctx;
+    PyGILState_STATE g = PyGILState_Ensure();
+    int stop = PyErr_CheckSignals() < 0;
+    if (stop)
+        PyErr_Clear(); /* the module raises KeyboardInterrupt from FA_ERR_INTERRUPTED */
+    PyGILState_Release(g);
+    return stop;
+}
+
+/* A Python callable as the oracle: fn(x [n,H,W,C] float32, labels int64 [n], want_grad) ->
+ * (loss [n], pred [n], grad [n,H,W,C] or None). Host memory only. Lets tests drive the core
+ * with a NumPy model and users plug in any framework. */
+typedef struct {
+    PyObject *fn;
+    npy_intp h, w, c;
+    PyObject *error; /* the exception raised by fn, kept to re-raise it unchanged */
+} py_oracle;
+
+static int copy_out(PyObject *obj, int type, npy_intp count, void *dst, const char *what) {
+    PyArrayObject *a = (PyArrayObject *)PyArray_FROMANY(obj, type, 0, 0, NPY_ARRAY_IN_ARRAY);
+    if (!a)
+        return -1;
+    if (PyArray_SIZE(a) != count) {
+        PyErr_Format(PyExc_ValueError, "oracle returned %zd values for %s, expected %zd",
+                     (Py_ssize_t)PyArray_SIZE(a), what, (Py_ssize_t)count);
+        Py_DECREF(a);
+        return -1;
+    }
+    memcpy(dst, PyArray_DATA(a), (size_t)count * PyArray_ITEMSIZE(a));
+    Py_DECREF(a);
+    return 0;
+}
+
+static fa_status py_oracle_grad(void *ctx, int64_t n, const int64_t *index, const int64_t *labels,
+                                const float *x, int want_grad, float *loss, int64_t *pred,
+                                float *grad) {
+    (void)index;
+    py_oracle *o = ctx;
+    fa_status status = FA_OK;
+    PyGILState_STATE g = PyGILState_Ensure();
+    npy_intp shape[4] = {(npy_intp)n, o->h, o->w, o->c};
+    npy_intp ln = (npy_intp)n;
+    PyObject *xa = PyArray_SimpleNew(4, shape, NPY_FLOAT32);
+    PyObject *la = PyArray_SimpleNew(1, &ln, NPY_INT64);
+    PyObject *out = NULL;
+    if (!xa || !la)
+        goto error;
+    memcpy(PyArray_DATA((PyArrayObject *)xa), x, (size_t)(n * o->h * o->w * o->c) * sizeof(float));
+    memcpy(PyArray_DATA((PyArrayObject *)la), labels, (size_t)n * sizeof(int64_t));
+    out = PyObject_CallFunction(o->fn, "OOO", xa, la, want_grad ? Py_True : Py_False);
+    if (!out)
+        goto error;
+    if (!PyTuple_Check(out) || PyTuple_GET_SIZE(out) != 3) {
+        PyErr_SetString(PyExc_TypeError, "oracle must return a tuple (loss, pred, grad)");
+        goto error;
+    }
+    if (copy_out(PyTuple_GET_ITEM(out, 0), NPY_FLOAT32, ln, loss, "loss") < 0 ||
+        copy_out(PyTuple_GET_ITEM(out, 1), NPY_INT64, ln, pred, "pred") < 0)
+        goto error;
+    if (want_grad && copy_out(PyTuple_GET_ITEM(out, 2), NPY_FLOAT32, ln * o->h * o->w * o->c,
+                              grad, "grad") < 0)
+        goto error;
+    goto done;
+error:
+    status = fa_set_error(FA_ERR_MODEL, "the oracle raised an exception");
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (tb && value)
+        PyException_SetTraceback(value, tb);
+    Py_XDECREF(type);
+    Py_XDECREF(tb);
+    Py_XSETREF(o->error, value);
+done:
+    Py_XDECREF(xa);
+    Py_XDECREF(la);
+    Py_XDECREF(out);
+    PyGILState_Release(g);
+    return status;
+}
+
+/* ------------------------------------------------------------------ attack */
+
+static int parse_transform(PyObject *d, fa_transform *t) {
+    memset(t, 0, sizeof *t);
+    t->di_min_scale = 0.9f;
+    if (d == Py_None)
+        return 0;
+    if (!PyDict_Check(d)) {
+        PyErr_SetString(PyExc_TypeError, "transform must be a dict or None");
+        return -1;
+    }
+    PyObject *v;
+    if ((v = PyDict_GetItemString(d, "di_prob")) && (t->di_prob = (float)PyFloat_AsDouble(v)) == -1.0f && PyErr_Occurred())
+        return -1;
+    if ((v = PyDict_GetItemString(d, "di_min_scale")) && (t->di_min_scale = (float)PyFloat_AsDouble(v)) == -1.0f && PyErr_Occurred())
+        return -1;
+    if ((v = PyDict_GetItemString(d, "si_copies")) && (t->si_copies = (int)PyLong_AsLong(v)) == -1 && PyErr_Occurred())
+        return -1;
+    if ((v = PyDict_GetItemString(d, "ti_kernel")) && (t->ti_kernel = (int)PyLong_AsLong(v)) == -1 && PyErr_Occurred())
+        return -1;
+    if ((v = PyDict_GetItemString(d, "seed")) && (t->seed = PyLong_AsUnsignedLongLongMask(v), PyErr_Occurred()))
+        return -1;
+    return 0;
+}
+
+/* attack(model_or_callable, x0 float32 [N,H,W,C], labels int64 [N], config dict, device,
+ *        transform dict or None) -> dict of result arrays */
+static PyObject *py_attack(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *model_obj, *xo, *lo, *cfg_obj, *tr_obj;
+    int device;
+    if (!PyArg_ParseTuple(args, "OOOOiO", &model_obj, &xo, &lo, &cfg_obj, &device, &tr_obj))
+        return NULL;
+    PyArrayObject *x = NULL, *labels = NULL;
+    PyArrayObject *adv = NULL, *loss = NULL, *closs = NULL, *cpred = NULL, *iters = NULL,
+                  *alpha = NULL, *status = NULL;
+    PyObject *result = NULL;
+    py_oracle po = {NULL, 0, 0, 0, NULL};
+    fa_model_oracle mo;
+    memset(&mo, 0, sizeof mo);
+    fa_config cfg;
+    if (dict_to_config(cfg_obj, &cfg) < 0)
+        goto done;
+    if (!(x = as_array(xo, NPY_FLOAT32, 4, "images")) ||
+        !(labels = as_array(lo, NPY_INT64, 1, "labels")))
+        goto done;
+    npy_intp *shape = PyArray_DIMS(x);
+    npy_intp n = shape[0];
+    if (PyArray_DIM(labels, 0) != n) {
+        PyErr_Format(PyExc_ValueError, "labels has %zd entries, expected %zd", (Py_ssize_t)PyArray_DIM(labels, 0), (Py_ssize_t)n);
+        goto done;
+    }
+    fa_oracle oracle = {NULL, stop_requested, NULL};
+    if (PyObject_TypeCheck(model_obj, &ModelType)) {
+        ModelObject *m = (ModelObject *)model_obj;
+        if (device == FA_DEVICE_CUDA && m->device != FA_DEVICE_CUDA) {
+            PyErr_SetString(PyExc_ValueError,
+                            "device='cuda' needs a model loaded on cuda; this one is on the cpu");
+            goto done;
+        }
+        mo.model = m->model;
+        mo.device_io = device == FA_DEVICE_CUDA;
+        mo.h = shape[1], mo.w = shape[2], mo.c = shape[3];
+        if (parse_transform(tr_obj, &mo.transform) < 0)
+            goto done;
+        oracle.grad = fa_model_oracle_grad;
+        oracle.ctx = &mo;
+    } else if (PyCallable_Check(model_obj)) {
+        if (device != FA_DEVICE_CPU) {
+            PyErr_SetString(PyExc_ValueError, "a Python callable model runs on device='cpu' only");
+            goto done;
+        }
+        po.fn = model_obj;
+        po.h = shape[1], po.w = shape[2], po.c = shape[3];
+        oracle.grad = py_oracle_grad;
+        oracle.ctx = &po;
+    } else {
+        PyErr_SetString(PyExc_TypeError, "model must be a fairattack model or a callable");
+        goto done;
+    }
+    if (!(adv = (PyArrayObject *)PyArray_SimpleNew(4, shape, NPY_FLOAT32)) ||
+        !(loss = (PyArrayObject *)PyArray_SimpleNew(1, &n, NPY_FLOAT32)) ||
+        !(closs = (PyArrayObject *)PyArray_SimpleNew(1, &n, NPY_FLOAT32)) ||
+        !(cpred = (PyArrayObject *)PyArray_SimpleNew(1, &n, NPY_INT64)) ||
+        !(iters = (PyArrayObject *)PyArray_SimpleNew(1, &n, NPY_INT32)) ||
+        !(alpha = (PyArrayObject *)PyArray_SimpleNew(1, &n, NPY_FLOAT32)) ||
+        !(status = (PyArrayObject *)PyArray_SimpleNew(1, &n, NPY_INT32)))
+        goto done;
+    fa_result out = {PyArray_DATA(adv),   PyArray_DATA(loss),  PyArray_DATA(closs),
+                     PyArray_DATA(cpred), PyArray_DATA(iters), PyArray_DATA(alpha),
+                     PyArray_DATA(status)};
+    int64_t dim = (int64_t)shape[1] * shape[2] * shape[3];
+    fa_status s;
+    Py_BEGIN_ALLOW_THREADS s = fa_attack(&cfg, device, n, dim, PyArray_DATA(x),
+                                         PyArray_DATA(labels), &oracle, &out);
+    Py_END_ALLOW_THREADS if (s != FA_OK) {
+        if (po.error) {
+            PyErr_SetObject((PyObject *)Py_TYPE(po.error), po.error);
+        } else {
+            raise_status(s);
+        }
+        goto done;
+    }
+    result = Py_BuildValue("{s:O,s:O,s:O,s:O,s:O,s:O,s:O}", "adv", adv, "loss", loss,
+                           "clean_loss", closs, "clean_pred", cpred, "iterations", iters, "alpha",
+                           alpha, "status", status);
+done:
+    Py_XDECREF(po.error);
+    Py_XDECREF(x);
+    Py_XDECREF(labels);
+    Py_XDECREF(adv);
+    Py_XDECREF(loss);
+    Py_XDECREF(closs);
+    Py_XDECREF(cpred);
+    Py_XDECREF(iters);
+    Py_XDECREF(alpha);
+    Py_XDECREF(status);
+    return result;
+}
+
+/* ------------------------------------------------------------------ metrics */
+
+static PyObject *py_metrics(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *ao, *co;
+    if (!PyArg_ParseTuple(args, "OO", &ao, &co))
+        return NULL;
+    static const char *names[] = {"rmse", "linf", "l2", "l1", "l0", "psnr", "ssim"};
+    PyArrayObject *adv = NULL, *clean = NULL, *arrays[7] = {NULL};
+    PyObject *result = NULL;
+    if (!(adv = as_array(ao, NPY_FLOAT32, 4, "adv")) ||
+        !(clean = as_array(co, NPY_FLOAT32, 4, "clean")))
+        goto done;
+    if (!PyArray_SAMESHAPE(adv, clean)) {
+        PyErr_SetString(PyExc_ValueError, "adv and clean must have the same shape");
+        goto done;
+    }
+    npy_intp *shape = PyArray_DIMS(adv);
+    npy_intp n = shape[0];
+    float *ptrs[7];
+    for (int i = 0; i < 7; i++) {
+        if (!(arrays[i] = (PyArrayObject *)PyArray_SimpleNew(1, &n, NPY_FLOAT32)))
+            goto done;
+        ptrs[i] = PyArray_DATA(arrays[i]);
+    }
+    fa_metrics m = {ptrs[0], ptrs[1], ptrs[2], ptrs[3], ptrs[4], ptrs[5], ptrs[6]};
+    fa_status s;
+    Py_BEGIN_ALLOW_THREADS s = fa_metrics_compute(n, shape[1], shape[2], shape[3],
+                                                  PyArray_DATA(adv), PyArray_DATA(clean), &m);
+    Py_END_ALLOW_THREADS if (s != FA_OK) {
+        raise_status(s);
+        goto done;
+    }
+    if (!(result = PyDict_New()))
+        goto done;
+    for (int i = 0; i < 7; i++)
+        if (PyDict_SetItemString(result, names[i], (PyObject *)arrays[i]) < 0) {
+            Py_CLEAR(result);
+            goto done;
+        }
+done:
+    Py_XDECREF(adv);
+    Py_XDECREF(clean);
+    for (int i = 0; i < 7; i++)
+        Py_XDECREF(arrays[i]);
+    return result;
+}
+
+static PyObject *py_cuda_available(PyObject *self, PyObject *noargs) {
+    (void)self, (void)noargs;
+    return PyBool_FromLong(fa_cuda_available());
+}
+
+/* ------------------------------------------------------------------ module */
+
+static PyMethodDef module_methods[] = {
+    {"attack", py_attack, METH_VARARGS,
+     "attack(model, x0, labels, config, device, transform) -> dict of per-image arrays"},
+    {"metrics", py_metrics, METH_VARARGS, "metrics(adv, clean) -> dict of per-image arrays"},
+    {"default_config", py_default_config, METH_O, "default_config(optimizer) -> dict"},
+    {"check_config", py_check_config, METH_O, "check_config(dict) -> the full checked dict"},
+    {"cuda_available", py_cuda_available, METH_NOARGS, "built with CUDA and a device present"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT, "fairattack._core",
+    "The C core of fairattack (see csrc/include/fairattack.h).", -1, module_methods,
+    NULL, NULL, NULL, NULL,
+};
+
+/* One source of truth for enums: names in enum order, read by the Python package. */
+static PyObject *names_tuple(const char *(*name)(int), int count) {
+    PyObject *t = PyTuple_New(count);
+    for (int i = 0; t && i < count; i++) {
+        PyObject *s = PyUnicode_FromString(name(i));
+        if (!s) {
+            Py_CLEAR(t);
+            break;
+        }
+        PyTuple_SET_ITEM(t, i, s);
+    }
+    return t;
+}
+
+PyMODINIT_FUNC PyInit__core(void) {
+    import_array();
+    if (PyType_Ready(&ModelType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&module_def);
+    if (!m)
+        return NULL;
+    Py_INCREF(&ModelType);
+    if (PyModule_AddObject(m, "Model", (PyObject *)&ModelType) < 0 ||
+        PyModule_AddObject(m, "OPTIMIZERS", names_tuple(fa_optimizer_name, FA_OPT_COUNT)) < 0 ||
+        PyModule_AddObject(m, "IMAGE_STATUS",
+                           names_tuple(fa_image_status_name, FA_IMAGE_STATUS_COUNT)) < 0 ||
+        PyModule_AddIntConstant(m, "DEVICE_CPU", FA_DEVICE_CPU) < 0 ||
+        PyModule_AddIntConstant(m, "DEVICE_CUDA", FA_DEVICE_CUDA) < 0 ||
+        PyModule_AddIntConstant(m, "NESTEROV_AUTHORS", FA_NESTEROV_AUTHORS) < 0 ||
+        PyModule_AddIntConstant(m, "NESTEROV_TEXTBOOK", FA_NESTEROV_TEXTBOOK) < 0 ||
+        PyModule_AddStringConstant(m, "VERSION", FA_VERSION) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

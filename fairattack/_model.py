@@ -1,0 +1,119 @@
+"""Models: TorchScript classifiers run by the C++ LibTorch shim (float NCHW RGB in [0, 255] ->
+logits). NumPy in, NumPy out."""
+
+import io
+import os
+
+import numpy as np
+
+from . import _core
+from ._validate import images_f32, labels_i64, positive_int
+
+_DEVICES = {"cpu": _core.DEVICE_CPU, "cuda": _core.DEVICE_CUDA}
+
+
+def _device_index(device):
+    name = str(device).split(":")[0].lower()
+    if name not in _DEVICES:
+        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    if name == "cuda" and not _core.cuda_available():
+        import torch
+
+        if not torch.cuda.is_available():
+            raise RuntimeError("device='cuda' requested but no CUDA device is available")
+        raise RuntimeError("device='cuda' requested but fairattack was built without CUDA "
+                           "kernels (rebuild with nvcc on PATH)")
+    return _DEVICES[name]
+
+
+class Model:
+    """A classifier for attacks and evaluation; create it with `load_model`."""
+
+    def __init__(self, core, name, device, source=None):
+        self._core = core
+        self.name = name
+        self.device = device
+        self.source = source
+        self._classes = {}
+
+    def __repr__(self):
+        return f"Model(name={self.name!r}, device={self.device!r})"
+
+    def num_classes(self, height=224, width=224):
+        """Number of classes K (one forward of a zero image of that size, cached)."""
+        key = (int(height), int(width))
+        if key not in self._classes:
+            self._classes[key] = self._core.num_classes(key[0], key[1], 3)
+        return self._classes[key]
+
+    def _batches(self, x, batch_size):
+        batch_size = positive_int(batch_size, "batch_size")
+        for start in range(0, x.shape[0], batch_size):
+            yield start, x[start:start + batch_size]
+
+    def logits(self, images, batch_size=64):
+        """Logits [N, K] float32 of uint8/float NHWC images in [0, 255]."""
+        x = images_f32(images)
+        k = self.num_classes(x.shape[1], x.shape[2])
+        out = np.empty((x.shape[0], k), np.float32)
+        for start, chunk in self._batches(x, batch_size):
+            out[start:start + len(chunk)] = self._core.run(chunk, None, False, k)[1]
+        return out
+
+    def predict(self, images, batch_size=64):
+        """Predicted classes [N] int64 (no gradients are computed)."""
+        x = images_f32(images)
+        out = np.empty(x.shape[0], np.int64)
+        for start, chunk in self._batches(x, batch_size):
+            out[start:start + len(chunk)] = self._core.run(chunk, None, False, 0)[2]
+        return out
+
+    def loss_and_grad(self, images, labels, batch_size=64):
+        """Per-image cross-entropy (nats) [N] and its input gradient [N, H, W, 3] float32."""
+        x = images_f32(images)
+        y = labels_i64(labels, x.shape[0], self.num_classes(x.shape[1], x.shape[2]))
+        loss = np.empty(x.shape[0], np.float32)
+        grad = np.empty_like(x)
+        for start, chunk in self._batches(x, batch_size):
+            stop = start + len(chunk)
+            loss[start:stop], _, _, grad[start:stop] = self._core.run(chunk, y[start:stop],
+                                                                      True, 0)
+        return loss, grad
+
+
+def load_model(source, device="cpu", name=None):
+    """Load a classifier for fairattack.
+
+    source: a TorchScript file path, the bytes of one, or a torch.nn.Module (scripted, or traced
+    on a 224x224 input if scripting fails). The model takes float NCHW RGB in [0, 255] and
+    returns logits [N, K]; wrap a plain network with `fairattack.models.ImageNetWrapper` to bake
+    in resizing and normalisation. device: "cpu" or "cuda".
+    """
+    index = _device_index(device)
+    if isinstance(source, (str, os.PathLike)):
+        path = os.fspath(source)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"model file {path!r} does not exist")
+        core = _core.Model(path, index)
+        default_name = os.path.splitext(os.path.basename(path))[0]
+    elif isinstance(source, (bytes, bytearray)):
+        core = _core.Model(bytes(source), index)
+        default_name = "model"
+    else:
+        import torch
+
+        if not isinstance(source, torch.nn.Module):
+            raise TypeError("source must be a TorchScript file path, its bytes or a "
+                            f"torch.nn.Module, got {type(source).__name__}")
+        module = source.eval()
+        if not isinstance(module, torch.jit.ScriptModule):
+            try:
+                module = torch.jit.script(module)
+            except Exception:  # not scriptable: trace it on an ImageNet-sized input
+                with torch.no_grad():
+                    module = torch.jit.trace(module, torch.zeros(1, 3, 224, 224))
+        buffer = io.BytesIO()
+        torch.jit.save(module, buffer)
+        core = _core.Model(buffer.getvalue(), index)
+        default_name = type(source).__name__
+    return Model(core, name or default_name, "cuda" if index else "cpu", source)

@@ -1,0 +1,295 @@
+"""ImageNet data: class table, image loading, datasets of (path, label) and the selection protocol.
+
+Preprocessing (SPEC §6): resize so that the shorter side equals `size`, keeping the aspect ratio, then
+centre-crop `size` x `size`. The resize uses Pillow's bilinear filter, which (like Keras' PIL-based
+loader) widens its support when shrinking, i.e. it antialiases; the longer side is rounded to the
+nearest integer. Images are returned as uint8 HWC RGB.
+
+Selection (SPEC §6): `select` sorts the dataset's file names, shuffles them with
+`numpy.random.default_rng(seed).permutation`, walks that order in batches and keeps the first `n`
+images that the surrogate classifies correctly. It streams: at most the kept images plus one batch are
+held in memory.
+"""
+
+import functools
+import importlib.resources
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
+LABEL_FILE_NAMES = ("val.txt", "labels.txt", "val_labels.txt")
+_SYNSET = re.compile(r"n\d{8}")
+_LAYOUTS = (
+    "'val': image files plus a label file of lines 'ILSVRC2012_val_00000001.JPEG 65' "
+    f"(pass labels=..., or name it one of {', '.join(LABEL_FILE_NAMES)} inside the folder); "
+    "'synset_folders': one sub-folder per class named by its synset (n01440764/...); "
+    "'flat': files named SYNSET_name.JPEG (n01440764_tench.JPEG)"
+)
+
+
+# ----------------------------------------------------------------------------- class table
+
+@functools.lru_cache(maxsize=None)
+def _class_table():
+    text = importlib.resources.files(__package__).joinpath("imagenet_classes.tsv").read_text()
+    lines = text.splitlines()
+    synset_list, name_list = [], []
+    for i, line in enumerate(lines[1:]):
+        index, synset, name = line.split("\t")
+        if int(index) != i:
+            raise RuntimeError(f"imagenet_classes.tsv line {i + 2}: index {index}, expected {i}")
+        synset_list.append(synset)
+        name_list.append(name)
+    return tuple(synset_list), tuple(name_list), {s: i for i, s in enumerate(synset_list)}
+
+
+def synsets():
+    """The 1000 ImageNet synsets in class-index order (sorted synset order)."""
+    return list(_class_table()[0])
+
+
+def class_names():
+    """The 1000 human-readable class names in class-index order (two names repeat: crane, maillot)."""
+    return list(_class_table()[1])
+
+
+def index_of(synset):
+    """Class index of a synset such as 'n01440764'."""
+    table = _class_table()[2]
+    if synset not in table:
+        raise KeyError(f"synset={synset!r} is not one of the 1000 ImageNet synsets")
+    return table[synset]
+
+
+def _check_index(index):
+    if not 0 <= int(index) < 1000:
+        raise IndexError(f"index={index} out of range [0, 1000)")
+    return int(index)
+
+
+def synset_of(index):
+    """Synset of a class index."""
+    return _class_table()[0][_check_index(index)]
+
+
+def name_of(index):
+    """Class name of a class index."""
+    return _class_table()[1][_check_index(index)]
+
+
+# ----------------------------------------------------------------------------- images
+
+def load_image(path, size):
+    """Load an image as uint8 [size, size, 3] RGB: shorter side resized to `size`, then centre crop."""
+    size = int(size)
+    if size < 1:
+        raise ValueError(f"size={size}, expected a positive integer")
+    with Image.open(path) as img:
+        img = img.convert("RGB")
+        width, height = img.size
+        scale = size / min(width, height)
+        new_w = max(size, round(width * scale))
+        new_h = max(size, round(height * scale))
+        if (new_w, new_h) != (width, height):
+            img = img.resize((new_w, new_h), Image.Resampling.BILINEAR)
+        left, top = (new_w - size) // 2, (new_h - size) // 2
+        img = img.crop((left, top, left + size, top + size))
+        return np.asarray(img, dtype=np.uint8).copy()
+
+
+def save_png(images, names, folder):
+    """Save uint8 NHWC images as folder/<stem of name>.png; returns the list of written paths."""
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"images: expected uint8 [N, H, W, 3], got {images.dtype} {images.shape}")
+    names = list(names)
+    if len(names) != len(images):
+        raise ValueError(f"names: expected {len(images)} names, got {len(names)}")
+    stems = [Path(name).stem for name in names]
+    if len(set(stems)) != len(stems):
+        raise ValueError("names: two names have the same file stem; PNGs would overwrite each other")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for image, stem in zip(images, stems):
+        path = folder / f"{stem}.png"
+        Image.fromarray(image, "RGB").save(path)
+        paths.append(path)
+    return paths
+
+
+# ----------------------------------------------------------------------------- datasets
+
+@dataclass(frozen=True)
+class Dataset:
+    """A list of labelled image files, sorted by name; no pixels are loaded.
+
+    `names[i]` is the path relative to `root` (the sort key), `labels[i]` the class index.
+    """
+
+    root: Path
+    names: tuple
+    labels: np.ndarray
+    layout: str
+
+    def __len__(self):
+        return len(self.names)
+
+    def __getitem__(self, i):
+        return self.root / self.names[i], int(self.labels[i])
+
+    def path(self, i):
+        return self.root / self.names[i]
+
+
+def _image_files(folder):
+    return sorted(p.name for p in folder.iterdir()
+                  if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def read_label_file(path):
+    """Parse lines 'FILENAME LABEL' into a dict; ValueError names the bad line."""
+    path = Path(path)
+    table = {}
+    with open(path) as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            fields = line.split()
+            where = f"{path}:{lineno}"
+            if len(fields) != 2:
+                raise ValueError(f"{where}: expected 'FILENAME LABEL', got {line.rstrip()!r}")
+            name, label = fields
+            try:
+                label = int(label)
+            except ValueError:
+                raise ValueError(f"{where}: label {label!r} is not an integer") from None
+            if not 0 <= label < 1000:
+                raise ValueError(f"{where}: label {label} out of range [0, 1000)")
+            if name in table:
+                raise ValueError(f"{where}: {name!r} is listed twice")
+            table[name] = label
+    if not table:
+        raise ValueError(f"{path}: label file has no entries")
+    return table
+
+
+def _val_layout(root, label_file):
+    table = read_label_file(label_file)
+    names = _image_files(root)
+    if not names:
+        raise ValueError(f"{root}: no image files ({', '.join(IMAGE_SUFFIXES)}) next to labels")
+    missing = [n for n in names if n not in table]
+    if missing:
+        raise ValueError(f"{label_file}: no label for {missing[0]!r} "
+                         f"({len(missing)} of {len(names)} images in {root} unlabelled)")
+    return Dataset(root, tuple(names), np.array([table[n] for n in names], np.int64), "val")
+
+
+def _synset_folder_layout(root, folders):
+    names, labels = [], []
+    for folder in folders:
+        label = index_of(folder.name)
+        files = _image_files(folder)
+        names += [f"{folder.name}/{f}" for f in files]
+        labels += [label] * len(files)
+    return Dataset(root, tuple(names), np.array(labels, np.int64), "synset_folders")
+
+
+def _flat_layout(root, names):
+    labels = [index_of(n.split("_", 1)[0]) for n in names]
+    return Dataset(root, tuple(names), np.array(labels, np.int64), "flat")
+
+
+def open_dataset(root, labels=None, layout="auto"):
+    """List the labelled images under `root` without loading them.
+
+    layout: "auto", "val" (needs `labels`, a label file, or one of LABEL_FILE_NAMES inside `root`),
+    "synset_folders" or "flat". Auto-detection tries val (when a label file is given or found),
+    then synset folders, then flat SYNSET_name files.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"root={str(root)!r} is not a directory")
+    if layout not in ("auto", "val", "synset_folders", "flat"):
+        raise ValueError(f"layout={layout!r}, expected 'auto', 'val', 'synset_folders' or 'flat'")
+    if labels is None and layout in ("auto", "val"):
+        found = [root / n for n in LABEL_FILE_NAMES if (root / n).is_file()]
+        labels = found[0] if found else None
+    if layout == "val" or (layout == "auto" and labels is not None):
+        if labels is None:
+            raise ValueError(f"layout='val' needs labels=...: no label file found in {root}")
+        return _val_layout(root, labels)
+    if layout in ("auto", "synset_folders"):
+        folders = sorted(p for p in root.iterdir() if p.is_dir() and _SYNSET.fullmatch(p.name))
+        if folders:
+            return _synset_folder_layout(root, folders)
+    if layout in ("auto", "flat"):
+        names = [n for n in _image_files(root) if _SYNSET.fullmatch(n.split("_", 1)[0])]
+        if names:
+            return _flat_layout(root, names)
+    raise ValueError(f"{root}: no images in a known layout (layout={layout!r}); expected {_LAYOUTS}")
+
+
+# ----------------------------------------------------------------------------- streaming
+
+def _as_dataset(dataset):
+    return dataset if isinstance(dataset, Dataset) else open_dataset(dataset)
+
+
+def iter_batches(dataset, size, batch_size=32, order=None):
+    """Yield (images uint8 [b, size, size, 3], labels int64 [b], names) in `order` (default: sorted).
+
+    Only one batch of pixels exists at a time.
+    """
+    dataset = _as_dataset(dataset)
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size={batch_size}, expected >= 1")
+    order = np.arange(len(dataset)) if order is None else np.asarray(order)
+    for start in range(0, len(order), int(batch_size)):
+        idx = order[start:start + int(batch_size)]
+        images = np.stack([load_image(dataset.path(i), size) for i in idx])
+        yield images, dataset.labels[idx], [dataset.names[i] for i in idx]
+
+
+def select(dataset, model, n, size, seed=0, batch_size=32, progress=False):
+    """SPEC §6 selection: the first `n` images, in seeded shuffled order, that `model` gets right.
+
+    dataset: a Dataset or a folder for `open_dataset`. model: anything with
+    `predict(images uint8 NHWC) -> int labels`. The order is `sorted names` permuted by
+    `numpy.random.default_rng(seed).permutation(len(dataset))`, so a seed fixes the selection.
+    Returns (images uint8 [n, size, size, 3], labels int64 [n], names). If the dataset runs out first,
+    fewer images are returned with a RuntimeWarning.
+    """
+    dataset = _as_dataset(dataset)
+    n = int(n)
+    if n < 1:
+        raise ValueError(f"n={n}, expected >= 1")
+    order = np.random.default_rng(seed).permutation(len(dataset))
+    images = np.empty((n, size, size, 3), np.uint8)
+    labels = np.empty(n, np.int64)
+    names = []
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=n, desc="select", unit="img")
+    for batch, batch_labels, batch_names in iter_batches(dataset, size, batch_size, order):
+        correct = np.asarray(model.predict(batch)) == batch_labels
+        for i in np.flatnonzero(correct)[:n - len(names)]:
+            images[len(names)], labels[len(names)] = batch[i], batch_labels[i]
+            names.append(batch_names[i])
+        if bar is not None:
+            bar.update(min(int(correct.sum()), n - bar.n))
+        if len(names) == n:
+            break
+    if bar is not None:
+        bar.close()
+    if len(names) < n:
+        warnings.warn(f"select: only {len(names)} of {len(dataset)} images are classified correctly, "
+                      f"fewer than n={n}", RuntimeWarning, stacklevel=2)
+    return images[:len(names)], labels[:len(names)], names

@@ -1,0 +1,130 @@
+"""The paper's settings (SPEC §2) as presets of the C core's configuration.
+
+Every value can be overridden by keyword. Defaults come from the compiled core
+(`fa_config_default`): one source of truth for the per-optimizer caps and first-step RMSEs.
+Losses are cross-entropies in nats (the authors' code printed CE/1000; their 0.03 is 30 here).
+"""
+
+import math
+
+from . import _core
+
+OPTIMIZERS = tuple(_core.OPTIMIZERS)
+PAPER_OPTIMIZERS = ("GD", "MGD", "NAGD", "Adam", "LAdam", "MSVAG", "AdaB")
+SIGN_OPTIMIZERS = ("FGSM", "PGD", "MI-FGSM", "NI-FGSM")
+SETTINGS = ("const_loss", "rmse_loss", "const_rmse", "const_rmse_authors", "fixed")
+
+#: γ of the RMSE-augmented loss CE + γ·RMSE (the authors' 0.006 on their CE/1000 scale).
+RMSE_WEIGHT = 6.0
+#: Target RMSE of the paper's constant-RMSE study (§3.3).
+TARGET_RMSE = 15.0
+#: Step cap of `const_rmse`: images stop at the target long before it.
+CONST_RMSE_MAX_ITER = 100
+#: First-step RMSE of the authors' constant-RMSE code (10 steps, no loss stop).
+CONST_RMSE_FIRST_STEP = {"GD": 8.0, "MGD": 2.0, "NAGD": 2.0, "Adam": 4.0, "LAdam": 4.0,
+                         "MSVAG": 2.0, "AdaB": 4.0, "RMSProp": 4.0, "AdamW": 4.0, "Yogi": 4.0}
+#: Stopping loss of const_loss / rmse_loss, in nats.
+STOP_LOSS = 30.0
+
+_NESTEROV = {"authors": _core.NESTEROV_AUTHORS, "textbook": _core.NESTEROV_TEXTBOOK}
+CONFIG_FIELDS = tuple(_core.default_config(0))
+
+
+def optimizer_index(optimizer):
+    """The core's enum value of an optimizer name (case-insensitive; "PGD" also as "I-FGSM")."""
+    if not isinstance(optimizer, str):
+        raise TypeError(f"optimizer must be a name, one of {OPTIMIZERS}; got {optimizer!r}")
+    aliases = {"I-FGSM": "PGD", "IFGSM": "PGD", "MIFGSM": "MI-FGSM", "NIFGSM": "NI-FGSM",
+               "ADABELIEF": "AdaB", "M-SVAG": "MSVAG", "NA-GD": "NAGD", "M-GD": "MGD"}
+    key = aliases.get(optimizer.upper(), optimizer)
+    for i, name in enumerate(OPTIMIZERS):
+        if name.upper() == key.upper():
+            return i
+    raise ValueError(f"unknown optimizer {optimizer!r}; expected one of {OPTIMIZERS}")
+
+
+def default_setting(optimizer):
+    """`fixed` for the sign attacks (their usual fixed-step run), `const_loss` otherwise."""
+    return "fixed" if OPTIMIZERS[optimizer_index(optimizer)] in SIGN_OPTIMIZERS else "const_loss"
+
+
+def make_config(optimizer, setting=None, **overrides):
+    """The full, checked configuration of one attack as a dict of the core's fields.
+
+    setting:
+      const_loss          stop at CE >= 30 nats, per-optimizer cap and first-step RMSE (paper §3.1)
+      rmse_loss           as const_loss, ascending CE + 6·RMSE from the second step on (§3.2)
+      const_rmse          stop each image when its RMSE reaches 15, the last step shortened (§3.3)
+      const_rmse_authors  the authors' code: exactly 10 steps, larger first steps, no loss stop
+      fixed               no loss stop: the per-optimizer cap (sign attacks: FGSM one step of ε,
+                          PGD/MI/NI 10 steps of ε/10)
+    overrides: any field of the core's fa_config, e.g. eps, max_iter, first_step_rmse, alpha,
+      stop_loss, stop_rmse, rmse_weight, momentum, beta1, beta2, delta, ladam_lambda,
+      adamw_decay, msvag_beta, rmsprop_rho, nesterov ("authors"/"textbook"), random_start, seed,
+      skip_misclassified. Giving `alpha` switches calibration off and vice versa.
+    """
+    index = optimizer_index(optimizer)
+    name = OPTIMIZERS[index]
+    setting = default_setting(name) if setting is None else setting
+    if setting not in SETTINGS:
+        raise ValueError(f"unknown setting {setting!r}; expected one of {SETTINGS}")
+    cfg = _core.default_config(index)
+    sign = name in SIGN_OPTIMIZERS
+    if setting in ("const_loss", "rmse_loss"):
+        cfg["stop_loss"] = STOP_LOSS
+        if setting == "rmse_loss":
+            cfg["rmse_weight"] = RMSE_WEIGHT
+    elif setting in ("const_rmse", "const_rmse_authors"):
+        cfg["stop_loss"] = math.inf
+        if not sign:
+            cfg["first_step_rmse"] = CONST_RMSE_FIRST_STEP.get(name, 4.0)
+        if setting == "const_rmse":
+            cfg["stop_rmse"] = TARGET_RMSE
+            cfg["max_iter"] = CONST_RMSE_MAX_ITER
+        else:
+            cfg["max_iter"] = 10
+    else:  # fixed
+        cfg["stop_loss"] = math.inf
+
+    unknown = sorted(set(overrides) - set(CONFIG_FIELDS) - {"optimizer"})
+    if unknown:
+        raise TypeError(f"unknown hyper-parameter {unknown[0]!r}; expected one of "
+                        f"{tuple(f for f in CONFIG_FIELDS if f != 'optimizer')}")
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if "optimizer" in overrides:
+        raise TypeError("give the optimizer as the `optimizer` argument, not as an override")
+    if "nesterov" in overrides and isinstance(overrides["nesterov"], str):
+        if overrides["nesterov"] not in _NESTEROV:
+            raise ValueError(f"nesterov={overrides['nesterov']!r}; expected 'authors' or "
+                             "'textbook'")
+        overrides["nesterov"] = _NESTEROV[overrides["nesterov"]]
+    if "alpha" in overrides and "first_step_rmse" not in overrides:
+        cfg["first_step_rmse"] = 0.0
+    if "first_step_rmse" in overrides and "alpha" not in overrides:
+        cfg["alpha"] = 0.0
+    for key, value in overrides.items():
+        if isinstance(value, bool):
+            value = int(value)
+        if not isinstance(value, (int, float)):
+            raise TypeError(f"{key} must be a number, got {type(value).__name__}")
+        cfg[key] = value
+    if sign and "alpha" not in overrides and "first_step_rmse" not in overrides:
+        # the sign attacks' usual step: FGSM one step of eps, the iterative ones eps / steps
+        steps = 1 if name == "FGSM" else max(int(cfg["max_iter"]), 1)
+        cfg["alpha"] = float(cfg["eps"]) / steps
+    return _core.check_config(cfg)
+
+
+def describe(cfg):
+    """A short human-readable line for a configuration dict."""
+    name = OPTIMIZERS[cfg["optimizer"]]
+    step = (f"alpha={cfg['alpha']:g}" if cfg["alpha"] > 0
+            else f"first_step_rmse={cfg['first_step_rmse']:g}")
+    parts = [name, f"eps={cfg['eps']:g}", f"max_iter={cfg['max_iter']}", step]
+    if math.isfinite(cfg["stop_loss"]):
+        parts.append(f"stop_loss={cfg['stop_loss']:g}")
+    if cfg["stop_rmse"] > 0:
+        parts.append(f"stop_rmse={cfg['stop_rmse']:g}")
+    if cfg["rmse_weight"] > 0:
+        parts.append(f"rmse_weight={cfg['rmse_weight']:g}")
+    return " ".join(parts)
