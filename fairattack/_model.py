@@ -16,13 +16,13 @@ def _device_index(device):
     name = str(device).split(":")[0].lower()
     if name not in _DEVICES:
         raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
-    if name == "cuda" and not _core.cuda_available():
+    if name == "cuda":
         import torch
 
         if not torch.cuda.is_available():
             raise RuntimeError("device='cuda' requested but no CUDA device is available")
-        raise RuntimeError("device='cuda' requested but fairattack was built without CUDA "
-                           "kernels (rebuild with nvcc on PATH)")
+        # without fairattack's CUDA kernels the model still runs on the GPU; the attack's own
+        # state then lives on the host (see attack())
     return _DEVICES[name]
 
 
@@ -105,15 +105,20 @@ def load_model(source, device="cpu", name=None):
         if not isinstance(source, torch.nn.Module):
             raise TypeError("source must be a TorchScript file path, its bytes or a "
                             f"torch.nn.Module, got {type(source).__name__}")
+        from .models import ImageNetWrapper, _quiet_jit, _script
+
         module = source.eval()
-        if not isinstance(module, torch.jit.ScriptModule):
-            try:
-                module = torch.jit.script(module)
-            except Exception:  # not scriptable: trace it on an ImageNet-sized input
-                with torch.no_grad():
-                    module = torch.jit.trace(module, torch.zeros(1, 3, 224, 224))
-        buffer = io.BytesIO()
-        torch.jit.save(module, buffer)
+        with _quiet_jit():  # torch.jit is deprecated upstream; the C++ shim still needs it
+            if isinstance(module, ImageNetWrapper):
+                module = _script(module)[0]  # keeps the resize branch dynamic
+            elif not isinstance(module, torch.jit.ScriptModule):
+                try:
+                    module = torch.jit.script(module)
+                except Exception:  # not scriptable: trace it on an ImageNet-sized input
+                    with torch.no_grad():
+                        module = torch.jit.trace(module, torch.zeros(1, 3, 224, 224))
+            buffer = io.BytesIO()
+            torch.jit.save(module, buffer)
         core = _core.Model(buffer.getvalue(), index)
         default_name = type(source).__name__
     return Model(core, name or default_name, "cuda" if index else "cpu", source)

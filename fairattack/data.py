@@ -293,3 +293,28 @@ def select(dataset, model, n, size, seed=0, batch_size=32, progress=False):
         warnings.warn(f"select: only {len(names)} of {len(dataset)} images are classified correctly, "
                       f"fewer than n={n}", RuntimeWarning, stacklevel=2)
     return images[:len(names)], labels[:len(names)], names
+
+
+# ----------------------------------------------------------------------------- demo photos
+
+#: Real photos that scikit-image ships (skimage/data), with the ImageNet class of what they show.
+#: ImageNet's cat classes are notoriously mixed up; Chelsea is labelled Egyptian cat, the class
+#: all three EfficientNet-Lite models give her. There is no motorcycle class: moped is the
+#: nearest.
+DEMO_PHOTOS = (("chelsea.png", 285), ("coffee.png", 967), ("rocket.jpg", 657),
+               ("motorcycle_left.png", 665))
+
+
+def demo_photos(size=224):
+    """(images uint8 [N, size, size, 3], labels, names) of the photos scikit-image ships, resized
+    and centre-cropped like ImageNet (SPEC §6). The demo's default data: nothing is downloaded."""
+    try:
+        import skimage
+    except ImportError as error:
+        raise ModuleNotFoundError("the demo photos come with scikit-image: pip install "
+                                  "scikit-image (or pass a folder of images)") from error
+    folder = Path(skimage.__file__).parent / "data"
+    images = np.stack([load_image(folder / name, size) for name, _ in DEMO_PHOTOS])
+    labels = np.array([label for _, label in DEMO_PHOTOS], np.int64)
+    names = [Path(name).stem for name, _ in DEMO_PHOTOS]
+    return images, labels, names
