@@ -11,7 +11,9 @@ import torch  # noqa: F401  (loads LibTorch's shared libraries before the extens
 from . import _core
 from ._model import Model, load_model
 from .attack import AttackResult, attack, measure, to_uint8
+from .evaluate import evaluate  # binds the function over the submodule's name
 from .settings import OPTIMIZERS, PAPER_OPTIMIZERS, SETTINGS, SIGN_OPTIMIZERS, make_config
+from .study import run_study
 
 __version__ = _core.VERSION
 
@@ -22,18 +24,15 @@ def cuda_available():
 
 
 def __getattr__(name):
-    # the heavier layers load on first use: fa.evaluate, fa.data, fa.models, fa.study, ...
+    # submodules load on first use: fa.data, fa.models, fa.figures, fa.cli
     import importlib
 
-    if name == "evaluate":
-        return importlib.import_module(".evaluate", __name__).evaluate
-    if name in ("data", "models", "study", "figures", "cli", "evaluate_module"):
+    if name in ("data", "models", "study", "figures", "cli"):
         return importlib.import_module("." + name, __name__)
-    if name == "run_study":
-        return importlib.import_module(".study", __name__).run_study
     raise AttributeError(f"module 'fairattack' has no attribute {name!r}")
 
 
 __all__ = ["AttackResult", "Model", "OPTIMIZERS", "PAPER_OPTIMIZERS", "SETTINGS",
-           "SIGN_OPTIMIZERS", "attack", "cuda_available", "load_model", "make_config", "measure",
+           "SIGN_OPTIMIZERS", "attack", "cuda_available", "evaluate", "load_model", "make_config",
+           "measure", "run_study",
            "to_uint8", "__version__"]
