@@ -1,0 +1,98 @@
+"""The `fairattack` command, run as a user runs it: in a subprocess."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+import fairattack as fa
+from fairattack import data
+from tiny import save_tiny
+
+PACKAGE_ROOT = str(Path(fa.__file__).resolve().parents[1])
+
+
+def cli(*args, cwd=None):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        p for p in (PACKAGE_ROOT, os.environ.get("PYTHONPATH")) if p))
+    return subprocess.run([sys.executable, "-m", "fairattack.cli", *map(str, args)],
+                          capture_output=True, text=True, env=env, cwd=cwd, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def user_files(tmp_path_factory):
+    """Tiny TorchScript models and a flat folder of SYNSET_name.png images."""
+    root = tmp_path_factory.mktemp("user")
+    s = save_tiny(root / "surrogate.pt", 0)
+    v = save_tiny(root / "victim.pt", 1)
+    folder = root / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    model = fa.load_model(s)
+    for i in range(12):
+        x = rng.integers(0, 256, (20, 24, 3)).astype(np.uint8)
+        label = int(model.predict(x[2:18, 4:20][None])[0])  # what the centre crop shows it
+        Image.fromarray(x).save(folder / f"{data.synset_of(label)}_img{i}.png")
+    return root, s, v, folder
+
+
+def test_models_lists_the_registry():
+    out = cli("models")
+    assert out.returncode == 0, out.stderr
+    assert "efficientnet-lite0" in out.stdout and "224" in out.stdout
+
+
+def test_run_then_report(user_files):
+    root, s, v, folder = user_files
+    out_dir = root / "study"
+    out = cli("run", "--surrogates", s, "--victims", v, "--data", folder, "--n", 3,
+              "--optimizers", "GD", "Adam", "--settings", "const_loss", "--eps", 8,
+              "--max-iter", 3, "--image-size", 16, "--out", out_dir, "--quiet")
+    assert out.returncode == 0, out.stderr
+    df = pd.read_csv(out_dir / "results.csv")
+    assert list(df["optimizer"]) == ["GD", "Adam"] and (df["linf"] <= 8).all()
+    assert (df["n_images"] == 3).all() and "err_victim" in df.columns
+    assert "asr" in out.stdout and (out_dir / "asr_vs_rmse.png").is_file()
+
+    (out_dir / "results.md").unlink()
+    again = cli("report", out_dir)
+    assert again.returncode == 0, again.stderr
+    assert (out_dir / "results.md").read_text().startswith("| surrogate")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["demo", "--optimizers", "Adamax"], "unknown optimizer 'Adamax'"),
+    (["demo", "--settings", "fast"], "unknown setting 'fast'"),
+    (["run", "--surrogates", "x.pt", "--victims", "y.pt", "--data", "/no/such/folder"],
+     "does not exist"),
+    (["report", "/no/such/study"], "not a results folder"),
+])
+def test_user_errors_are_one_line_and_exit_2(args, message):
+    out = cli(*args)
+    assert out.returncode == 2
+    assert out.stderr.strip().startswith("fairattack: error:") and message in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_bad_option_value_is_a_usage_error(user_files):
+    root, s, v, folder = user_files
+    out = cli("run", "--surrogates", s, "--victims", v, "--data", folder, "--eps", "-4",
+              "--out", root / "bad", "--image-size", 16, "--quiet")
+    assert out.returncode == 2 and "eps" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_demo_on_the_shipped_photos(tmp_path):
+    pytest.importorskip("skimage")
+    pytest.importorskip("efficientnet_lite_pytorch")
+    out = cli("demo", "--optimizers", "Adam", "--out", tmp_path / "demo", "--quiet",
+              cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    df = pd.read_csv(tmp_path / "demo" / "results.csv")
+    assert df.loc[0, "optimizer"] == "Adam" and df.loc[0, "n_images"] >= 3
+    assert {"err_efficientnet-lite1", "err_efficientnet-lite2", "asr"} <= set(df.columns)
+    assert (tmp_path / "demo" / "gallery.png").is_file()

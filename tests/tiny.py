@@ -1,0 +1,33 @@
+"""Tiny TorchScript classifiers (1000 ImageNet classes, any input size) for fast study and CLI
+tests, where real weights are not the point."""
+
+import numpy as np
+import torch
+
+
+class TinyImageNet(torch.nn.Module):
+    def __init__(self, seed):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.conv = torch.nn.Conv2d(3, 6, 3, padding=1)
+        self.head = torch.nn.Linear(6 * 2 * 2, 1000)
+
+    def forward(self, x):
+        h = torch.relu(self.conv(x / 127.5 - 1.0))
+        h = torch.nn.functional.adaptive_avg_pool2d(h, 2)
+        return self.head(h.flatten(1)) * 3.0
+
+
+def save_tiny(path, seed):
+    """A TorchScript file of a tiny classifier; returns its path."""
+    from fairattack.models import _quiet_jit
+
+    with _quiet_jit():
+        torch.jit.save(torch.jit.script(TinyImageNet(seed).eval()), str(path))
+    return path
+
+
+def images_it_gets_right(model, n=4, size=16, seed=0):
+    """Random uint8 images labelled with the model's own predictions (so all are attacked)."""
+    x = np.random.default_rng(seed).integers(0, 256, (n, size, size, 3)).astype(np.uint8)
+    return x, model.predict(x), [f"img{i}" for i in range(n)]
