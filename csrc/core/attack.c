@@ -108,7 +108,7 @@ static fa_status compact(run_state *s) {
     for (int64_t j = 0; j < n_new; j++) {
         const int64_t r = s->src[j];
         s->orig[j] = s->orig[r], s->index[j] = s->index[r], s->labels[j] = s->labels[r];
-        s->best_loss[j] = s->best_loss[r], s->alpha[j] = s->alpha[r];
+        s->best_loss[j] = s->best_loss[r], s->alpha[j] = s->alpha[r], s->asum[j] = s->asum[r];
     }
     s->n = n_new;
     return FA_OK;
@@ -314,9 +314,14 @@ fa_status fa_attack(const fa_config *cfg, int device, int64_t n, int64_t dim, co
         /* the clean loss and prediction come from x0 itself, the loop starts elsewhere */
         if ((st = ask(&s, s.buf[B_X0], 0)) != FA_OK)
             goto done;
-        for (int64_t i = 0; i < n; i++)
+        for (int64_t i = 0; i < n && st == FA_OK; i++) {
             out->clean_loss[i] = s.loss[i], out->clean_pred[i] = s.pred[i];
-        st = s.be->random_start(n, dim, s.buf[B_X0], cfg->eps, cfg->seed, s.index, s.buf[B_X]);
+            if (cfg->skip_misclassified && s.pred[i] != labels[i])
+                st = finish(&s, i, FA_IMAGE_SKIPPED, B_X0, NAN, 0); /* never asked again */
+        }
+        if (st == FA_OK && (st = compact(&s)) == FA_OK && s.n > 0)
+            st = s.be->random_start(s.n, dim, s.buf[B_X0], cfg->eps, cfg->seed, s.index,
+                                    s.buf[B_X]);
     } else {
         st = s.be->copy(s.buf[B_X], s.buf[B_X0], bytes, FA_COPY_D2D);
     }

@@ -357,6 +357,23 @@ static int copy_out(PyObject *obj, int type, npy_intp count, void *dst, const ch
     return 0;
 }
 
+/* The pending exception as one object (with its traceback), cleared; PyErr_Fetch is deprecated
+ * from Python 3.12 on. */
+static PyObject *take_exception(void) {
+#if PY_VERSION_HEX >= 0x030C0000
+    return PyErr_GetRaisedException();
+#else
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (tb && value)
+        PyException_SetTraceback(value, tb);
+    Py_XDECREF(type);
+    Py_XDECREF(tb);
+    return value;
+#endif
+}
+
 static fa_status py_oracle_grad(void *ctx, int64_t n, const int64_t *index, const int64_t *labels,
                                 const float *x, int want_grad, float *loss, int64_t *pred,
                                 float *grad) {
@@ -389,14 +406,7 @@ static fa_status py_oracle_grad(void *ctx, int64_t n, const int64_t *index, cons
     goto done;
 error:
     status = fa_set_error(FA_ERR_MODEL, "the oracle raised an exception");
-    PyObject *type, *value, *tb;
-    PyErr_Fetch(&type, &value, &tb);
-    PyErr_NormalizeException(&type, &value, &tb);
-    if (tb && value)
-        PyException_SetTraceback(value, tb);
-    Py_XDECREF(type);
-    Py_XDECREF(tb);
-    Py_XSETREF(o->error, value);
+    Py_XSETREF(o->error, take_exception());
 done:
     Py_XDECREF(xa);
     Py_XDECREF(la);
