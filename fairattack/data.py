@@ -13,6 +13,7 @@ held in memory.
 
 import functools
 import importlib.resources
+import os
 import re
 import warnings
 from dataclasses import dataclass
@@ -191,10 +192,18 @@ def _val_layout(root, label_file):
     return Dataset(root, tuple(names), np.array([table[n] for n in names], np.int64), "val")
 
 
+def _label_of(synset, path):
+    """index_of(synset), with the file or folder that named it in the error."""
+    try:
+        return index_of(synset)
+    except KeyError as error:
+        raise KeyError(f"{path}: {error.args[0]}") from None
+
+
 def _synset_folder_layout(root, folders):
     names, labels = [], []
     for folder in folders:
-        label = index_of(folder.name)
+        label = _label_of(folder.name, folder)
         files = _image_files(folder)
         names += [f"{folder.name}/{f}" for f in files]
         labels += [label] * len(files)
@@ -202,7 +211,7 @@ def _synset_folder_layout(root, folders):
 
 
 def _flat_layout(root, names):
-    labels = [index_of(n.split("_", 1)[0]) for n in names]
+    labels = [_label_of(n.split("_", 1)[0], root / n) for n in names]
     return Dataset(root, tuple(names), np.array(labels, np.int64), "flat")
 
 
@@ -271,8 +280,9 @@ def select(dataset, model, n, size, seed=0, batch_size=32, progress=False):
     if n < 1:
         raise ValueError(f"n={n}, expected >= 1")
     order = np.random.default_rng(seed).permutation(len(dataset))
-    images = np.empty((n, size, size, 3), np.uint8)
-    labels = np.empty(n, np.int64)
+    capacity = min(n, len(dataset))  # n may exceed the dataset: never allocate more than it holds
+    images = np.empty((capacity, size, size, 3), np.uint8)
+    labels = np.empty(capacity, np.int64)
     names = []
     bar = None
     if progress:
@@ -280,12 +290,12 @@ def select(dataset, model, n, size, seed=0, batch_size=32, progress=False):
         bar = tqdm(total=n, desc="select", unit="img")
     for batch, batch_labels, batch_names in iter_batches(dataset, size, batch_size, order):
         correct = np.asarray(model.predict(batch)) == batch_labels
-        for i in np.flatnonzero(correct)[:n - len(names)]:
+        for i in np.flatnonzero(correct)[:capacity - len(names)]:
             images[len(names)], labels[len(names)] = batch[i], batch_labels[i]
             names.append(batch_names[i])
         if bar is not None:
-            bar.update(min(int(correct.sum()), n - bar.n))
-        if len(names) == n:
+            bar.update(min(int(correct.sum()), capacity - bar.n))
+        if len(names) == capacity:
             break
     if bar is not None:
         bar.close()

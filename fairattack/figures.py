@@ -46,6 +46,11 @@ def _save(fig, path, dpi=150):
 
 
 def _check_frame(df, columns):
+    import pandas as pd
+
+    if not isinstance(df, pd.DataFrame):
+        raise TypeError(f"df: expected a pandas DataFrame (a run_study table), got "
+                        f"{type(df).__name__}")
     missing = [c for c in columns if c not in df.columns]
     if missing:
         raise ValueError(f"df: missing columns {missing}; expected a run_study table")

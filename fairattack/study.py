@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ._model import Model, load_model
+from ._model import Model, _device_index, load_model
 from .attack import attack
-from .settings import PAPER_OPTIMIZERS, SETTINGS, make_config
+from .settings import OPTIMIZERS, PAPER_OPTIMIZERS, SETTINGS, make_config, optimizer_index
 
 METRICS = ("rmse", "linf", "l2", "l1", "l0", "psnr", "ssim", "loss", "iterations")
 COLUMNS = ("surrogate", "optimizer", "setting", "n_images", "n_skipped", "n_failed") + METRICS \
@@ -333,11 +333,47 @@ def load_results(out_dir):
     cells = [c for c in map(_read_cell, sorted((out_dir / "cells").glob("*.json"))) if c]
     if not cells:
         raise FileNotFoundError(f"{out_dir}: no results.csv and no finished cells")
+    # the grid's order is not recorded: surrogates by name, then settings and optimizers in
+    # their canonical order (that of the default grid)
+    optimizer_order = list(dict.fromkeys(PAPER_OPTIMIZERS + OPTIMIZERS))
+
+    def rank(cell):
+        row = cell["row"]
+        return (str(row.get("surrogate")),
+                SETTINGS.index(row["setting"]) if row.get("setting") in SETTINGS else len(SETTINGS),
+                optimizer_order.index(row["optimizer"]) if row.get("optimizer") in optimizer_order
+                else len(optimizer_order))
+
+    cells.sort(key=rank)
     return _frame([{k: (_float(v) if k not in ("surrogate", "optimizer", "setting") else v)
                     for k, v in c["row"].items()} for c in cells])
 
 
 # ----------------------------------------------------------------------------- the study
+
+def _check_arguments(data, n_images, seed, batch_size, rounding, image_size, device):
+    """Checks of run_study's plain arguments, before any model is loaded."""
+    from .data import Dataset
+
+    def positive(value, name, optional):
+        if optional and value is None:
+            return
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name}={value!r}, expected a positive integer"
+                             + (" or None" if optional else ""))
+
+    if not isinstance(data, (tuple, str, os.PathLike, Dataset)):
+        raise ValueError(f"data: expected a folder, a Dataset or a tuple (images, labels[, names]),"
+                         f" got {type(data).__name__}")
+    positive(n_images, "n_images", True)
+    positive(batch_size, "batch_size", False)
+    positive(image_size, "image_size", True)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed={seed!r}, expected a non-negative integer")
+    if rounding not in ("round", "truncate"):
+        raise ValueError(f"rounding={rounding!r}, expected 'round' or 'truncate'")
+    _device_index(device)  # ValueError for an unknown device, RuntimeError for a missing GPU
+
 
 def run_study(surrogates, victims, data, optimizers=PAPER_OPTIMIZERS, settings=("const_loss",),
               out_dir="fairattack-study", n_images=None, seed=0, batch_size=16, overrides=None,
@@ -368,13 +404,17 @@ def run_study(surrogates, victims, data, optimizers=PAPER_OPTIMIZERS, settings=(
 
     optimizers = [optimizers] if isinstance(optimizers, str) else list(optimizers)
     settings = [settings] if isinstance(settings, str) else list(settings)
-    for optimizer in optimizers:
-        make_config(optimizer, "const_loss")  # validates the name
+    if not optimizers:
+        raise ValueError("optimizers: expected at least one optimizer")
+    if not settings:
+        raise ValueError("settings: expected at least one setting")
+    # canonical names ("adam" -> "Adam", "M-SVAG" -> "MSVAG"), each once, in the given order
+    optimizers = list(dict.fromkeys(OPTIMIZERS[optimizer_index(o)] for o in optimizers))
     for setting in settings:
         if setting not in SETTINGS:
             raise ValueError(f"unknown setting {setting!r}; expected one of {SETTINGS}")
-    if not optimizers or not settings:
-        raise ValueError("optimizers and settings must not be empty")
+    settings = list(dict.fromkeys(settings))
+    _check_arguments(data, n_images, seed, batch_size, rounding, image_size, device)
     surrogate_specs = _model_dict(surrogates, "surrogates")
     victim_specs = _model_dict(victims, "victims")
     for optimizer in optimizers:  # validates the overrides before any work

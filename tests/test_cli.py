@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,9 @@ PACKAGE_ROOT = str(Path(fa.__file__).resolve().parents[1])
 
 
 def cli(*args, cwd=None):
+    # never the repository root: `python -m` would import the source tree, not the installed
+    # package (which holds the compiled extension)
+    cwd = cwd or tempfile.gettempdir()
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         p for p in (PACKAGE_ROOT, os.environ.get("PYTHONPATH")) if p))
     return subprocess.run([sys.executable, "-m", "fairattack.cli", *map(str, args)],
