@@ -215,3 +215,74 @@ def plot_gallery(clean, adversarials, rmse=None, path=None, title=None):
     if title:
         fig.suptitle(title)
     return _save(fig, path)
+
+
+def plot_asr_at_rmse(df, path=None, victims=None, title=None):
+    """ASR against the RMSE budget, one line per attack with its bootstrap 95% band, one panel
+    per victim and the mean (a `fairattack.compare` table). Each attack's own output (the
+    "native" rows) is an open marker at its own mean RMSE.
+
+    victims: the panels to draw (default: every victim, then "mean").
+    """
+    _check_frame(df, ("attack", "rmse", "victim", "asr", "ci_low", "ci_high", "rmse_mean"))
+    present = list(dict.fromkeys(df["victim"]))
+    if victims is None:
+        victims = [v for v in present if v != "mean"] + (["mean"] if "mean" in present else [])
+    elif isinstance(victims, str):
+        victims = [victims]
+    victims = list(victims)
+    unknown = [v for v in victims if v not in present]
+    if not victims or unknown:
+        raise ValueError(f"victims: {unknown or victims} not in the table (it has {present})")
+    is_native = df["rmse"].map(lambda v: isinstance(v, str))
+    if is_native.any() and set(df.loc[is_native, "rmse"]) != {"native"}:
+        raise ValueError("df: the rmse column holds budgets (numbers) or 'native'")
+    attacks = list(dict.fromkeys(df["attack"]))
+    colour = {a: _PALETTE[i % len(_PALETTE)] for i, a in enumerate(attacks)}
+    marker = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h")
+
+    columns = min(len(victims), 3)
+    lines = -(-len(victims) // columns)
+    fig = _figure(4.2 * columns + 1.8, 3.6 * lines)
+    top = 16.0
+    for k, victim in enumerate(victims):
+        ax = fig.add_subplot(lines, columns, k + 1)
+        for i, attack in enumerate(attacks):
+            rows = df[(df["attack"] == attack) & (df["victim"] == victim)]
+            native = rows[is_native.loc[rows.index]]
+            curve = rows[~is_native.loc[rows.index]]
+            r = curve["rmse"].astype(float).to_numpy()
+            order = np.argsort(r)
+            r = r[order]
+            asr = 100 * curve["asr"].astype(float).to_numpy()[order]
+            low = 100 * curve["ci_low"].astype(float).to_numpy()[order]
+            high = 100 * curve["ci_high"].astype(float).to_numpy()[order]
+            m = marker[i % len(marker)]
+            if len(r):
+                ax.plot(r, asr, "-", marker=m, color=colour[attack], lw=1.6, ms=4,
+                        label=attack)
+                if np.isfinite(low).any():
+                    ax.fill_between(r, low, high, color=colour[attack], alpha=0.15, lw=0)
+                top = max(top, float(r.max()))
+            for _, row in native.iterrows():
+                x = float(row["rmse_mean"])
+                ax.plot([x], [100 * float(row["asr"])], ls="", marker=m, ms=8, mfc="white",
+                        mec=colour[attack], mew=1.5,
+                        label=None if len(r) else attack)
+                top = max(top, x)
+        ax.set_title(victim)
+        ax.set_xlabel("RMSE budget (pixels)")
+        ax.set_ylabel("ASR (%)")
+        ax.set_ylim(0, 105)
+        ax.grid(alpha=0.3)
+    for ax in fig.axes:
+        ax.set_xlim(0, top * 1.05)
+    handles, labels = fig.axes[0].get_legend_handles_labels()
+    from matplotlib.lines import Line2D
+
+    handles.append(Line2D([], [], ls="", marker="o", ms=8, mfc="white", mec="black"))
+    labels.append("own output (native RMSE)")
+    fig.legend(handles, labels, loc="outside right center", fontsize="small")
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
