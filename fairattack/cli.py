@@ -5,6 +5,7 @@
     fairattack run --surrogates efficientnet-lite0 my_resnet.pt --victims efficientnet-lite2 \\
         --data /data/imagenet/val --labels val.txt --n 1000 --settings const_loss rmse_loss
     fairattack report fairattack-study
+    fairattack compare --clean clean/ --adv pgd=pgd/ mi=mi/ --victims efficientnet-lite1
     fairattack models
 """
 
@@ -273,6 +274,9 @@ def parser():
 
     m = sub.add_parser("models", help="the registered models")
     m.set_defaults(func=cmd_models)
+
+    from .compare_cmd import add_parser as add_compare
+    add_compare(sub)
     return p
 
 

@@ -529,7 +529,7 @@ def compare(surrogate, images, labels, attacks, victims, rmse=(2, 4, 6, 8, 10, 1
         return {"fooled": fooled, "reached": np.asarray(reached, bool), "rmse_image": rmse_img,
                 "linf_image": linf_img}
 
-    rows, per_image = [], []
+    rows, per_image, hits = [], [], 0
     attacks_iter = attack_list
     if progress:
         from tqdm.auto import tqdm
@@ -560,6 +560,7 @@ def compare(surrogate, images, labels, attacks, victims, rmse=(2, 4, 6, 8, 10, 1
         for r, how in cells:
             key = cell_key(attack, how, r)
             result = cache.get("cells", f"{attack.name}__{r}", key)
+            hits += result is not None
             if result is None:
                 if how == "native":
                     result = evaluate(native_images(), np.ones(n, bool))
@@ -582,6 +583,7 @@ def compare(surrogate, images, labels, attacks, victims, rmse=(2, 4, 6, 8, 10, 1
     df = pd.DataFrame(rows)
     df.attrs["per_image"] = pd.concat(per_image, ignore_index=True)
     df.attrs["eps"], df.attrs["mode"] = eps, mode
+    df.attrs["cells"], df.attrs["cached_cells"] = len(attack_list) * (1 + len(budgets)), hits
     return df
 
 

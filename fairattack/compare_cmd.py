@@ -1,0 +1,230 @@
+"""`fairattack compare`: the fair comparison (SPEC §8) from the command line.
+
+    fairattack compare --clean clean/ --adv pgd=pgd_pngs/ mi=mi_pngs/ --victims efficientnet-lite1 \\
+        --rmse 4 8 12 --out cmp
+    fairattack compare --attacks FGSM PGD MI-FGSM Adam --surrogate efficientnet-lite0 \\
+        --data shared/imagenet-samples --n-images 100 --victims efficientnet-lite1 --mode budget
+
+Writes compare.csv (the tidy table), compare.json, compare.md (one row per attack),
+per_image.csv (every image's outcome, for `fairattack.paired_test`) and asr_at_rmse.png into
+--out. Per (attack, budget) results are kept under --out/cache keyed by what determines them
+(images, model files, attack, budget), so the same command resumes where it stopped.
+"""
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+
+from .compare import MODES
+
+
+def add_parser(sub):
+    """Register the `compare` sub-command on the CLI's sub-parsers."""
+    c = sub.add_parser("compare", help="ASR of attacks at matched l-inf AND RMSE (SPEC 8)",
+                       description=__doc__.splitlines()[0])
+    c.add_argument("--clean", help="folder of clean images (PNG); with --adv")
+    c.add_argument("--adv", nargs="+", default=[], metavar="NAME=DIR",
+                   help="adversarial images of an attack: a folder with the clean folder's "
+                        "file names")
+    c.add_argument("--attacks", nargs="+", default=[], metavar="NAME",
+                   help="fairattack optimizers (FGSM PGD MI-FGSM NI-FGSM Adam ...) or ta:NAME "
+                        "(torchattacks), run on --surrogate")
+    c.add_argument("--surrogate", metavar="MODEL",
+                   help="registry name or TorchScript file; picks the images that count (those "
+                        "it classifies correctly) and runs --attacks")
+    c.add_argument("--data", help="an image folder to select --n-images from (with --attacks)")
+    c.add_argument("--n-images", type=int, default=100, help="images to select from --data")
+    c.add_argument("--labels", help="label file (lines 'FILE INDEX'); default: SYNSET_name "
+                                    "file names")
+    c.add_argument("--victims", nargs="+", required=True, metavar="MODEL")
+    c.add_argument("--rmse", nargs="+", type=float, default=[2, 4, 6, 8, 10, 12],
+                   metavar="R", help="RMSE budgets in pixels")
+    c.add_argument("--mode", default="rescale", choices=MODES)
+    c.add_argument("--eps", type=float, default=16.0, help="l-inf budget in pixels (16)")
+    c.add_argument("--out", default="fairattack-compare", help="results folder (resumable)")
+    c.add_argument("--no-resume", action="store_true", help="recompute every cell")
+    c.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the CIs")
+    c.add_argument("--seed", type=int, default=0, help="selection, attacks and bootstrap seed")
+    c.add_argument("--image-size", type=int, default=None,
+                   help="--data: the surrogate's input size when its file does not say")
+    c.add_argument("--batch-size", type=int, default=16)
+    c.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    c.add_argument("--quiet", action="store_true", help="no progress bars")
+    c.set_defaults(func=cmd_compare)
+    return c
+
+
+def _load_rgb(path):
+    from PIL import Image
+
+    with Image.open(path) as img:
+        return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
+
+
+def _image_files(folder, what):
+    from .data import IMAGE_SUFFIXES
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"{what} {str(folder)!r} is not a folder")
+    files = sorted(p for p in folder.iterdir()
+                   if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ValueError(f"{what} {str(folder)!r} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    return files
+
+
+def _labels_of(files, label_file):
+    from . import data
+
+    if label_file:
+        table = data.read_label_file(label_file)
+        by_stem = {Path(k).stem: v for k, v in table.items()}
+        out = []
+        for f in files:
+            if f.name not in table and f.stem not in by_stem:
+                raise ValueError(f"--labels {label_file}: no label for {f.name!r}")
+            out.append(table.get(f.name, by_stem.get(f.stem)))
+        return np.array(out, np.int64)
+    out = []
+    for f in files:
+        match = re.match(r"(n\d{8})", f.name)
+        if not match:
+            raise ValueError(f"--clean: {f.name!r} is not named SYNSET_name (n01440764_x.png); "
+                             "pass --labels FILE")
+        out.append(data.index_of(match.group(1)))
+    return np.array(out, np.int64)
+
+
+def _folders(args):
+    """(clean uint8, labels, names, [(attack name, adv uint8)]) from --clean and --adv."""
+    files = _image_files(args.clean, "--clean")
+    clean = [_load_rgb(f) for f in files]
+    shapes = {im.shape for im in clean}
+    if len(shapes) != 1:
+        raise ValueError(f"--clean: images of different sizes {sorted(shapes)}; compare needs "
+                         "one size (resize and crop them first)")
+    clean = np.stack(clean)
+    labels = _labels_of(files, args.labels)
+    attacks = []
+    for item in args.adv:
+        name, sep, folder = item.partition("=")
+        if not sep or not name or not folder:
+            raise ValueError(f"--adv {item!r}: expected NAME=DIR")
+        found = {p.stem: p for p in _image_files(folder, f"--adv {name}=")}
+        missing = [f.name for f in files if f.stem not in found]
+        if missing:
+            raise ValueError(f"--adv {name}={folder}: no image for {missing[0]!r} "
+                             f"({len(missing)} of {len(files)} clean images missing)")
+        adv = []
+        for f, c in zip(files, clean):
+            im = _load_rgb(found[f.stem])
+            if im.shape != c.shape:
+                raise ValueError(f"--adv {name}={folder}: {found[f.stem].name} has shape "
+                                 f"{im.shape}, its clean image {c.shape}")
+            adv.append(im)
+        attacks.append((name, np.stack(adv)))
+    return clean, labels, [f.name for f in files], attacks
+
+
+def _markdown(df, table, path, meta):
+    lines = [f"# Fair comparison ({meta['mode']}, eps {meta['eps']:g}, "
+             f"{meta['n_images']} images)", "",
+             "ASR = mean victim error; [95% bootstrap CI]; linf and rmse: the attack's own "
+             "uint8 images.", ""]
+    cols = list(table.columns)
+    lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for _, row in table.iterrows():
+        lines.append("| " + " | ".join(f"{v:.3f}" if isinstance(v, float) else str(v)
+                                       for v in row) + " |")
+    unreachable = df[(df["how"] != "native") & (df["victim"] == "mean") &
+                     (df["n_unreachable"] > 0)]
+    if len(unreachable):
+        lines += ["", "Images below the budget (evaluated at their largest RMSE <= r):", ""]
+        for _, row in unreachable.iterrows():
+            lines.append(f"- {row['attack']} at RMSE {row['rmse']:g}: {row['n_unreachable']} "
+                         f"of {row['n_images']}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def cmd_compare(args):
+    import pandas as pd
+
+    from . import data, figures
+    from .compare import compare, comparison_table
+    from .study import _load, _model_dict, _write_atomic, input_size
+
+    if bool(args.clean) == bool(args.data):
+        raise ValueError("give the images either as --clean DIR (with --adv NAME=DIR ...) or as "
+                         "--data DIR (with --attacks and --surrogate)")
+    if args.clean and not args.adv and not args.attacks:
+        raise ValueError("--clean: give the adversarial folders with --adv NAME=DIR ...")
+    if args.data and not args.attacks:
+        raise ValueError("--data: name the attacks to run with --attacks NAME ...")
+    if args.attacks and not args.surrogate:
+        raise ValueError("--attacks run on a surrogate: pass --surrogate MODEL")
+    for spec in [args.surrogate] + args.victims:
+        if spec and spec.endswith((".pt", ".pth", ".ts")) and not Path(spec).is_file():
+            raise ValueError(f"model file {spec!r} does not exist")
+    surrogate = None
+    if args.surrogate:
+        (name, spec), = _model_dict([args.surrogate], "--surrogate").items()
+        surrogate = _load(name, spec, args.device)
+    victims = {name: _load(name, spec, args.device)
+               for name, spec in _model_dict(args.victims, "--victims").items()}
+
+    if args.clean:
+        images, labels, names, attacks = _folders(args)
+        source = f"{args.clean} ({len(names)} images)"
+    else:
+        if not Path(args.data).is_dir():
+            raise ValueError(f"--data {args.data!r} is not a folder")
+        size = args.image_size or input_size(args.surrogate)
+        if size is None:
+            raise ValueError(f"--surrogate {args.surrogate!r}: unknown input size; pass "
+                             "--image-size")
+        if args.n_images < 1:
+            raise ValueError(f"--n-images must be >= 1, got {args.n_images}")
+        dataset = data.open_dataset(args.data, labels=args.labels)
+        images, labels, names = data.select(dataset, surrogate, args.n_images, size,
+                                            seed=args.seed, batch_size=args.batch_size,
+                                            progress=not args.quiet)
+        attacks = []
+        source = f"{args.data}, the first {len(names)} images the surrogate gets right"
+    attacks += list(args.attacks)
+    print(f"data: {source}; attacks: {', '.join(a if isinstance(a, str) else a[0] for a in attacks)}"
+          f"; victims: {', '.join(victims)}; mode {args.mode}, eps {args.eps:g}")
+
+    out = Path(args.out)
+    df = compare(surrogate, images, labels, attacks, victims, rmse=args.rmse, mode=args.mode,
+                 eps=args.eps, batch_size=args.batch_size, progress=not args.quiet,
+                 seed=args.seed, n_boot=args.n_boot,
+                 cache_dir=None if args.no_resume else out / "cache")
+    per_image = df.attrs["per_image"].copy()
+    per_image.insert(4, "name", [names[i] for i in per_image["image"]])
+    table = comparison_table(df)
+    meta = {"mode": args.mode, "eps": args.eps, "n_images": int(df["n_images"].iloc[0]),
+            "n_given": len(names), "rmse": sorted(args.rmse), "victims": list(victims),
+            "surrogate": args.surrogate}
+
+    out.mkdir(parents=True, exist_ok=True)
+    _write_atomic(out / "compare.csv", lambda f: f.write(df.to_csv(index=False).encode()))
+    _write_atomic(out / "per_image.csv",
+                  lambda f: f.write(per_image.to_csv(index=False).encode()))
+    records = json.loads(df.to_json(orient="records"))
+    _write_atomic(out / "compare.json", lambda f: f.write(
+        (json.dumps({"meta": meta, "rows": records}, indent=1) + "\n").encode()))
+    _markdown(df, table, out / "compare.md", meta)
+    figures.plot_asr_at_rmse(df, out / "asr_at_rmse.png")
+    with pd.option_context("display.width", 200, "display.max_columns", None,
+                           "display.float_format", "{:.3f}".format):
+        print(table.to_string(index=False))
+    print(f"\n{meta['n_images']} of {len(names)} images count (the surrogate classifies them "
+          f"correctly); {df.attrs['cached_cells']} of {df.attrs['cells']} cells from the cache")
+    for name in ("compare.csv", "compare.json", "compare.md", "per_image.csv",
+                 "asr_at_rmse.png"):
+        print(f"written: {out / name}")
+    return 0
