@@ -126,12 +126,13 @@ typedef struct {
     int scramble;          /* flip signs and rescale the gradient, per (image, call, j) */
     int stop_after;        /* should_stop answers 1 from its stop_after-th poll (-1)    */
     int polls;
+    int loss_free_calls;   /* rows asked about with loss == NULL (gradient only)         */
 } ft_oracle;
 
 /* Forgets what the oracle saw (not how it behaves) and points it at a run's labels. */
 static void ft_oracle_reset(ft_oracle *o, const int64_t *labels, float eps) {
     o->labels = labels, o->eps = eps;
-    o->calls = o->outside = o->bad_args = o->polls = 0;
+    o->calls = o->outside = o->bad_args = o->polls = o->loss_free_calls = 0;
     memset(o->seen, 0, sizeof o->seen);
     o->nan_seen = -1;
 }
@@ -189,7 +190,10 @@ static fa_status ft_grad(void *ctx, int64_t n, const int64_t *index, const int64
         const float *xi = x + i * FT_DIM;
         float *gi = want_grad ? grad + i * FT_DIM : NULL;
         ft_police(o, idx, xi);
-        loss[i] = ft_ce(&ft_net, xi, labels[i], &pred[i], gi);
+        o->loss_free_calls += loss == NULL;
+        float loss_i;
+        int64_t pred_i;
+        loss_i = ft_ce(&ft_net, xi, labels[i], &pred_i, gi);
         const int late = o->seen[idx]++ >= o->nan_after;
         if (gi && o->zero_grad)
             memset(gi, 0, FT_DIM * sizeof(float));
@@ -197,7 +201,11 @@ static fa_status ft_grad(void *ctx, int64_t n, const int64_t *index, const int64
             ft_scramble(gi, idx, o->seen[idx]);
         const int poison = late && (idx == o->nan_loss_index || (gi && idx == o->nan_grad_index));
         if (poison && idx == o->nan_loss_index)
-            loss[i] = NAN;
+            loss_i = NAN;
+        if (loss != NULL) /* NULL: the core does not need them for this call */
+            loss[i] = loss_i;
+        if (pred != NULL)
+            pred[i] = pred_i;
         if (poison && gi && idx == o->nan_grad_index)
             gi[FT_DIM / 2] = NAN;
         if (poison && o->nan_seen < 0)
@@ -252,7 +260,8 @@ static fa_status ft_attack(const fa_config *cfg, ft_oracle *o, const int64_t *la
     ft_oracle_reset(o, labels, cfg->eps);
     const fa_status st = ft_run(*cfg, o, first, n, r);
     FT_CHECK(st == FA_OK, "%s: %s %s", what, fa_status_name(st), fa_last_error());
-    FT_CHECK(o->outside == 0 && o->bad_args == 0,
+    /* NI-FGSM's look-ahead point is unprojected, as in the reference code (SPEC 3) */
+    FT_CHECK((o->outside == 0 || cfg->optimizer == FA_OPT_NIFGSM) && o->bad_args == 0,
              "%s: the oracle got %d values outside the box/ball, %d bad indices", what,
              o->outside, o->bad_args);
     return st;
@@ -372,22 +381,28 @@ static float ft_project(float v, float x0, float eps) {
 
 static float ft_sign(float v) { return (float)((v > 0.0f) - (v < 0.0f)); }
 
-/* The effective gradient of step k at point `at` (gscale of MI/NI, rmse_loss term, LAdam). */
+/* Whether the core evaluates the loss at every iterate (SPEC 2: the best iterate, the loss
+ * stop and the loss of an image stopped on RMSE need it). */
+static int ft_needs_loss(const fa_config *c) {
+    return c->returns == FA_RETURNS_BEST || isfinite(c->stop_loss) || c->stop_rmse > 0.0f;
+}
+
+/* The effective gradient of step k at point `at` (MI/NI's g / mean|g|, rmse_loss term, LAdam). */
 static void ft_effective_grad(const fa_config *c, int k, const float *at, const float *x0,
                               float *g) {
-    float gs = 1.0f, pc = 0.0f;
+    float gn = 1.0f, pc = 0.0f;
     if (c->optimizer == FA_OPT_MIFGSM || c->optimizer == FA_OPT_NIFGSM) {
         double l1 = 0.0;
         for (int j = 0; j < FT_DIM; j++)
             l1 += fabs((double)g[j]);
-        gs = l1 > 0.0 ? 1.0f / (float)l1 : 0.0f;
+        gn = l1 > 0.0 ? (float)l1 / (float)FT_DIM : 1.0f;
     }
     if (c->rmse_weight > 0.0f && k >= 1) {
         const float rm = (float)ft_rmse(at, x0);
         pc = rm > 0.0f ? c->rmse_weight / ((float)FT_DIM * rm) : 0.0f;
     }
     for (int j = 0; j < FT_DIM; j++) {
-        g[j] = gs * g[j] + pc * (at[j] - x0[j]);
+        g[j] = g[j] / gn + pc * (at[j] - x0[j]);
         if (c->optimizer == FA_OPT_LADAM)
             g[j] = g[j] - c->ladam_lambda * at[j];
     }
@@ -459,21 +474,24 @@ static void ft_reference_run(const fa_config *c, const float *x0, int64_t y, flo
             best_loss = L, memcpy(best, x, sizeof x);
         out->iterations = k;
         if (k >= c->max_iter || L >= c->stop_loss) {
-            const int cap = k >= c->max_iter;
+            const int cap = k >= c->max_iter && c->returns == FA_RETURNS_BEST;
             memcpy(out->adv, cap ? best : x, sizeof x);
             out->loss = cap ? best_loss : L;
-            out->status = cap ? FA_IMAGE_MAX_ITER : FA_IMAGE_STOP_LOSS;
+            out->status = k >= c->max_iter ? FA_IMAGE_MAX_ITER : FA_IMAGE_STOP_LOSS;
             return;
         }
         const float *at = x;
-        if (ahead && k >= 1) { /* the look-ahead point x~ = P(x + mu * alpha * m) */
-            for (int j = 0; j < FT_DIM; j++)
-                xt[j] = ft_project(x[j] + (c->momentum * alpha) * m[j], x0[j], c->eps);
+        if (ahead && k >= 1) { /* x~ = x + mu * alpha * m: projected for NAGD, not for NI */
+            for (int j = 0; j < FT_DIM; j++) {
+                xt[j] = x[j] + (c->momentum * alpha) * m[j];
+                if (opt == FA_OPT_NAGD)
+                    xt[j] = ft_project(xt[j], x0[j], c->eps);
+            }
             at = xt;
         }
         ft_ce(&ft_net, at, y, &pred, g);
-        if (scramble)
-            ft_scramble(g, idx, ahead && k >= 1 ? 2 * k + 1 : k + 1);
+        if (scramble) /* with a look-ahead the loss at x takes a call of its own when needed */
+            ft_scramble(g, idx, ahead && k >= 1 && ft_needs_loss(c) ? 2 * k + 1 : k + 1);
         ft_effective_grad(c, k, at, x0, g);
         const float bk = powf(c->msvag_beta, (float)(k + 2));
         const float b = c->msvag_beta; /* M-SVAG's rho_k */
@@ -848,8 +866,12 @@ static void ft_nan_case(const char *what, const fa_config *cfg, int nan_loss, in
         if (i != 1)
             FT_CHECK(ft_same(&clean, &r, i), "%s: image %d changed by its neighbour's NaN",
                      what, i);
-    FT_CHECK(o.nan_seen > 0 && o.seen[1] == o.nan_seen,
-             "%s: the failed image was asked about %d more times", what, o.seen[1] - o.nan_seen);
+    /* a NaN loss shows where the loss is evaluated: every step, or (no rule needs it) only at
+     * the end; a NaN gradient at once */
+    if (!nan_loss || ft_needs_loss(cfg))
+        FT_CHECK(o.nan_seen > 0 && o.seen[1] == o.nan_seen,
+                 "%s: the failed image was asked about %d more times", what,
+                 o.seen[1] - o.nan_seen);
 }
 
 /*
