@@ -8,10 +8,12 @@
  * user changes it, and synchronises the device before it reads x. Copies to the host
  * (cudaMemcpy D2H) wait for the kernels before them.
  *
- * Arithmetic: the element-wise formulas are evaluated in the order of fa_backend.h and of
- * backend_cpu.c, and products go through mul() (__fmul_rn) so that nvcc never contracts a
+ * Arithmetic: the per-value formulas are fa_math.h's, the very functions backend_cpu.c runs;
+ * their products go through fa_mul() (__fmul_rn on the device) so that nvcc never contracts a
  * multiply and an add into one FMA. With nvcc's default IEEE division and square root, every
- * element-wise result is then the CPU backend's, bit for bit. Per-image sums run in double in a
+ * element-wise result is then the CPU backend's, bit for bit. The joint budget's scale (SPEC 8)
+ * is solved per image in one block whose sums run in a different order than the CPU's, so
+ * under max_rmse the two may differ in the last bits. Per-image sums run in double in a
  * fixed order that depends on dim only (two passes: fixed chunks of a row, then the chunks in
  * order), never on n or on scheduling, so an image's sum never depends on its batch.
  *
@@ -67,11 +69,12 @@ fa_status check_sizes(const char *function, int64_t n, int64_t dim) {
 /* ---------------------------------------------------------------- scratch */
 
 struct scratch_view {
-    float *a;         /* n floats: alpha or gscale */
+    float *a;         /* n floats: alpha or gnorm  */
     float *b;         /* n floats: pcoef           */
     float *out;       /* n floats: per-image result */
     int64_t *index;   /* n int64                    */
     double *partial;  /* n * chunks doubles         */
+    double *mu;       /* n doubles: the joint budget's scale per row */
 };
 
 std::mutex scratch_mutex; /* held by every table function for its whole call */
@@ -88,7 +91,8 @@ fa_status scratch_get(int64_t n, int64_t chunks, scratch_view *view) {
     const size_t f = align_up((size_t)n * sizeof(float));
     const size_t i = align_up((size_t)n * sizeof(int64_t));
     const size_t p = align_up((size_t)n * (size_t)chunks * sizeof(double));
-    const size_t need = p + i + 3 * f;
+    const size_t dn = align_up((size_t)n * sizeof(double));
+    const size_t need = p + i + 3 * f + dn;
     int device = 0;
     fa_status status = check(cudaGetDevice(&device), "cudaGetDevice");
     if (status != FA_OK)
@@ -116,6 +120,7 @@ fa_status scratch_get(int64_t n, int64_t chunks, scratch_view *view) {
     view->a = reinterpret_cast<float *>(base + p + i);
     view->b = reinterpret_cast<float *>(base + p + i + f);
     view->out = reinterpret_cast<float *>(base + p + i + 2 * f);
+    view->mu = reinterpret_cast<double *>(base + p + i + 3 * f);
     return FA_OK;
 }
 
@@ -131,21 +136,8 @@ template <class T> fa_status upload(T *device, const T *host, int64_t n, T **out
 
 /* ---------------------------------------------------------------- device helpers */
 
-/* A product that nvcc may not fuse with a neighbouring add (keeps results equal to the CPU's). */
-__device__ __forceinline__ float mul(float a, float b) { return __fmul_rn(a, b); }
+/* A double product that nvcc may not fuse with a neighbouring add. */
 __device__ __forceinline__ double dmul(double a, double b) { return __dmul_rn(a, b); }
-
-/* P of SPEC 1, with NaN propagating (comparisons with NaN are false). */
-__device__ __forceinline__ float project(float y, float x0, float eps) {
-    y = y < 0.0f ? 0.0f : (y > 255.0f ? 255.0f : y);
-    const float lo = x0 - eps;
-    const float hi = x0 + eps;
-    return y < lo ? lo : (y > hi ? hi : y);
-}
-
-__device__ __forceinline__ float sign(float a) {
-    return a > 0.0f ? 1.0f : (a < 0.0f ? -1.0f : 0.0f);
-}
 
 /* Grid-stride over rows (y) and the values of a row (x): each row's scalars are read once and
  * no 64-bit division is needed per value. */
@@ -161,113 +153,105 @@ dim3 rows_grid(int64_t n, int64_t dim) {
 
 /* ---------------------------------------------------------------- direction */
 
-struct direction_consts {
-    int optimizer;
-    float mu, b1, b2, delta, lambda, decay, msvag_beta, msvag_rho, rmsprop_rho;
-};
-
-__global__ void fa_k_direction(direction_consts c, int64_t n, int64_t dim, const float *x,
-                               const float *x0, const float *g, const float *gscale,
+__global__ void fa_k_direction(fa_direction_consts c, int64_t n, int64_t dim, const float *x,
+                               const float *x0, const float *g, const float *gnorm,
                                const float *pcoef, float *m, float *v, float *d) {
+    float sink_m = 0.0f, sink_v = 0.0f; /* state of rules without m or v */
     FA_FOR_ROWS(i, n) {
-        const float gs = gscale != nullptr ? gscale[i] : 1.0f;
+        const float gn = gnorm != nullptr ? gnorm[i] : 1.0f;
         const float pc = pcoef != nullptr ? pcoef[i] : 0.0f;
         const int64_t row = i * dim;
         FA_FOR_COLS(j, dim) {
             const int64_t e = row + j;
-            float ge = mul(gs, g[e]);
-            if (pcoef != nullptr)
-                ge = ge + mul(pc, x[e] - x0[e]);
-            float mm, vv, dd, t;
-            switch (c.optimizer) {
-            case FA_OPT_GD:
-                dd = ge;
-                break;
-            case FA_OPT_MGD:
-            case FA_OPT_NAGD:
-                mm = mul(c.mu, m[e]) + ge;
-                m[e] = mm;
-                dd = mm;
-                break;
-            case FA_OPT_ADAM:
-            case FA_OPT_LADAM:
-            case FA_OPT_ADAMW:
-                if (c.optimizer == FA_OPT_LADAM)
-                    ge = ge - mul(c.lambda, x[e]);
-                mm = mul(c.b1, m[e]) + mul(1.0f - c.b1, ge);
-                vv = mul(c.b2, v[e]) + mul(1.0f - c.b2, mul(ge, ge));
-                m[e] = mm;
-                v[e] = vv;
-                dd = mm / (sqrtf(vv) + c.delta);
-                if (c.optimizer == FA_OPT_ADAMW)
-                    dd = dd + mul(c.decay, x[e]);
-                break;
-            case FA_OPT_ADABELIEF:
-                mm = mul(c.b1, m[e]) + mul(1.0f - c.b1, ge);
-                t = ge - mm;
-                vv = mul(c.b2, v[e]) + mul(1.0f - c.b2, mul(t, t));
-                m[e] = mm;
-                v[e] = vv;
-                dd = mm / (sqrtf(vv) + c.delta);
-                break;
-            case FA_OPT_MSVAG:
-                mm = mul(c.msvag_beta, m[e]) + mul(1.0f - c.msvag_beta, ge);
-                vv = mul(c.msvag_beta, v[e]) + mul(1.0f - c.msvag_beta, mul(ge, ge));
-                m[e] = mm;
-                v[e] = vv;
-                t = mul(mm, mm); /* m^2 */
-                {
-                    const float den = mul(1.0f - mul(2.0f, c.msvag_rho), t) + mul(c.msvag_rho, vv);
-                    dd = den == 0.0f ? 0.0f : mul(mul(1.0f - c.msvag_rho, t) / den, mm);
-                }
-                break;
-            case FA_OPT_RMSPROP:
-                vv = mul(c.rmsprop_rho, v[e]) + mul(1.0f - c.rmsprop_rho, mul(ge, ge));
-                v[e] = vv;
-                dd = ge / sqrtf(vv + c.delta);
-                break;
-            case FA_OPT_YOGI:
-                mm = mul(c.b1, m[e]) + mul(1.0f - c.b1, ge);
-                t = mul(ge, ge);
-                vv = v[e];
-                vv = vv - mul(mul(1.0f - c.b2, t), sign(vv - t));
-                m[e] = mm;
-                v[e] = vv;
-                dd = mm / (sqrtf(vv) + c.delta);
-                break;
-            case FA_OPT_FGSM:
-            case FA_OPT_PGD:
-                dd = sign(ge);
-                break;
-            default: /* FA_OPT_MIFGSM, FA_OPT_NIFGSM (the host checked the range) */
-                mm = mul(c.mu, m[e]) + ge;
-                m[e] = mm;
-                dd = sign(mm);
-                break;
-            }
-            d[e] = dd;
+            d[e] = fa_direction_value(&c, c.optimizer, g[e], gn, pcoef != nullptr, pc, x[e], x0[e],
+                                      m != nullptr ? m + e : &sink_m,
+                                      v != nullptr ? v + e : &sink_v);
         }
     }
 }
 
-/* rho_k of M-SVAG (SPEC 3) for the 0-based step k, on the host as backend_cpu.c has it. */
-float msvag_rho(float b, int k) {
-    const float bk = powf(b, (float)(k + 2));
-    return (1.0f - b) * (1.0f + bk) / ((1.0f + b) * (1.0f - bk));
-}
-
 /* ---------------------------------------------------------------- step, random start */
 
+/* mu: per row, the joint projection's scale (fa_step_value), or nullptr: plain P for all;
+ * eps = INFINITY: no projection. */
 __global__ void fa_k_step(int64_t n, int64_t dim, const float *x, const float *x0,
                           const float *d, const float *alpha, float scale, float eps,
-                          float *out) {
+                          const double *mu, float *out) {
     FA_FOR_ROWS(i, n) {
-        const float a = mul(scale, alpha[i]);
+        const float a = fa_mul(scale, alpha[i]);
+        const double mi = mu != nullptr ? mu[i] : -1.0;
         const int64_t row = i * dim;
         FA_FOR_COLS(j, dim) {
             const int64_t e = row + j; /* out may alias x: each value is read, then written */
-            out[e] = project(x[e] + mul(a, d[e]), x0[e], eps);
+            out[e] = isinf(eps) ? x[e] + fa_mul(a, d[e])
+                                : fa_step_value(x[e], x0[e], d[e], a, eps, mi);
         }
+    }
+}
+
+/*
+ * The joint budget (SPEC 8): one block per row finds mu[i] of fa_step_value for the step
+ * P(x + scale * alpha[i] * d) -- -1 when the l-inf projection already meets the RMSE budget --
+ * by fa_solve_scale's active-set iteration (budget.c), with block-wide double sums.
+ */
+__device__ double block_sum(double value, double *shared) {
+    shared[threadIdx.x] = value;
+    __syncthreads();
+    for (int w = kThreads / 2; w > 0; w /= 2) {
+        if ((int)threadIdx.x < w)
+            shared[threadIdx.x] += shared[threadIdx.x + w];
+        __syncthreads();
+    }
+    const double total = shared[0];
+    __syncthreads(); /* every thread has read shared[0] before it is overwritten */
+    return total;
+}
+
+__global__ void fa_k_joint_scale(int64_t n, int64_t dim, const float *x, const float *x0,
+                                 const float *d, const float *alpha, float scale, float eps,
+                                 float max_rmse, double *mu) {
+    __shared__ double shared[kThreads];
+    const double R = (double)max_rmse * (double)max_rmse * (double)dim;
+    for (int64_t i = blockIdx.x; i < n; i += gridDim.x) { /* uniform in the block */
+        const float a = fa_mul(scale, alpha[i]);
+        const float *xi = x + i * dim, *x0i = x0 + i * dim, *di = d + i * dim;
+        double part = 0.0;
+        for (int64_t j = threadIdx.x; j < dim; j += kThreads) {
+            const double e = (double)fa_project(xi[j] + fa_mul(a, di[j]), x0i[j], eps) -
+                             (double)x0i[j];
+            part += dmul(e, e);
+        }
+        const double s = block_sum(part, shared);
+        double m = -1.0;
+        if (s > R) {
+            m = 0.0;
+            for (int pass = 0; pass < FA_SCALE_PASSES; pass++) {
+                double free_part = 0.0, sat_part = 0.0;
+                for (int64_t j = threadIdx.x; j < dim; j += kThreads) {
+                    const float t = (xi[j] + fa_mul(a, di[j])) - x0i[j];
+                    int sat;
+                    const double v =
+                        fa_scaled(m, t, fa_lower(x0i[j], eps), fa_upper(x0i[j], eps), &sat);
+                    if (sat)
+                        sat_part += dmul(v, v);
+                    else
+                        free_part += dmul((double)t, (double)t);
+                }
+                const double s_free = block_sum(free_part, shared);
+                const double s_sat = block_sum(sat_part, shared);
+                if (!(s_free > 0.0))
+                    break;
+                double next = sqrt((R > s_sat ? R - s_sat : 0.0) / s_free);
+                next = next > 1.0 ? 1.0 : next;
+                if (!(next > m))
+                    break;
+                m = next;
+                if (m == 1.0)
+                    break;
+            }
+        }
+        if (threadIdx.x == 0)
+            mu[i] = m;
     }
 }
 
@@ -278,7 +262,7 @@ __global__ void fa_k_random_start(int64_t n, int64_t dim, const float *x0, float
         const int64_t row = i * dim;
         FA_FOR_COLS(j, dim) {
             const int64_t e = row + j;
-            out[e] = project(x0[e] + mul(eps, fa_uniform_pm1(seed, image, j)), x0[e], eps);
+            out[e] = fa_random_value(x0[e], eps, seed, image, j);
         }
     }
 }
@@ -287,18 +271,23 @@ __global__ void fa_k_random_start(int64_t n, int64_t dim, const float *x0, float
 
 /* Terms of the three sums; term(i, e) is value e (flat) of image i. */
 struct step_rmse_term {
-    const float *x, *x0, *d, *alpha;
+    const float *x, *x0, *ref, *d, *alpha;
+    const double *mu; /* nullptr: no joint budget */
     float eps;
     __device__ double operator()(int64_t i, int64_t e) const {
-        const double t = (double)project(x[e] + mul(alpha[i], d[e]), x0[e], eps) - (double)x0[e];
+        const float a = alpha[i];
+        const float p = isinf(eps) ? x[e] + fa_mul(a, d[e])
+                                   : fa_step_value(x[e], x0[e], d[e], a, eps,
+                                                   mu != nullptr ? mu[i] : -1.0);
+        const double t = (double)(p - ref[e]);
         return dmul(t, t);
     }
 };
 
 struct rmse_term {
-    const float *x, *x0;
+    const float *x, *x0; /* x0 nullptr: the RMS of x */
     __device__ double operator()(int64_t, int64_t e) const {
-        const double t = (double)x[e] - (double)x0[e];
+        const double t = x0 != nullptr ? (double)(x[e] - x0[e]) : (double)x[e];
         return dmul(t, t);
     }
 };
@@ -419,7 +408,7 @@ fa_status cuda_copy(void *dst, const void *src, size_t bytes, int kind) {
 }
 
 fa_status cuda_direction(const fa_config *cfg, int k, int64_t n, int64_t dim, const float *x,
-                         const float *x0, const float *g, const float *gscale,
+                         const float *x0, const float *g, const float *gnorm,
                          const float *pcoef, float *m, float *v, float *d) {
     std::lock_guard<std::mutex> lock(scratch_mutex);
     if (cfg == nullptr)
@@ -432,31 +421,35 @@ fa_status cuda_direction(const fa_config *cfg, int k, int64_t n, int64_t dim, co
         return status;
     scratch_view view;
     status = scratch_get(n, 0, &view);
-    float *gscale_d = nullptr, *pcoef_d = nullptr;
+    float *gnorm_d = nullptr, *pcoef_d = nullptr;
     if (status == FA_OK)
-        status = upload(view.a, gscale, n, &gscale_d);
+        status = upload(view.a, gnorm, n, &gnorm_d);
     if (status == FA_OK)
         status = upload(view.b, pcoef, n, &pcoef_d);
     if (status != FA_OK)
         return status;
-    direction_consts c;
-    c.optimizer = cfg->optimizer;
-    c.mu = cfg->momentum;
-    c.b1 = cfg->beta1;
-    c.b2 = cfg->beta2;
-    c.delta = cfg->delta;
-    c.lambda = cfg->ladam_lambda;
-    c.decay = cfg->adamw_decay;
-    c.msvag_beta = cfg->msvag_beta;
-    c.msvag_rho = cfg->optimizer == FA_OPT_MSVAG ? msvag_rho(cfg->msvag_beta, k) : 0.0f;
-    c.rmsprop_rho = cfg->rmsprop_rho;
-    fa_k_direction<<<rows_grid(n, dim), kThreads>>>(c, n, dim, x, x0, g, gscale_d, pcoef_d, m, v,
+    const fa_direction_consts c = fa_direction_consts_make(cfg, k);
+    fa_k_direction<<<rows_grid(n, dim), kThreads>>>(c, n, dim, x, x0, g, gnorm_d, pcoef_d, m, v,
                                                    d);
     return check_launch("fa_k_direction launch");
 }
 
+/* The joint budget's per-row scale into view.mu (caller holds scratch_mutex, alpha on device). */
+fa_status joint_scale(int64_t n, int64_t dim, const float *x, const float *x0, const float *d,
+                      const float *alpha_d, float scale, float eps, float max_rmse,
+                      const scratch_view &view, const double **mu) {
+    *mu = nullptr;
+    if (!(max_rmse > 0.0f) || isinf(eps))
+        return FA_OK;
+    const int64_t blocks = n < kMaxReduceBlocks ? n : kMaxReduceBlocks;
+    fa_k_joint_scale<<<(unsigned)blocks, kThreads>>>(n, dim, x, x0, d, alpha_d, scale, eps,
+                                                    max_rmse, view.mu);
+    *mu = view.mu;
+    return check_launch("fa_k_joint_scale launch");
+}
+
 fa_status cuda_step(int64_t n, int64_t dim, const float *x, const float *x0, const float *d,
-                    const float *alpha, float scale, float eps, float *out) {
+                    const float *alpha, float scale, float eps, float max_rmse, float *out) {
     std::lock_guard<std::mutex> lock(scratch_mutex);
     fa_status status = check_sizes("step", n, dim);
     if (status != FA_OK || n == 0 || dim == 0)
@@ -470,12 +463,17 @@ fa_status cuda_step(int64_t n, int64_t dim, const float *x, const float *x0, con
         return status;
     if (alpha_d == nullptr)
         return fa_set_error(FA_ERR_ARGUMENT, "step: alpha must not be NULL");
-    fa_k_step<<<rows_grid(n, dim), kThreads>>>(n, dim, x, x0, d, alpha_d, scale, eps, out);
+    const double *mu = nullptr;
+    status = joint_scale(n, dim, x, x0, d, alpha_d, scale, eps, max_rmse, view, &mu);
+    if (status != FA_OK)
+        return status;
+    fa_k_step<<<rows_grid(n, dim), kThreads>>>(n, dim, x, x0, d, alpha_d, scale, eps, mu, out);
     return check_launch("fa_k_step launch");
 }
 
-fa_status cuda_step_rmse(int64_t n, int64_t dim, const float *x, const float *x0, const float *d,
-                         const float *alpha, float eps, float *out_host) {
+fa_status cuda_step_rmse(int64_t n, int64_t dim, const float *x, const float *x0,
+                         const float *ref, const float *d, const float *alpha, float eps,
+                         float max_rmse, float *out_host) {
     std::lock_guard<std::mutex> lock(scratch_mutex);
     fa_status status = check_sizes("step_rmse", n, dim);
     if (status != FA_OK || n == 0)
@@ -490,7 +488,11 @@ fa_status cuda_step_rmse(int64_t n, int64_t dim, const float *x, const float *x0
         status = upload(view.a, alpha, n, &alpha_d);
     if (status != FA_OK)
         return status;
-    const step_rmse_term term = {x, x0, d, alpha_d, eps};
+    const double *mu = nullptr;
+    status = joint_scale(n, dim, x, x0, d, alpha_d, 1.0f, eps, max_rmse, view, &mu);
+    if (status != FA_OK)
+        return status;
+    const step_rmse_term term = {x, x0, ref, d, alpha_d, mu, eps};
     return row_sum(term, n, dim, chunks, 1, view, out_host);
 }
 
