@@ -18,7 +18,9 @@ Two ways to bring an attack to an RMSE budget r (`mode`):
 - "budget" (fairattack's own attacks): the attack is run again with `max_rmse=r`: every iterate
   is projected exactly onto {‖δ‖∞ ≤ ε} ∩ {RMSE(δ) ≤ r} ∩ box, so the optimizer spends the RMSE
   where its loss gains most. Attacks that fairattack cannot re-run (callables, peer objects,
-  precomputed images) fall back to "rescale"; the column `how` says which was used.
+  precomputed images) fall back to "rescale"; the column `how` says which was used. The
+  attack meets the budget on its float iterates; rounding to uint8 moves an image's RMSE by up
+  to 0.5 px, so images that end within 0.5 px of r are re-quantised to r (never above it).
 
 The two differ whenever the budget changes what the optimizer does: shrinking a finished sign
 attack uniformly keeps its every-pixel-moves pattern at lower amplitude, whereas optimising
@@ -105,8 +107,27 @@ def match_rmse(clean, adv, target, eps=16):
     if a.shape != c.shape:
         raise ValueError(f"adv must have the shape of clean {c.shape}, got {a.shape}")
     t = _targets(target, c.shape[0])
-    matched, reached, _ = _core.match_rmse(c, a, t, _eps(eps), True)
+    return _match(c, a, t, _eps(eps), _core.MATCH_UINT8)
+
+
+def _match(clean_f32, adv_f32, target_f32, eps, mode):
+    matched, reached, _, _ = _core.match_rmse(clean_f32, adv_f32, target_f32, eps, mode, RMSE_TOL)
     return np.clip(np.rint(matched), 0, 255).astype(np.uint8), np.asarray(reached, bool)
+
+
+def _round_to_budget(adv, x, x_f, r, eps):
+    """Budget mode: the float iterate met RMSE <= r, but rounding to uint8 moves the RMSE by up
+    to 0.5 px either way. Images that end within 0.5 px of r (the budget bound them, or nearly)
+    are brought back to r, never above it (MATCH_UINT8_AT_MOST); the others stay as they are."""
+    rmse_img, _ = _image_rmse(adv, x_f)
+    near = (np.abs(rmse_img - r) <= 0.5) & (np.abs(rmse_img - r) > 1e-9)
+    if near.any():
+        adv = adv.copy()
+        adv[near] = _match(x_f[near], adv[near].astype(np.float32),
+                           np.full(int(near.sum()), r, np.float32), eps,
+                           _core.MATCH_UINT8_AT_MOST)[0]
+        rmse_img, _ = _image_rmse(adv, x_f)
+    return adv, rmse_img
 
 
 def _image_rmse(adv_u8, clean):
@@ -569,12 +590,7 @@ def compare(surrogate, images, labels, attacks, victims, rmse=(2, 4, 6, 8, 10, 1
                 else:
                     adv = _native(attack, surrogate, x, y, kept, eps, batch_size, progress,
                                   seed, max_rmse=r)
-                    rmse_img, _ = _image_rmse(adv, x_f)
-                    over = rmse_img > r + RMSE_TOL  # uint8 rounding may add a little: cap it
-                    if over.any():
-                        adv = adv.copy()
-                        adv[over] = match_rmse(x[over], adv[over], r, eps)[0]
-                        rmse_img, _ = _image_rmse(adv, x_f)
+                    adv, rmse_img = _round_to_budget(adv, x, x_f, r, eps)
                     result = evaluate(adv, rmse_img >= r - RMSE_TOL)
                 cache.put("cells", f"{attack.name}__{r}", key, **result)
             rows += _rows(attack.name, how, r, list(victims), result, resamples)
