@@ -51,6 +51,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from . import _core
 from ._model import Model
@@ -455,6 +456,18 @@ def _check_int(value, name, low):
 
 # ----------------------------------------------------------------------------- compare
 
+class ComparisonFrame(pd.DataFrame):
+    """The table `compare` returns: a pandas DataFrame that also carries `per_image`, every
+    image's outcome (a DataFrame; kept through filtering and copies). Not in `attrs`: pandas
+    compares attrs when concatenating, which a DataFrame inside them breaks."""
+
+    _metadata = ["per_image"]
+
+    @property
+    def _constructor(self):
+        return ComparisonFrame
+
+
 def compare(surrogate, images, labels, attacks, victims, rmse=(2, 4, 6, 8, 10, 12),
             mode="rescale", eps=16, batch_size=16, progress=False, seed=0, n_boot=1000,
             cache_dir=None):
@@ -486,12 +499,10 @@ def compare(surrogate, images, labels, attacks, victims, rmse=(2, 4, 6, 8, 10, 1
     "rescale" or "budget"), rmse (the budget, or "native" for the attack's own output), victim
     (each and "mean"), asr, ci_low, ci_high (bootstrap 95%), n_images, n_unreachable,
     rmse_mean and linf_mean (of the evaluated uint8 images: the native row carries the
-    attack's own RMSE and ℓ∞). df.attrs["per_image"] holds every image's outcome (columns
+    attack's own RMSE and ℓ∞). df.per_image holds every image's outcome (columns
     attack, rmse, how, image (index into `images`), victim, fooled, reached, rmse_image,
     linf_image) for `paired_test`.
     """
-    import pandas as pd
-
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     eps = _eps(eps)
@@ -596,8 +607,8 @@ def compare(surrogate, images, labels, attacks, victims, rmse=(2, 4, 6, 8, 10, 1
             rows += _rows(attack.name, how, r, list(victims), result, resamples)
             per_image.append(_per_image(attack.name, how, r, list(victims), kept, result))
 
-    df = pd.DataFrame(rows)
-    df.attrs["per_image"] = pd.concat(per_image, ignore_index=True)
+    df = ComparisonFrame(rows)
+    df.per_image = pd.concat(per_image, ignore_index=True)
     df.attrs["eps"], df.attrs["mode"] = eps, mode
     df.attrs["cells"], df.attrs["cached_cells"] = len(attack_list) * (1 + len(budgets)), hits
     return df
@@ -621,8 +632,6 @@ def _rows(attack, how, r, victim_names, result, resamples):
 
 
 def _per_image(attack, how, r, victim_names, kept, result):
-    import pandas as pd
-
     v, n = result["fooled"].shape
     return pd.DataFrame({
         "attack": np.repeat(np.array([attack], dtype=object), v * n),
@@ -666,7 +675,7 @@ def mcnemar(b, c):
 def paired_test(df_or_records, attack_a, attack_b, rmse, victim, exclude_unreachable=False):
     """McNemar's test between two attacks at one budget, on the same images, for one victim.
 
-    df_or_records: a `compare` DataFrame (its attrs["per_image"]) or that per-image table
+    df_or_records: a `compare` DataFrame (its `per_image`) or that per-image table
         itself (e.g. read back from per_image.csv).
     rmse: a budget of the table, or "native". victim: one victim's name (the test needs a
         binary outcome per image; "mean" is not one).
@@ -675,11 +684,9 @@ def paired_test(df_or_records, attack_a, attack_b, rmse, victim, exclude_unreach
     Returns a dict: attack_a, attack_b, rmse, victim, n_images, asr_a, asr_b, b (A fools the
     victim and B does not), c (B fools, A not), statistic, p_value, method ("exact" or "chi2").
     """
-    import pandas as pd
-
     records = df_or_records
-    if isinstance(records, pd.DataFrame) and "per_image" in records.attrs:
-        records = records.attrs["per_image"]
+    if isinstance(records, ComparisonFrame) and getattr(records, "per_image", None) is not None:
+        records = records.per_image
     if not isinstance(records, pd.DataFrame):
         raise TypeError("df_or_records: expected a compare() DataFrame or its per-image table, "
                         f"got {type(df_or_records).__name__}")
@@ -687,7 +694,7 @@ def paired_test(df_or_records, attack_a, attack_b, rmse, victim, exclude_unreach
     missing = [c for c in needed if c not in records.columns]
     if missing:
         raise ValueError(f"df_or_records: missing per-image columns {missing}; pass the "
-                         "DataFrame compare() returned (or its attrs['per_image'])")
+                         "DataFrame compare() returned (or its per_image)")
     if victim == "mean" or victim not in set(records["victim"]):
         raise ValueError(f"victim must be one of {sorted(set(records['victim']))} (the test "
                          f"needs one victim's per-image outcome), got {victim!r}")
@@ -727,8 +734,6 @@ def paired_test(df_or_records, attack_a, attack_b, rmse, victim, exclude_unreach
 def comparison_table(df, victim="mean"):
     """One row per attack: its own ℓ∞ and RMSE, native ASR, and "ASR [low, high]" at each
     budget, for one victim (default the mean), as a pandas DataFrame."""
-    import pandas as pd
-
     for column in ("attack", "rmse", "victim", "asr", "ci_low", "ci_high", "rmse_mean",
                    "linf_mean"):
         if column not in getattr(df, "columns", ()):

@@ -203,7 +203,7 @@ def cmd_compare(args):
                  eps=args.eps, batch_size=args.batch_size, progress=not args.quiet,
                  seed=args.seed, n_boot=args.n_boot,
                  cache_dir=None if args.no_resume else out / "cache")
-    per_image = df.attrs["per_image"].copy()
+    per_image = df.per_image.copy()
     per_image.insert(4, "name", [names[i] for i in per_image["image"]])
     table = comparison_table(df)
     meta = {"mode": args.mode, "eps": args.eps, "n_images": int(df["n_images"].iloc[0]),

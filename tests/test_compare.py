@@ -362,7 +362,7 @@ def test_compare_numbers_match_a_hand_count():
     assert (test["b"], test["c"]) == (0, 1) and test["p_value"] == pytest.approx(1.0)
     test = fa.paired_test(df, "up", "checker", rmse=6, victim="B", exclude_unreachable=True)
     assert (test["b"], test["c"], test["n_images"]) == (0, 0, 4)
-    per_image = df.attrs["per_image"]
+    per_image = df.per_image
     assert set(per_image["image"]) == {0, 1, 3, 4, 5}
 
 
@@ -380,6 +380,10 @@ def test_compare_is_seeded_and_ordered():
                    "n_unreachable", "how", "rmse_mean", "linf_mean"):
         assert column in one.columns
     assert fa.compare(None, clean, labels, **kwargs)["n_images"].eq(6).all()
+    # a DataFrame: filters, copies and concatenation work and keep the per-image table
+    both = pd.concat([one[one["victim"] == "A"], two[two["how"] != "native"]])
+    assert len(both) == 6 + 12
+    assert one[one["victim"] == "A"].copy().per_image is one.per_image
 
 
 def test_mcnemar_against_the_exact_sum_and_chi_square():
@@ -429,7 +433,7 @@ def test_compare_runs_fairattack_attacks_in_both_modes():
     # FGSM's native RMSE is near ε, so it is reached from above at both budgets in both modes
     fgsm = budget[(budget["attack"] == "FGSM") & (budget["how"] == "budget")]
     assert (fgsm["n_unreachable"] == 0).all()
-    per = budget.attrs["per_image"]
+    per = budget.per_image
     assert set(per["image"]) == {1, 2, 3, 4, 5}
     # a dict spec and its name; the per-image rows agree with the table
     pgd = per[(per["attack"] == "PGD-5") & (per["how"] == "native")]
@@ -501,7 +505,7 @@ def test_paired_test_rejects_bad_arguments():
     with pytest.raises(TypeError, match="df_or_records"):
         fa.paired_test([1, 2], "up", "checker", 4, "A")
     # the per-image table alone works too (e.g. read back from per_image.csv)
-    assert fa.paired_test(df.attrs["per_image"], "up", "checker", 4, "B")["n_images"] == 5
+    assert fa.paired_test(df.per_image, "up", "checker", 4, "B")["n_images"] == 5
 
 
 # ----------------------------------------------------------------------------- peers
@@ -528,7 +532,7 @@ def test_torchattacks_objects_and_names(tmp_path):
         assert native.loc[name, "linf_mean"] == pytest.approx(16, abs=1)
         assert native.loc[name, "rmse_mean"] == pytest.approx(native.loc["FGSM", "rmse_mean"],
                                                               abs=0.2)
-    per = df.attrs["per_image"]
+    per = df.per_image
     a = per[(per["attack"] == "FGSM") & (per["how"] == "native")]["fooled"].to_numpy()
     b = per[(per["attack"] == "ta:FGSM") & (per["how"] == "native")]["fooled"].to_numpy()
     assert (a == b).mean() >= 0.75
