@@ -1,5 +1,5 @@
 """notebooks/fair_comparison.ipynb runs top to bottom (so it cannot rot): Lite0 -> Lite1/Lite2,
-13 attacks, on 8 shared ImageNet samples when present (else the photos scikit-image ships)."""
+13 attacks, on 4 shared ImageNet samples when present (else the photos scikit-image ships)."""
 
 import os
 from pathlib import Path
@@ -16,7 +16,7 @@ def test_fair_comparison_notebook_runs(tmp_path, monkeypatch):
     nbclient = pytest.importorskip("nbclient")
     pytest.importorskip("skimage")
     pytest.importorskip("efficientnet_lite_pytorch")
-    monkeypatch.setenv("FAIRATTACK_NOTEBOOK_N", "8")
+    monkeypatch.setenv("FAIRATTACK_NOTEBOOK_N", "4")  # ~3 min on 2 cores
     shared = _find_shared()
     if shared is not None:
         monkeypatch.setenv("FAIRATTACK_DATA", str(shared / "imagenet-samples"))
