@@ -139,7 +139,7 @@ def _image_rmse(adv_u8, clean):
 # ----------------------------------------------------------------------------- attacks
 
 def _is_torchattacks(obj):
-    """A torchattacks Attack (or an object shaped like one: get_logits + set_model_training_mode)."""
+    """A torchattacks Attack, or an object shaped like one (get_logits, set_model_training_mode)."""
     module = type(obj).__module__ or ""
     return module.split(".")[0] == "torchattacks" or all(
         hasattr(obj, a) for a in ("get_logits", "set_model_training_mode"))

@@ -1,9 +1,10 @@
 """`fairattack compare`: the fair comparison (SPEC §8) from the command line.
 
-    fairattack compare --clean clean/ --adv pgd=pgd_pngs/ mi=mi_pngs/ --victims efficientnet-lite1 \\
-        --rmse 4 8 12 --out cmp
-    fairattack compare --attacks FGSM PGD MI-FGSM Adam --surrogate efficientnet-lite0 \\
-        --data shared/imagenet-samples --n-images 100 --victims efficientnet-lite1 --mode budget
+    fairattack compare --clean clean/ --adv pgd=pgd_pngs/ mi=mi_pngs/ \\
+        --victims efficientnet-lite1 --rmse 4 8 12 --out cmp
+    fairattack compare --attacks FGSM PGD MI-FGSM DI=PGD:di_prob=0.5 Adam \\
+        --surrogate efficientnet-lite0 --data shared/imagenet-samples --n-images 100 \\
+        --victims efficientnet-lite1 --mode budget
 
 Writes compare.csv (the tidy table), compare.json, compare.md (one row per attack),
 per_image.csv (every image's outcome, for `fairattack.paired_test`) and asr_at_rmse.png into
@@ -29,8 +30,9 @@ def add_parser(sub):
                    help="adversarial images of an attack: a folder with the clean folder's "
                         "file names")
     c.add_argument("--attacks", nargs="+", default=[], metavar="NAME",
-                   help="fairattack optimizers (FGSM PGD MI-FGSM NI-FGSM Adam ...) or ta:NAME "
-                        "(torchattacks), run on --surrogate")
+                   help="fairattack optimizers (FGSM PGD MI-FGSM NI-FGSM Adam ...), with "
+                        "options as LABEL=OPTIMIZER:key=value,... (DI=PGD:di_prob=0.5), or "
+                        "ta:NAME (torchattacks); run on --surrogate")
     c.add_argument("--surrogate", metavar="MODEL",
                    help="registry name or TorchScript file; picks the images that count (those "
                         "it classifies correctly) and runs --attacks")
@@ -129,6 +131,34 @@ def _folders(args):
     return clean, labels, [f.name for f in files], attacks
 
 
+def _value(text):
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _attack_spec(item):
+    """"PGD", "ta:PGD", or "[LABEL=]OPTIMIZER:key=value,..." (e.g. "DI=PGD:di_prob=0.5")."""
+    if item.startswith(("ta:", "torchattacks.")):
+        return item
+    label, sep, rest = item.partition("=")
+    if not sep or ":" in label:
+        label, rest = None, item
+    optimizer, _, options = rest.partition(":")
+    if not options and label is None:
+        return optimizer
+    spec = {"optimizer": optimizer, "name": label or item}
+    for option in filter(None, options.split(",")):
+        key, sep, value = option.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--attacks {item!r}: expected [LABEL=]OPTIMIZER:key=value,...")
+        spec[key.replace("-", "_")] = _value(value)
+    return spec
+
+
 def _markdown(df, table, path, meta):
     lines = [f"# Fair comparison ({meta['mode']}, eps {meta['eps']:g}, "
              f"{meta['n_images']} images)", "",
@@ -194,9 +224,11 @@ def cmd_compare(args):
                                             progress=not args.quiet)
         attacks = []
         source = f"{args.data}, the first {len(names)} images the surrogate gets right"
-    attacks += list(args.attacks)
-    print(f"data: {source}; attacks: {', '.join(a if isinstance(a, str) else a[0] for a in attacks)}"
-          f"; victims: {', '.join(victims)}; mode {args.mode}, eps {args.eps:g}")
+    attacks += [_attack_spec(a) for a in args.attacks]
+    attack_names = [a if isinstance(a, str) else a["name"] if isinstance(a, dict) else a[0]
+                 for a in attacks]
+    print(f"data: {source}; attacks: {', '.join(attack_names)}; victims: {', '.join(victims)}; "
+          f"mode {args.mode}, eps {args.eps:g}")
 
     out = Path(args.out)
     df = compare(surrogate, images, labels, attacks, victims, rmse=args.rmse, mode=args.mode,

@@ -261,7 +261,7 @@ def test_stop_rmse_above_max_rmse_is_rejected():
     fa.make_config("Adam", "const_rmse", max_rmse=4.0, stop_rmse=4.0)
 
 
-# ----------------------------------------------------------------------------- compare: a hand count
+# ----------------------------------------------------------------------------- compare: hand count
 
 CLEAN_VALUE = 100
 
