@@ -483,13 +483,44 @@ def test_compare_rejects_a_callable_returning_the_wrong_shape():
         fa.compare(oracle, x, y, [("crop", lambda im, lab: im[:, :4])], victims, rmse=[2])
 
 
-def test_compare_caches_and_resumes(tmp_path):
-    clean, labels, up, checker = _hand_case()
-    kwargs = dict(attacks=[("up", up), ("checker", checker)],
-                  victims={"A": Bright(), "B": Changed()}, rmse=[4, 12], n_boot=20)
-    # victims without a file have no identity: nothing is cached
-    fa.compare(PickySurrogate(), clean, labels, cache_dir=tmp_path / "c", **kwargs)
-    assert not (tmp_path / "c").exists() or not list((tmp_path / "c").rglob("*.npz"))
+def test_compare_caches_and_resumes(tmp_path, monkeypatch):
+    import importlib
+
+    from tiny import save_tiny
+
+    compare_module = importlib.import_module("fairattack.compare")  # fa.compare is the function
+
+    surrogate = fa.load_model(save_tiny(tmp_path / "s.pt", 0))
+    victims = {"v": fa.load_model(save_tiny(tmp_path / "v.pt", 1))}
+    x = np.random.default_rng(0).integers(0, 256, (5, 16, 16, 3)).astype(np.uint8)
+    y = surrogate.predict(x)
+    y[0] = (y[0] + 1) % 1000
+    peer = np.clip(x.astype(int) + 8, 0, 255).astype(np.uint8)
+    runs = []
+    real = compare_module._native
+    monkeypatch.setattr(compare_module, "_native",
+                        lambda attack, *a, **k: runs.append(attack.name) or real(attack, *a, **k))
+    kwargs = dict(attacks=["FGSM", ("peer", peer)], victims=victims, rmse=[2, 4], n_boot=20,
+                  mode="budget", cache_dir=tmp_path / "cache")
+    first = fa.compare(surrogate, x, y, **kwargs)
+    assert first.attrs["cached_cells"] == 0 and first.attrs["cells"] == 6
+    assert runs == ["FGSM", "FGSM", "FGSM", "peer"]      # native, then r = 2 and 4 under budget
+    runs.clear()
+    again = fa.compare(surrogate, x, y, **kwargs)
+    assert runs == [] and again.attrs["cached_cells"] == 6
+    pd.testing.assert_frame_equal(first, again)
+    pd.testing.assert_frame_equal(first.per_image, again.per_image)
+    # what determines a cell is in its key: another budget or image set recomputes
+    third = fa.compare(surrogate, x, y, **dict(kwargs, rmse=[2, 6]))
+    assert third.attrs["cached_cells"] == 4 and runs == ["FGSM", "peer"]  # r = 6 only
+    runs.clear()
+    fa.compare(surrogate, x[1:], y[1:], **dict(kwargs, attacks=["FGSM", ("peer", peer[1:])]))
+    assert runs == ["FGSM", "FGSM", "FGSM", "peer"]
+    # callables have no identity: never cached
+    runs.clear()
+    fa.compare(surrogate, x, y, **dict(kwargs, attacks=[("fn", lambda im, lab: peer[1:])]))
+    fa.compare(surrogate, x, y, **dict(kwargs, attacks=[("fn", lambda im, lab: peer[1:])]))
+    assert runs == ["fn", "fn"]
 
 
 def test_paired_test_rejects_bad_arguments():
