@@ -376,7 +376,7 @@ def main(argv=None):
     args = parser().parse_args(argv)
     if args.command == "demo" and args.n is None and args.data is not None:
         args.n = 16
-    warnings.showwarning = _show_warning
+    shown, warnings.showwarning = warnings.showwarning, _show_warning
     try:
         return args.func(args)
     except KeyboardInterrupt:
@@ -390,6 +390,8 @@ def main(argv=None):
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"fairattack: error: {message}", file=sys.stderr)
         return 2
+    finally:
+        warnings.showwarning = shown
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ table one process gives. The files are described in `fairattack.store`.
 import inspect
 import json
 import os
+import socket
 import time
 import warnings
 from pathlib import Path
@@ -897,6 +898,7 @@ def _work_item(cell, start, chunk_size, batch_size, rounding, surrogate_model, v
         frame.insert(0, "name", selection.names[start:stop])
         frame["surrogate_pred"] = surrogate_pred
         record = {"key": cell.key, "start": start, "stop": stop, "seconds": seconds,
+                  "worker": f"{socket.gethostname()}:{os.getpid()}",
                   "records": {c: frame[c].tolist() for c in frame.columns}}
         write_json(chunk_path, record)
     status = np.asarray(record["records"]["status"]).astype(str)

@@ -134,8 +134,8 @@ def test_attack_variants_and_recompute_lines(user_files):
     again = cli(*args)
     assert again.returncode == 0, again.stderr
     lines = [line for line in again.stderr.splitlines() if line.startswith("fairattack:")]
-    assert lines == ["fairattack: recomputing cell surrogate/const_loss/adam4: the configuration "
-                     "changed (config.eps: 4.0 -> 3.0)"]
+    assert lines == [("fairattack: recomputing cell surrogate/const_loss/adam4: the configuration "
+                      "changed (config.eps: 4.0 -> 3.0)")]
 
 
 def test_bad_option_value_is_a_usage_error(user_files):

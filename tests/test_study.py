@@ -456,7 +456,7 @@ def test_folder_is_selected_per_surrogate_and_cached(tiny, tmp_path, monkeypatch
     run()
     assert calls == []
     # an image that is not selected changes: selected again, same images, nothing recomputed
-    unselected = sorted(set(p.name for p in folder.iterdir()) - set(names))[0]
+    unselected = min({p.name for p in folder.iterdir()} - set(names))
     x = np.asarray(Image.open(folder / unselected)).copy()
     x[0, 0, 0] ^= 1
     Image.fromarray(x).save(folder / unselected)
@@ -535,3 +535,16 @@ def test_bad_override_type(tiny, tmp_path):
 def test_registry_names_are_case_insensitive():
     assert study._model_dict(["EfficientNet-Lite0"], "victims") == {
         "efficientnet-lite0": "efficientnet-lite0"}
+
+
+def test_repeated_file_names_in_synset_folders_get_distinct_pngs(tiny, tmp_path):
+    paths, (images, labels, _) = tiny
+    names = [f"n0000000{i % 3}/img{i // 3}.JPEG" for i in range(6)]  # img0 in three folders
+    fa.run_study({"s": paths["s"]}, {"v1": paths["v1"]}, (images, labels, names),
+                 optimizers=["GD"], out_dir=tmp_path, progress=False, overrides={"max_iter": 1})
+    per_image = pd.read_csv(tmp_path / "cells" / "s" / "const_loss" / "GD" / "images.csv")
+    assert list(per_image["name"]) == names and per_image["png"].is_unique
+    folder = png_folder(tmp_path, "const_loss", "GD")
+    assert sorted(p.name for p in folder.iterdir()) == sorted(per_image["png"])
+    for png, image in zip(per_image["png"], images):  # each PNG is its own image's attack
+        assert np.abs(np.asarray(Image.open(folder / png)).astype(int) - image).max() <= 16
