@@ -31,7 +31,7 @@ from .attack import attack
 from .settings import OPTIMIZERS, PAPER_OPTIMIZERS, SETTINGS, make_config, optimizer_index
 from .store import (StudyFolder, digest_array, digest_bytes, digest_file, digest_files,
                     digest_images, digest_json, locked, png_names, read_json, read_png,
-                    sweep_temps, to_json, write_atomic, write_json, write_png)
+                    safe_name, sweep_temps, to_json, write_atomic, write_json, write_png)
 
 METRICS = ("rmse", "linf", "l2", "l1", "l0", "psnr", "ssim", "loss", "iterations")
 COUNTS = ("n_images", "n_skipped", "n_failed", "n_stop_loss", "n_stop_rmse", "n_max_iter",
@@ -599,7 +599,9 @@ class _Ranks:
     def barrier(self):
         if self.dist is not None and self.world > 1:
             if self.dist.get_backend() == "nccl":
-                self.dist.barrier(device_ids=[0])  # each rank sees its own GPU as cuda:0
+                import torch
+
+                self.dist.barrier(device_ids=[torch.cuda.current_device()])
             else:
                 self.dist.barrier()
 
@@ -733,6 +735,14 @@ def run_study(surrogates, victims, data, optimizers=None, settings=("const_loss"
     surrogate_specs = _model_dict(surrogates, "surrogates")
     victim_specs = _model_dict(victims, "victims")
     flat, nested = _split_overrides(overrides, [a[0] for a in attack_entries])
+    for what, names in (("surrogates", surrogate_specs), ("victims", victim_specs),
+                        ("attacks", [a[0] for a in attack_entries])):
+        files = {}
+        for name in names:  # names become folder names: they must stay distinct
+            other = files.setdefault(safe_name(name).lower(), name)
+            if other != name:
+                raise ValueError(f"{what}: {other!r} and {name!r} would share the folder "
+                                 f"{safe_name(name)!r}; rename one")
 
     # the grid, validated before any work: surrogate, then setting, then attack
     pairs = []

@@ -548,3 +548,11 @@ def test_repeated_file_names_in_synset_folders_get_distinct_pngs(tiny, tmp_path)
     assert sorted(p.name for p in folder.iterdir()) == sorted(per_image["png"])
     for png, image in zip(per_image["png"], images):  # each PNG is its own image's attack
         assert np.abs(np.asarray(Image.open(folder / png)).astype(int) - image).max() <= 16
+
+
+def test_names_that_would_share_a_folder_raise(tiny, tmp_path):
+    paths, arrays = tiny
+    with pytest.raises(ValueError, match="would share the folder"):
+        fa.run_study({"s": paths["s"]}, {"v 1": paths["v1"], "v_1": paths["v2"]}, arrays,
+                     optimizers=["GD"], out_dir=tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
