@@ -556,3 +556,24 @@ def test_names_that_would_share_a_folder_raise(tiny, tmp_path):
         fa.run_study({"s": paths["s"]}, {"v 1": paths["v1"], "v_1": paths["v2"]}, arrays,
                      optimizers=["GD"], out_dir=tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists()
+
+
+def test_returns_and_max_rmse_are_attack_keys_in_the_cell_key(tiny, tmp_path, monkeypatch):
+    paths, (images, labels, names) = tiny
+
+    def run(max_rmse):
+        spec = {"optimizer": "PGD", "setting": "fixed", "returns": "best", "max_rmse": max_rmse}
+        return fa.run_study({"s": paths["s"]}, {"v1": paths["v1"]}, (images, labels, names),
+                            attacks={"pgd-joint": spec}, out_dir=tmp_path, progress=False)
+
+    df = run(2.0)
+    want = real_attack(fa.load_model(paths["s"]), images, labels, optimizer="PGD",
+                       setting="fixed", returns="best", max_rmse=2.0)
+    folder = png_folder(tmp_path, "fixed", "pgd-joint")
+    got = np.stack([np.asarray(Image.open(folder / f"{n}.png")) for n in names])
+    np.testing.assert_array_equal(got, want.images)
+    assert df.loc[0, "rmse"] == pytest.approx(want.rmse.mean())
+    calls = count_attacks(monkeypatch)
+    with pytest.warns(RecomputeWarning, match=r"config\.max_rmse: 2\.0 -> 3\.0"):
+        run(3.0)
+    assert len(calls) == 1
