@@ -70,6 +70,7 @@ def child(args):
     from fairattack import models
 
     work = Path(args.work)
+    args.n = args.n[0]
     if args.models == "tiny":
         surrogate, victim = _tiny_models(work, args.size)
         size = args.size
