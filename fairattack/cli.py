@@ -302,7 +302,7 @@ def _common(p):
     p.add_argument("--settings", nargs="+", default=["const_loss"], metavar="NAME",
                    help=f"from {', '.join(SETTINGS)} (default: const_loss)")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), type=str.lower,
                    help="cuda: under torchrun each rank uses GPU LOCAL_RANK")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -344,7 +344,7 @@ def parser():
     r.add_argument("--out", default="fairattack-study", help="results folder (resumable, "
                    "shared by all processes)")
     r.add_argument("--no-resume", action="store_true", help="recompute finished cells")
-    r.add_argument("--rounding", default="round", choices=("round", "truncate"))
+    r.add_argument("--rounding", default="round", choices=("round", "truncate"), type=str.lower)
     r.add_argument("--image-size", type=int, default=None,
                    help="input size of surrogates whose TorchScript file does not say")
     r.add_argument("--chunk-size", type=int, default=256,

@@ -64,7 +64,7 @@ def test_run_then_report(user_files):
     out = cli("run", "--surrogates", s, "--victims", v, "--data", folder, "--n-images", 3,
               "--optimizers", "gd", "ADAM", "--settings", "Const_Loss", "--eps", 8,
               "--max-iter", 3, "--image-size", 16, "--out", out_dir, "--quiet",
-              module="fairattack")
+              "--device", "CPU", "--rounding", "Round", module="fairattack")
     assert out.returncode == 0, out.stderr
     df = pd.read_csv(out_dir / "results.csv")
     assert list(df["optimizer"]) == ["GD", "Adam"] and (df["linf"] <= 8).all()
