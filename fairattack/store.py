@@ -34,6 +34,7 @@ import math
 import os
 import re
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 
@@ -335,3 +336,98 @@ class StudyFolder:
         """A chunk or victim record, if it was computed under `key`."""
         found = read_json(path)
         return found if isinstance(found, dict) and found.get("key") == key else None
+
+    # -- work items: a chunk's per-image records and PNGs, a victim's predictions on it
+    def write_chunk(self, cell_dir, key, start, frame, seconds, images):
+        """The adversarial PNGs of a chunk (frame["png"]), then its per-image records (a
+        DataFrame, one row per image) with the crafting time and who crafted it."""
+        for image, png in zip(images, frame["png"]):
+            write_png(Path(cell_dir) / "adv" / png, image)
+        write_json(self.chunk_path(cell_dir, start),
+                   {"key": key, "start": start, "stop": start + len(frame), "seconds": seconds,
+                    "worker": f"{socket.gethostname()}:{os.getpid()}",
+                    "records": {c: frame[c].tolist() for c in frame.columns}})
+
+    def read_chunk(self, cell_dir, key, start):
+        """(per-image records DataFrame, seconds) of a chunk crafted under `key`, else None."""
+        import pandas as pd
+
+        record = self.read_record(self.chunk_path(cell_dir, start), key)
+        if record is None:
+            return None
+        return pd.DataFrame(record["records"]), float(record["seconds"])
+
+    @staticmethod
+    def read_adv(cell_dir, pngs):
+        """The stored adversarial images (uint8 NHWC) of the given PNG names."""
+        return np.stack([read_png(Path(cell_dir) / "adv" / png) for png in pngs])
+
+    def has_chunk(self, cell_dir, start):
+        return self.chunk_path(cell_dir, start).is_file()
+
+    def write_victim_chunk(self, cell_dir, victim, key, start, pred):
+        write_json(self.victim_chunk_path(cell_dir, victim, start),
+                   {"key": key, "start": start, "stop": start + len(pred), "pred": pred})
+
+    def read_victim_chunk(self, cell_dir, victim, key, start):
+        record = self.read_record(self.victim_chunk_path(cell_dir, victim, start), key)
+        return None if record is None else np.asarray(record["pred"], np.int64)
+
+    def has_victim(self, cell_dir, victim, starts):
+        """Whether a victim's predictions are stored whole or for every chunk start."""
+        return self.victim_path(cell_dir, victim).is_file() or all(
+            self.victim_chunk_path(cell_dir, victim, s).is_file() for s in starts)
+
+    # -- an assembled cell
+    def write_cell_tables(self, cell_dir, frame, predictions):
+        """images.csv (per-image records) and victims/<victim>.json ({victim: (key, cell key,
+        predictions)}) of a complete cell."""
+        write_atomic(Path(cell_dir) / "images.csv", frame.to_csv(index=False).encode())
+        for victim, (key, cell_key, pred) in predictions.items():
+            write_json(self.victim_path(cell_dir, victim),
+                       {"key": key, "cell": cell_key, "victim": victim, "pred": pred})
+
+    def read_victim(self, cell_dir, victim, key):
+        record = self.read_record(self.victim_path(cell_dir, victim), key)
+        return None if record is None else np.asarray(record["pred"], np.int64)
+
+    def drop_stale_victim(self, cell_dir, victim, key):
+        """Remove a victim's assembled predictions stored under another key; True if removed."""
+        path = self.victim_path(cell_dir, victim)
+        stored = read_json(path)
+        if isinstance(stored, dict) and stored.get("key") != key:
+            path.unlink()
+            return True
+        return False
+
+    @staticmethod
+    def read_victims(cell_dir, cell_key):
+        """{victim: predictions} of every victim stored for a cell under `cell_key`."""
+        out = {}
+        for path in sorted((Path(cell_dir) / "victims").glob("*.json")):
+            stored = read_json(path)
+            if isinstance(stored, dict) and stored.get("cell") == cell_key and "victim" in stored:
+                out[stored["victim"]] = np.asarray(stored["pred"], np.int64)
+        return out
+
+    # -- the table
+    def complete_rows(self):
+        """The stored row of every complete cell on disk; ValueError for a malformed record."""
+        rows = []
+        for cell_dir in self.cell_dirs():
+            cell = self.read_cell(cell_dir)
+            if cell is None:
+                raise ValueError(f"{cell_dir / 'cell.json'}: malformed cell record")
+            if cell.get("complete") and isinstance(cell.get("row"), dict):
+                rows.append(cell["row"])
+        return rows
+
+    def write_results(self, table):
+        """results.csv and results.json of table() (a DataFrame), built and written under the
+        results lock (two writers never interleave a stale table); returns the table."""
+        with locked(self.lock_path("results")):
+            df = table()
+            write_atomic(self.root / "results.csv", df.to_csv(index=False).encode())
+            write_atomic(self.root / "results.json",
+                         df.to_json(orient="records", indent=1).encode())
+        return df

@@ -17,7 +17,6 @@ table one process gives. The files are described in `fairattack.store`.
 import inspect
 import json
 import os
-import socket
 import time
 import warnings
 from pathlib import Path
@@ -30,8 +29,8 @@ from ._model import Model, _device_index, load_model
 from .attack import attack
 from .settings import OPTIMIZERS, PAPER_OPTIMIZERS, SETTINGS, make_config, optimizer_index
 from .store import (StudyFolder, digest_array, digest_bytes, digest_file, digest_files,
-                    digest_images, digest_json, locked, png_names, read_json, read_png,
-                    safe_name, sweep_temps, to_json, write_atomic, write_json, write_png)
+                    digest_images, digest_json, locked, png_names, safe_name, sweep_temps,
+                    to_json)
 
 METRICS = ("rmse", "linf", "l2", "l1", "l0", "psnr", "ssim", "loss", "iterations")
 COUNTS = ("n_images", "n_skipped", "n_failed", "n_stop_loss", "n_stop_rmse", "n_max_iter",
@@ -519,15 +518,7 @@ def _order_key(row):
 
 def _disk_rows(folder):
     """The rows of every complete cell on disk (with every victim evaluated on it)."""
-    rows = []
-    for cell_dir in folder.cell_dirs():
-        cell = folder.read_cell(cell_dir)
-        if cell is None:
-            raise ValueError(f"{cell_dir / 'cell.json'}: malformed cell record")
-        if cell.get("complete") and isinstance(cell.get("row"), dict):
-            rows.append(cell["row"])
-    rows.sort(key=_order_key)
-    return rows
+    return sorted(folder.complete_rows(), key=_order_key)
 
 
 def _rows_frame(rows):
@@ -541,11 +532,7 @@ def _rows_frame(rows):
 
 def _write_results(folder):
     """results.csv / results.json from every complete cell on disk; returns the table."""
-    with locked(folder.lock_path("results")):
-        df = _rows_frame(_disk_rows(folder))
-        write_atomic(folder.root / "results.csv", df.to_csv(index=False).encode())
-        write_atomic(folder.root / "results.json", df.to_json(orient="records", indent=1).encode())
-    return df
+    return folder.write_results(lambda: _rows_frame(_disk_rows(folder)))
 
 
 def load_results(out_dir):
@@ -862,12 +849,9 @@ def _plan(cell, selection, surrogate_digest, rounding, chunk_size, folder, victi
                   "n": len(selection), "complete": False}
         if found is not None and found.get("key") == cell.key and resume:
             for victim, digest in victim_digests.items():
-                path = folder.victim_path(cell.dir, victim)
-                stored = read_json(path)
-                if isinstance(stored, dict) and stored.get("key") != _victim_key(cell, digest):
+                if folder.drop_stale_victim(cell.dir, victim, _victim_key(cell, digest)):
                     warnings.warn(f"evaluating victim {victim!r} on cell {cell.label} again: "
                                   "the victim's file changed", RecomputeWarning, stacklevel=3)
-                    path.unlink()
             return
         if found is not None and found.get("key") != cell.key:
             warnings.warn(f"recomputing cell {cell.label}: "
@@ -883,8 +867,7 @@ def _work_item(cell, start, chunk_size, batch_size, rounding, surrogate_model, v
     recorded)."""
     selection = cell.selection
     stop = min(start + chunk_size, len(selection))
-    chunk_path = folder.chunk_path(cell.dir, start)
-    record = folder.read_record(chunk_path, cell.key)
+    record = folder.read_chunk(cell.dir, cell.key, start)
     adv = None
     if record is None:
         model = surrogate_model(cell.surrogate)
@@ -900,30 +883,25 @@ def _work_item(cell, start, chunk_size, batch_size, rounding, surrogate_model, v
         surrogate_pred = np.full(len(y), -1, np.int64)
         if attacked.any():
             surrogate_pred[attacked] = model.predict(adv[attacked], batch_size=batch_size)
-        pngs = selection.pngs[start:stop]
-        for image, png in zip(adv, pngs):
-            write_png(cell.dir / "adv" / png, image)
         frame = res.to_frame()
-        frame.insert(0, "png", pngs)
+        frame.insert(0, "png", selection.pngs[start:stop])
         frame.insert(0, "name", selection.names[start:stop])
         frame["surrogate_pred"] = surrogate_pred
-        record = {"key": cell.key, "start": start, "stop": stop, "seconds": seconds,
-                  "worker": f"{socket.gethostname()}:{os.getpid()}",
-                  "records": {c: frame[c].tolist() for c in frame.columns}}
-        write_json(chunk_path, record)
-    status = np.asarray(record["records"]["status"]).astype(str)
+        folder.write_chunk(cell.dir, cell.key, start, frame, seconds, adv)
+        record = (frame, seconds)
+    frame = record[0]
+    status = frame["status"].to_numpy().astype(str)
     attacked = (status != "skipped") & (status != "nan")
     for victim, digest in victim_digests.items():
-        path = folder.victim_chunk_path(cell.dir, victim, start)
         key = _victim_key(cell, digest)
-        if folder.read_record(path, key) is not None:
+        if folder.read_victim_chunk(cell.dir, victim, key, start) is not None:
             continue
         if adv is None:
-            adv = np.stack([read_png(cell.dir / "adv" / png) for png in record["records"]["png"]])
+            adv = folder.read_adv(cell.dir, frame["png"])
         pred = np.full(len(status), -1, np.int64)
         if attacked.any():
             pred[attacked] = victim_model(victim).predict(adv[attacked], batch_size=batch_size)
-        write_json(path, {"key": key, "start": start, "stop": stop, "pred": pred})
+        folder.write_victim_chunk(cell.dir, victim, key, start, pred)
 
 
 def _chunk_starts(cell, chunk_size):
@@ -934,36 +912,28 @@ def _cell_frame(cell, chunk_size, folder):
     """Per-image records of a cell from its chunk records; None while a chunk is missing."""
     parts, seconds = [], 0.0
     for start in _chunk_starts(cell, chunk_size):
-        record = folder.read_record(folder.chunk_path(cell.dir, start), cell.key)
+        record = folder.read_chunk(cell.dir, cell.key, start)
         if record is None:
             return None, None
-        parts.append(pd.DataFrame(record["records"]))
-        seconds += float(record["seconds"])
+        parts.append(record[0])
+        seconds += record[1]
     return pd.concat(parts, ignore_index=True), seconds
 
 
 def _cell_predictions(cell, chunk_size, victim, digest, folder):
+    """A victim's predictions on a cell's images, from the assembled record or the chunks;
+    None while a chunk is missing."""
     key = _victim_key(cell, digest)
-    stored = folder.read_record(folder.victim_path(cell.dir, victim), key)
+    stored = folder.read_victim(cell.dir, victim, key)
     if stored is not None:
-        return np.asarray(stored["pred"], np.int64)
+        return stored
     parts = []
     for start in _chunk_starts(cell, chunk_size):
-        record = folder.read_record(folder.victim_chunk_path(cell.dir, victim, start), key)
-        if record is None:
+        pred = folder.read_victim_chunk(cell.dir, victim, key, start)
+        if pred is None:
             return None
-        parts.append(np.asarray(record["pred"], np.int64))
+        parts.append(pred)
     return np.concatenate(parts) if parts else np.zeros(0, np.int64)
-
-
-def _stored_predictions(cell_dir, cell_key):
-    """{victim: predictions} of every victim stored for a cell (whatever the current victims)."""
-    out = {}
-    for path in sorted((Path(cell_dir) / "victims").glob("*.json")):
-        stored = read_json(path)
-        if isinstance(stored, dict) and stored.get("cell") == cell_key and "victim" in stored:
-            out[stored["victim"]] = np.asarray(stored["pred"], np.int64)
-    return out
 
 
 def _row_head(cell):
@@ -975,18 +945,17 @@ def _assemble_if_complete(cell, chunk_size, victim_digests, folder, seed):
     """When every chunk and every victim's predictions of a cell are recorded: write images.csv,
     victims/<victim>.json and the cell's row, then results.csv."""
     starts = _chunk_starts(cell, chunk_size)
-    if not all(folder.chunk_path(cell.dir, s).is_file() for s in starts):
+    if not all(folder.has_chunk(cell.dir, s) for s in starts):
         return
-    if not all(folder.victim_path(cell.dir, v).is_file()
-               or all(folder.victim_chunk_path(cell.dir, v, s).is_file() for s in starts)
-               for v in victim_digests):
+    if not all(folder.has_victim(cell.dir, v, starts) for v in victim_digests):
         return
     with locked(folder.lock_path("cell", cell.label)):
         record = folder.read_cell(cell.dir)
         if record is None or record.get("key") != cell.key:
             return
-        have = record.get("victims") or []
-        if record.get("complete") and all(v in have for v in victim_digests):
+        # assembled victim files exist only under their current key (_plan drops stale ones)
+        if record.get("complete") and all(folder.victim_path(cell.dir, v).is_file()
+                                          for v in victim_digests):
             return
         frame, seconds = _cell_frame(cell, chunk_size, folder)
         if frame is None:
@@ -997,12 +966,10 @@ def _assemble_if_complete(cell, chunk_size, victim_digests, folder, seed):
             if pred is None:
                 return
             predictions[victim] = pred
-        write_atomic(cell.dir / "images.csv", frame.to_csv(index=False).encode())
-        for victim, pred in predictions.items():
-            write_json(folder.victim_path(cell.dir, victim),
-                       {"key": _victim_key(cell, victim_digests[victim]), "cell": cell.key,
-                        "victim": victim, "pred": pred})
-        every = _stored_predictions(cell.dir, cell.key)
+        folder.write_cell_tables(cell.dir, frame, {
+            v: (_victim_key(cell, victim_digests[v]), cell.key, pred)
+            for v, pred in predictions.items()})
+        every = folder.read_victims(cell.dir, cell.key)
         row = dict(_row_head(cell), **summarize(frame, every, cell.config["stop_rmse"], seed))
         row["seconds"] = seconds
         record.update(complete=True, victims=sorted(every), row=row, seconds=seconds)

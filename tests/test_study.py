@@ -577,3 +577,25 @@ def test_returns_and_max_rmse_are_attack_keys_in_the_cell_key(tiny, tmp_path, mo
     with pytest.warns(RecomputeWarning, match=r"config\.max_rmse: 2\.0 -> 3\.0"):
         run(3.0)
     assert len(calls) == 1
+
+
+def test_changed_victim_is_evaluated_again_without_attacking(tiny, tmp_path, monkeypatch):
+    paths, (images, labels, names) = tiny
+    victim = tmp_path / "victim.pt"
+    export_tiny(victim, 1, like=None)
+    fa.run_study({"s": paths["s"]}, {"v": victim}, (images, labels, names), optimizers=["GD"],
+                 out_dir=tmp_path / "out", progress=False, overrides={"max_iter": 2})
+    calls = count_attacks(monkeypatch)
+    export_tiny(victim, 7)  # retrained under the same name
+    with pytest.warns(RecomputeWarning, match="victim 'v' on cell s/const_loss/GD again"):
+        df = fa.run_study({"s": paths["s"]}, {"v": victim}, (images, labels, names),
+                          optimizers=["GD"], out_dir=tmp_path / "out", progress=False,
+                          overrides={"max_iter": 2})
+    assert calls == []
+    adv = np.stack([np.asarray(Image.open(png_folder(tmp_path / "out", "const_loss", "GD") /
+                                          f"{n}.png")) for n in names])
+    assert df.loc[0, "err_v"] == pytest.approx(np.mean(fa.load_model(victim).predict(adv)
+                                                       != labels))
+    stored = json.loads((tmp_path / "out" / "cells" / "s" / "const_loss" / "GD" / "victims" /
+                         "v.json").read_text())
+    np.testing.assert_array_equal(stored["pred"], fa.load_model(victim).predict(adv))
