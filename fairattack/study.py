@@ -44,10 +44,9 @@ PAPER_N = 1000
 BOOTSTRAP = 1000
 #: Images per work item (the unit a process crafts and records at once).
 CHUNK_SIZE = 256
-#: Keyword arguments of `attack` that are input transforms (DI, TI, SI), not config fields.
+#: Keyword arguments of `attack` that are input transforms (di_*, ti_*, si_*), not config fields.
 TRANSFORMS = tuple(name for name, p in inspect.signature(attack).parameters.items()
-                   if p.kind == p.KEYWORD_ONLY and name not in ("batch_size", "rounding",
-                                                                "progress"))
+                   if p.kind == p.KEYWORD_ONLY and name.startswith(("di_", "ti_", "si_")))
 CONFIG_KEYS = tuple(f for f in make_config("GD") if f not in ("optimizer", "index_offset"))
 
 
