@@ -396,9 +396,9 @@ class _Cache:
         self.folder = None if folder is None else Path(folder)
 
     def _path(self, kind, label, key):
-        from .study import _safe
+        from .store import safe_name
 
-        return self.folder / kind / f"{_safe(label)}__{key[:20]}.npz"
+        return self.folder / kind / f"{safe_name(label)}__{key[:20]}.npz"
 
     def get(self, kind, label, key):
         if self.folder is None or key is None:
@@ -417,10 +417,10 @@ class _Cache:
     def put(self, kind, label, key, **arrays):
         if self.folder is None or key is None:
             return
-        from .study import _write_atomic
+        from .store import write_atomic
 
-        _write_atomic(self._path(kind, label, key),
-                      lambda f: np.savez(f, key=np.array(key), **arrays))
+        write_atomic(self._path(kind, label, key),
+                     lambda f: np.savez(f, key=np.array(key), **arrays))
 
 
 # ----------------------------------------------------------------------------- statistics

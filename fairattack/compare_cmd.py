@@ -2,7 +2,7 @@
 
     fairattack compare --clean clean/ --adv pgd=pgd_pngs/ mi=mi_pngs/ \\
         --victims efficientnet-lite1 --rmse 4 8 12 --out cmp
-    fairattack compare --attacks FGSM PGD MI-FGSM DI=PGD:di_prob=0.5 Adam \\
+    fairattack compare --attacks FGSM PGD MI-FGSM DI=PGD,di_prob=0.5 Adam \\
         --surrogate efficientnet-lite0 --data shared/imagenet-samples --n-images 100 \\
         --victims efficientnet-lite1 --mode budget
 
@@ -31,8 +31,8 @@ def add_parser(sub):
                         "file names")
     c.add_argument("--attacks", nargs="+", default=[], metavar="NAME",
                    help="fairattack optimizers (FGSM PGD MI-FGSM NI-FGSM Adam ...), with "
-                        "options as LABEL=OPTIMIZER:key=value,... (DI=PGD:di_prob=0.5), or "
-                        "ta:NAME (torchattacks); run on --surrogate")
+                        "options as NAME=OPTIMIZER[:SETTING][,key=value...] "
+                        "(DI=PGD,di_prob=0.5), or ta:NAME (torchattacks); run on --surrogate")
     c.add_argument("--surrogate", metavar="MODEL",
                    help="registry name or TorchScript file; picks the images that count (those "
                         "it classifies correctly) and runs --attacks")
@@ -131,32 +131,15 @@ def _folders(args):
     return clean, labels, [f.name for f in files], attacks
 
 
-def _value(text):
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
-
-
 def _attack_spec(item):
-    """"PGD", "ta:PGD", or "[LABEL=]OPTIMIZER:key=value,..." (e.g. "DI=PGD:di_prob=0.5")."""
-    if item.startswith(("ta:", "torchattacks.")):
+    """"PGD", "ta:PGD", or NAME=OPTIMIZER[:SETTING][,key=value...] as `fairattack run --attack`
+    reads it (e.g. DI=PGD,di_prob=0.5)."""
+    if item.startswith(("ta:", "torchattacks.")) or "=" not in item:
         return item
-    label, sep, rest = item.partition("=")
-    if not sep or ":" in label:
-        label, rest = None, item
-    optimizer, _, options = rest.partition(":")
-    if not options and label is None:
-        return optimizer
-    spec = {"optimizer": optimizer, "name": label or item}
-    for option in filter(None, options.split(",")):
-        key, sep, value = option.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--attacks {item!r}: expected [LABEL=]OPTIMIZER:key=value,...")
-        spec[key.replace("-", "_")] = _value(value)
-    return spec
+    from .cli import parse_attack
+
+    name, spec = parse_attack(item)
+    return {"name": name, **spec}
 
 
 def _markdown(df, table, path, meta):
@@ -185,7 +168,8 @@ def cmd_compare(args):
 
     from . import data, figures
     from .compare import compare, comparison_table
-    from .study import _load, _model_dict, _write_atomic, input_size
+    from .store import write_atomic
+    from .study import _load, _model_dict, input_size
 
     if bool(args.clean) == bool(args.data):
         raise ValueError("give the images either as --clean DIR (with --adv NAME=DIR ...) or as "
@@ -243,12 +227,11 @@ def cmd_compare(args):
             "surrogate": args.surrogate}
 
     out.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out / "compare.csv", lambda f: f.write(df.to_csv(index=False).encode()))
-    _write_atomic(out / "per_image.csv",
-                  lambda f: f.write(per_image.to_csv(index=False).encode()))
+    write_atomic(out / "compare.csv", df.to_csv(index=False).encode())
+    write_atomic(out / "per_image.csv", per_image.to_csv(index=False).encode())
     records = json.loads(df.to_json(orient="records"))
-    _write_atomic(out / "compare.json", lambda f: f.write(
-        (json.dumps({"meta": meta, "rows": records}, indent=1) + "\n").encode()))
+    write_atomic(out / "compare.json",
+                 (json.dumps({"meta": meta, "rows": records}, indent=1) + "\n").encode())
     _markdown(df, table, out / "compare.md", meta)
     figures.plot_asr_at_rmse(df, out / "asr_at_rmse.png")
     with pd.option_context("display.width", 200, "display.max_columns", None,

@@ -127,13 +127,14 @@ def test_compare_user_errors_are_one_line_and_exit_2(folders, tmp_path, extra, m
 
 
 def test_attack_specs_on_the_command_line():
+    from fairattack.cli import UsageError
     from fairattack.compare_cmd import _attack_spec
 
     assert _attack_spec("PGD") == "PGD"
     assert _attack_spec("ta:PGD") == "ta:PGD"
-    assert _attack_spec("DI=PGD:di_prob=0.5,max-iter=5") == {
-        "optimizer": "PGD", "name": "DI", "di_prob": 0.5, "max_iter": 5}
-    assert _attack_spec("Adam:setting=rmse_loss") == {
-        "optimizer": "Adam", "name": "Adam:setting=rmse_loss", "setting": "rmse_loss"}
-    with pytest.raises(ValueError, match="key=value"):
-        _attack_spec("PGD:di_prob")
+    assert _attack_spec("DI=PGD,di_prob=0.5,max-iter=5") == {
+        "name": "DI", "optimizer": "PGD", "di_prob": 0.5, "max_iter": 5}
+    assert _attack_spec("adam-rl=Adam:rmse_loss") == {
+        "name": "adam-rl", "optimizer": "Adam", "setting": "rmse_loss"}
+    with pytest.raises(UsageError, match="key=value"):
+        _attack_spec("x=PGD,di_prob")

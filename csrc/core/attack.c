@@ -27,6 +27,10 @@ typedef struct {
     int64_t *orig;        /* the image's position in the call                             */
     int64_t *index;       /* index_offset + orig, for per-image randomness                */
     int64_t *labels, *pred, *src;
+    int64_t *from;        /* the buffer a finished row's result comes from (B_X, B_BEST)   */
+    int64_t *fin;         /* the image position of a finished row (orig[r] is then -1)      */
+    int64_t *rows;        /* scratch: row numbers for copy_rows / fetch_rows               */
+    float **dst;          /* scratch: destinations of fetch_rows                           */
     float *loss, *best_loss, *alpha, *step, *rm, *asum, *gnorm, *pcoef;
     int need_loss;        /* a rule looks at the per-step loss (best iterate, loss stop)      */
     void *host_block;
@@ -63,13 +67,14 @@ static fa_status state_new(run_state *s) {
         if (want && (st = s->be->alloc((void **)&s->buf[b], bytes)) != FA_OK)
             return st;
     }
-    s->host_block = malloc(rows * (5 * sizeof(int64_t) + 8 * sizeof(float)) + 1);
+    s->host_block = malloc(rows * (8 * sizeof(int64_t) + sizeof(float *) + 8 * sizeof(float)) + 1);
     if (s->host_block == NULL)
         return fa_set_error(FA_ERR_MEMORY, "fa_attack: out of host memory");
     int64_t *p = (int64_t *)s->host_block;
     s->orig = p, s->index = p + rows, s->labels = p + 2 * rows, s->pred = p + 3 * rows;
-    s->src = p + 4 * rows;
-    float *f = (float *)(p + 5 * rows);
+    s->src = p + 4 * rows, s->from = p + 5 * rows, s->rows = p + 6 * rows, s->fin = p + 7 * rows;
+    s->dst = (float **)(p + 8 * rows);
+    float *f = (float *)(s->dst + rows);
     s->loss = f, s->best_loss = f + rows, s->alpha = f + 2 * rows, s->step = f + 3 * rows;
     s->rm = f + 4 * rows, s->asum = f + 5 * rows, s->gnorm = f + 6 * rows;
     s->pcoef = f + 7 * rows;
@@ -77,16 +82,14 @@ static fa_status state_new(run_state *s) {
 }
 
 /* The image of row r leaves the batch with `status`; its result comes from backend buffer
- * `from` (B_X or B_BEST) or, for B_X0, from the caller's clean image. */
+ * `from` (B_X or B_BEST: fetched with the other finished rows by compact()) or, for B_X0, from
+ * the caller's clean image. */
 static fa_status finish(run_state *s, int64_t r, int status, int from, float loss, int k) {
     const int64_t i = s->orig[r];
-    const size_t bytes = (size_t)s->dim * sizeof(float);
-    float *dst = s->out->adv + i * s->dim;
     fa_status st = FA_OK;
     if (from == B_X0)
-        memcpy(dst, s->x0_host + i * s->dim, bytes);
-    else
-        st = s->be->copy(dst, s->buf[from] + r * s->dim, bytes, FA_COPY_D2H);
+        memcpy(s->out->adv + i * s->dim, s->x0_host + i * s->dim, (size_t)s->dim * sizeof(float));
+    s->from[r] = from, s->fin[r] = i;
     s->out->status[i] = status;
     s->out->loss[i] = loss;
     s->out->iterations[i] = k;
@@ -95,15 +98,38 @@ static fa_status finish(run_state *s, int64_t r, int status, int from, float los
     return st;
 }
 
-/* Drops the rows finish() marked: every buffer and host array moves up. */
+/* The results finish() deferred: every finished row of one buffer in one backend call. */
+static fa_status fetch_finished(run_state *s) {
+    const int buffers[2] = {B_X, B_BEST};
+    for (int q = 0; q < 2; q++) {
+        const int b = buffers[q];
+        int64_t count = 0;
+        for (int64_t r = 0; r < s->n; r++)
+            if (s->orig[r] < 0 && s->from[r] == b) {
+                s->rows[count] = r;
+                s->dst[count++] = s->out->adv + s->fin[r] * s->dim;
+            }
+        if (count == 0)
+            continue;
+        fa_status st = s->be->fetch_rows(s->buf[b], s->dim, count, s->rows, s->dst);
+        if (st != FA_OK)
+            return st;
+    }
+    return FA_OK;
+}
+
+/* Drops the rows finish() marked (after fetching their results): every buffer and host array
+ * moves up. */
 static fa_status compact(run_state *s) {
+    fa_status st = fetch_finished(s);
+    if (st != FA_OK)
+        return st;
     int64_t n_new = 0;
     for (int64_t r = 0; r < s->n; r++)
         if (s->orig[r] >= 0)
             s->src[n_new++] = r;
     if (n_new == s->n)
         return FA_OK;
-    fa_status st;
     for (int b = 0; b < B_COUNT; b++)
         if (s->buf[b] && (st = s->be->compact(s->buf[b], s->dim, n_new, s->src)) != FA_OK)
             return st;
@@ -138,6 +164,7 @@ static fa_status check_rows(run_state *s, int k, int have_grad, int have_loss) {
     if (c->stop_rmse > 0.0f &&
         (st = s->be->rmse(s->n, s->dim, s->buf[B_X], s->buf[B_X0], s->rm)) != FA_OK)
         return st;
+    int64_t improved = 0; /* rows whose best iterate is x_k now (s->rows) */
     for (int64_t r = 0; r < s->n; r++) {
         const int64_t i = s->orig[r];
         const float L = have_loss ? s->loss[r] : 0.0f;
@@ -154,12 +181,8 @@ static fa_status check_rows(run_state *s, int k, int have_grad, int have_loss) {
         } else {
             if (best && L > s->best_loss[r]) {
                 s->best_loss[r] = L;
-                const size_t bytes = (size_t)s->dim * sizeof(float);
-                st = s->be->copy(s->buf[B_BEST] + r * s->dim, s->buf[B_X] + r * s->dim, bytes,
-                                 FA_COPY_D2D);
+                s->rows[improved++] = r;
             }
-            if (st != FA_OK)
-                return st;
             if (k >= c->max_iter)
                 st = best ? finish(s, r, FA_IMAGE_MAX_ITER, B_BEST, s->best_loss[r], k)
                           : finish(s, r, FA_IMAGE_MAX_ITER, B_X, L, k);
@@ -171,6 +194,10 @@ static fa_status check_rows(run_state *s, int k, int have_grad, int have_loss) {
         if (st != FA_OK)
             return st;
     }
+    /* one backend call for every new best iterate, before compact() fetches results */
+    if (improved > 0 &&
+        (st = s->be->copy_rows(s->buf[B_BEST], s->buf[B_X], s->dim, improved, s->rows)) != FA_OK)
+        return st;
     return compact(s);
 }
 

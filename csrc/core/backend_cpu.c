@@ -172,10 +172,24 @@ static fa_status cpu_compact(float *buf, int64_t dim, int64_t n_new, const int64
     return FA_OK;
 }
 
+static fa_status cpu_copy_rows(float *dst, const float *src, int64_t dim, int64_t count,
+                               const int64_t *rows) {
+    for (int64_t q = 0; q < count; q++)
+        memcpy(dst + rows[q] * dim, src + rows[q] * dim, (size_t)dim * sizeof(float));
+    return FA_OK;
+}
+
+static fa_status cpu_fetch_rows(const float *buf, int64_t dim, int64_t count, const int64_t *rows,
+                                float *const *dst) {
+    for (int64_t q = 0; q < count; q++)
+        memcpy(dst[q], buf + rows[q] * dim, (size_t)dim * sizeof(float));
+    return FA_OK;
+}
+
 static const fa_backend cpu_backend = {
-    "cpu",         cpu_alloc, cpu_free,         cpu_copy,         cpu_direction,
-    cpu_step,      cpu_step_rmse, cpu_rmse,     cpu_abs_sum,      cpu_random_start,
-    cpu_compact,
+    "cpu",          cpu_alloc,      cpu_free,     cpu_copy,         cpu_direction,
+    cpu_step,       cpu_step_rmse,  cpu_rmse,     cpu_abs_sum,      cpu_random_start,
+    cpu_compact,    cpu_copy_rows,  cpu_fetch_rows,
 };
 
 const fa_backend *fa_backend_cpu(void) { return &cpu_backend; }

@@ -81,6 +81,16 @@ typedef struct fa_backend {
     /* Row moves inside one buffer: row j = row src[j] for j in [0, n_new), src[j] >= j and
      * strictly increasing (the compaction after images leave the batch). */
     fa_status (*compact)(float *buf, int64_t dim, int64_t n_new, const int64_t *src);
+
+    /* Row r of dst = row r of src for the count rows r = rows[q] (host array): the best-iterate
+     * copies of one step in one call. */
+    fa_status (*copy_rows)(float *dst, const float *src, int64_t dim, int64_t count,
+                           const int64_t *rows);
+
+    /* Row rows[q] of buf to the host memory dst[q] (dim floats each), q < count: the results of
+     * the images that finish in one step, in one call. */
+    fa_status (*fetch_rows)(const float *buf, int64_t dim, int64_t count, const int64_t *rows,
+                            float *const *dst);
 } fa_backend;
 
 const fa_backend *fa_backend_cpu(void);

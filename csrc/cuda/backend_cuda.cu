@@ -2,11 +2,18 @@
  * backend_cuda.cu -- the fa_backend table (core/fa_backend.h documents every entry) on GPU
  * memory, with CUDA kernels fa_k_*.
  *
- * Stream: all work goes to the legacy default stream (stream 0), so it is ordered after every
- * earlier copy and kernel of this backend without any explicit synchronisation. The LibTorch
- * shim runs the model on torch's current stream, which is the legacy default stream unless the
- * user changes it, and synchronises the device before it reads x. Copies to the host
- * (cudaMemcpy D2H) wait for the kernels before them.
+ * Device and stream: every table function first makes the device of fa_cuda_set_context()
+ * current and puts all its work -- kernels and copies -- on that context's stream (torch's
+ * current stream of the model's device, handed over by the caller; without a context, the
+ * legacy default stream of the current device). The LibTorch shim runs the model on the same
+ * stream, so the model's reads of x and writes of the gradient are ordered with the kernels
+ * without any device-wide synchronisation. Results the host needs (per-image sums, finished
+ * images) are copied with cudaMemcpyAsync and that stream alone is synchronised.
+ *
+ * Memory: buffers freed by the attack go to a small per-process cache of blocks (keyed by device
+ * and size) and come back zeroed (cudaMemsetAsync) from the next alloc of that size, so a study
+ * of many equal batches allocates once: no cudaMalloc/cudaFree (a device-wide synchronisation)
+ * per fa_attack.
  *
  * Arithmetic: the per-value formulas are fa_math.h's, the very functions backend_cpu.c runs;
  * their products go through fa_mul() (__fmul_rn on the device) so that nvcc never contracts a
@@ -27,8 +34,11 @@
 #include <math.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include <mutex>
+#include <vector>
 
 #include <cuda_runtime.h>
 
@@ -66,6 +76,31 @@ fa_status check_sizes(const char *function, int64_t n, int64_t dim) {
     return FA_OK;
 }
 
+/* ---------------------------------------------------------------- device and stream */
+
+thread_local int context_device = -1;            /* fa_cuda_set_context: -1 = the current one */
+thread_local cudaStream_t context_stream = nullptr; /* nullptr: the legacy default stream   */
+
+/* Makes the context's device current; every table function calls it first. */
+fa_status enter() {
+    if (context_device < 0)
+        return FA_OK;
+    int current = -1;
+    if (cudaGetDevice(&current) == cudaSuccess && current == context_device)
+        return FA_OK;
+    return check(cudaSetDevice(context_device), "cudaSetDevice");
+}
+
+cudaStream_t stream() { return context_stream; }
+
+/* Device to host: an async copy on the stream, then that stream alone is waited for. */
+fa_status to_host(void *dst, const void *src, size_t bytes, const char *what) {
+    fa_status status = check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, stream()), what);
+    if (status == FA_OK)
+        status = check(cudaStreamSynchronize(stream()), "cudaStreamSynchronize");
+    return status;
+}
+
 /* ---------------------------------------------------------------- scratch */
 
 struct scratch_view {
@@ -82,7 +117,8 @@ struct {
     void *base;
     size_t bytes;
     int device;
-} scratch = {nullptr, 0, -1};
+    cudaStream_t stream; /* the stream that used it last */
+} scratch = {nullptr, 0, -1, nullptr};
 
 size_t align_up(size_t bytes) { return (bytes + 255) & ~(size_t)255; }
 
@@ -97,6 +133,12 @@ fa_status scratch_get(int64_t n, int64_t chunks, scratch_view *view) {
     fa_status status = check(cudaGetDevice(&device), "cudaGetDevice");
     if (status != FA_OK)
         return status;
+    if (scratch.base != nullptr && scratch.stream != stream()) {
+        /* work of another stream may still read it */
+        if (cudaStreamSynchronize(scratch.stream) != cudaSuccess)
+            (void)cudaGetLastError();
+    }
+    scratch.stream = stream();
     if (need > scratch.bytes || device != scratch.device) {
         if (scratch.base != nullptr)
             (void)cudaFree(scratch.base); /* a failure here only leaks the old buffer */
@@ -130,8 +172,10 @@ template <class T> fa_status upload(T *device, const T *host, int64_t n, T **out
     if (host == nullptr)
         return FA_OK;
     *out = device;
-    return check(cudaMemcpy(device, host, (size_t)n * sizeof(T), cudaMemcpyHostToDevice),
-                 "cudaMemcpy of a per-image array (host to device)");
+    /* from pageable host memory: staged before the call returns, so `host` may change after */
+    return check(cudaMemcpyAsync(device, host, (size_t)n * sizeof(T), cudaMemcpyHostToDevice,
+                                 stream()),
+                 "cudaMemcpyAsync of a per-image array (host to device)");
 }
 
 /* ---------------------------------------------------------------- device helpers */
@@ -346,7 +390,7 @@ template <class Term>
 fa_status row_sum(Term term, int64_t n, int64_t dim, int64_t chunks, int root,
                   const scratch_view &view, float *out_host) {
     const int64_t blocks = n * chunks < kMaxReduceBlocks ? n * chunks : kMaxReduceBlocks;
-    fa_k_row_partial<<<(unsigned)blocks, kThreads>>>(term, n, dim, chunks, view.partial);
+    fa_k_row_partial<<<(unsigned)blocks, kThreads, 0, stream()>>>(term, n, dim, chunks, view.partial);
     fa_status status = check_launch("fa_k_row_partial launch");
     if (status != FA_OK)
         return status;
@@ -356,45 +400,88 @@ fa_status row_sum(Term term, int64_t n, int64_t dim, int64_t chunks, int root,
     status = check_launch("fa_k_row_finish launch");
     if (status != FA_OK)
         return status;
-    return check(cudaMemcpy(out_host, view.out, (size_t)n * sizeof(float), cudaMemcpyDeviceToHost),
-                 "cudaMemcpy of per-image results (device to host)");
+    return to_host(out_host, view.out, (size_t)n * sizeof(float),
+                   "cudaMemcpyAsync of per-image results (device to host)");
 }
 
 /* ---------------------------------------------------------------- the table's functions */
 
+/* Blocks handed out (to know a freed block's size) and freed blocks kept for reuse: cudaFree
+ * synchronises the whole device. */
+struct block {
+    void *p;
+    size_t bytes;
+    int device;
+    cudaStream_t stream; /* the stream that used it last */
+};
+constexpr size_t kMaxCached = 64;
+std::mutex blocks_mutex;
+std::vector<block> live, cache;
+
 fa_status cuda_alloc(void **p, size_t bytes) {
     *p = nullptr;
-    if (bytes == 0)
-        return FA_OK;
-    cudaError_t err = cudaMalloc(p, bytes);
-    if (err != cudaSuccess) {
-        *p = nullptr;
-        (void)cudaGetLastError();
-        return fa_set_error(err == cudaErrorMemoryAllocation ? FA_ERR_MEMORY : FA_ERR_CUDA,
-                            "cudaMalloc(%zu bytes) failed: %s", bytes, cudaGetErrorString(err));
+    fa_status status = enter();
+    if (status != FA_OK || bytes == 0)
+        return status;
+    int device = 0;
+    if ((status = check(cudaGetDevice(&device), "cudaGetDevice")) != FA_OK)
+        return status;
+    std::lock_guard<std::mutex> lock(blocks_mutex);
+    for (size_t i = 0; i < cache.size(); i++)
+        if (cache[i].bytes == bytes && cache[i].device == device) {
+            /* another stream may still use it: wait for that stream (once) */
+            if (cache[i].stream != stream() && cudaStreamSynchronize(cache[i].stream) != cudaSuccess)
+                (void)cudaGetLastError();
+            *p = cache[i].p;
+            cache.erase(cache.begin() + (std::ptrdiff_t)i);
+            break;
+        }
+    if (*p == nullptr) {
+        const cudaError_t err = cudaMalloc(p, bytes);
+        if (err != cudaSuccess) {
+            *p = nullptr;
+            (void)cudaGetLastError();
+            return fa_set_error(err == cudaErrorMemoryAllocation ? FA_ERR_MEMORY : FA_ERR_CUDA,
+                                "cudaMalloc(%zu bytes) failed: %s", bytes,
+                                cudaGetErrorString(err));
+        }
     }
-    err = cudaMemset(*p, 0, bytes);
+    const cudaError_t err = cudaMemsetAsync(*p, 0, bytes, stream());
     if (err != cudaSuccess) {
         (void)cudaFree(*p);
         *p = nullptr;
-        return cuda_fail(err, "cudaMemset after cudaMalloc");
+        return cuda_fail(err, "cudaMemsetAsync of a new buffer");
     }
+    live.push_back({*p, bytes, device, stream()});
     return FA_OK;
 }
 
+/* Into the cache: later work on the stream is ordered after the attack's last use of the
+ * block, which ran on the same stream. The oldest cached block is really freed when the cache
+ * is full. */
 void cuda_free(void *p) {
     if (p == nullptr)
         return;
-    if (cudaFree(p) != cudaSuccess)
-        (void)cudaGetLastError(); /* nothing to report through a void; keep no stale error */
+    std::lock_guard<std::mutex> lock(blocks_mutex);
+    for (size_t i = 0; i < live.size(); i++)
+        if (live[i].p == p) {
+            cache.push_back(live[i]);
+            live.erase(live.begin() + (std::ptrdiff_t)i);
+            break;
+        }
+    if (cache.size() > kMaxCached) {
+        if (cudaFree(cache.front().p) != cudaSuccess)
+            (void)cudaGetLastError(); /* nothing to report through a void */
+        cache.erase(cache.begin());
+    }
 }
 
 fa_status cuda_copy(void *dst, const void *src, size_t bytes, int kind) {
     static const cudaMemcpyKind kinds[] = {cudaMemcpyHostToDevice, cudaMemcpyDeviceToHost,
                                            cudaMemcpyDeviceToDevice};
-    static const char *const names[] = {"cudaMemcpy (host to device)",
-                                        "cudaMemcpy (device to host)",
-                                        "cudaMemcpy (device to device)"};
+    static const char *const names[] = {"cudaMemcpyAsync (host to device)",
+                                        "cudaMemcpyAsync (device to host)",
+                                        "cudaMemcpyAsync (device to device)"};
     if (kind < FA_COPY_H2D || kind > FA_COPY_D2D)
         return fa_set_error(FA_ERR_ARGUMENT,
                             "kind=%d must be FA_COPY_H2D (0), FA_COPY_D2H (1) or FA_COPY_D2D (2)",
@@ -404,13 +491,20 @@ fa_status cuda_copy(void *dst, const void *src, size_t bytes, int kind) {
     if (dst == nullptr || src == nullptr)
         return fa_set_error(FA_ERR_ARGUMENT, "copy of %zu bytes: dst and src must not be NULL",
                             bytes);
-    return check(cudaMemcpy(dst, src, bytes, kinds[kind]), names[kind]);
+    fa_status status = enter();
+    if (status != FA_OK)
+        return status;
+    if (kind == FA_COPY_D2H)
+        return to_host(dst, src, bytes, names[kind]);
+    return check(cudaMemcpyAsync(dst, src, bytes, kinds[kind], stream()), names[kind]);
 }
 
 fa_status cuda_direction(const fa_config *cfg, int k, int64_t n, int64_t dim, const float *x,
                          const float *x0, const float *g, const float *gnorm,
                          const float *pcoef, float *m, float *v, float *d) {
     std::lock_guard<std::mutex> lock(scratch_mutex);
+    if (enter() != FA_OK)
+        return FA_ERR_CUDA;
     if (cfg == nullptr)
         return fa_set_error(FA_ERR_ARGUMENT, "direction: cfg must not be NULL");
     if (cfg->optimizer < 0 || cfg->optimizer >= FA_OPT_COUNT)
@@ -429,7 +523,7 @@ fa_status cuda_direction(const fa_config *cfg, int k, int64_t n, int64_t dim, co
     if (status != FA_OK)
         return status;
     const fa_direction_consts c = fa_direction_consts_make(cfg, k);
-    fa_k_direction<<<rows_grid(n, dim), kThreads>>>(c, n, dim, x, x0, g, gnorm_d, pcoef_d, m, v,
+    fa_k_direction<<<rows_grid(n, dim), kThreads, 0, stream()>>>(c, n, dim, x, x0, g, gnorm_d, pcoef_d, m, v,
                                                    d);
     return check_launch("fa_k_direction launch");
 }
@@ -442,7 +536,7 @@ fa_status joint_scale(int64_t n, int64_t dim, const float *x, const float *x0, c
     if (!(max_rmse > 0.0f) || isinf(eps))
         return FA_OK;
     const int64_t blocks = n < kMaxReduceBlocks ? n : kMaxReduceBlocks;
-    fa_k_joint_scale<<<(unsigned)blocks, kThreads>>>(n, dim, x, x0, d, alpha_d, scale, eps,
+    fa_k_joint_scale<<<(unsigned)blocks, kThreads, 0, stream()>>>(n, dim, x, x0, d, alpha_d, scale, eps,
                                                     max_rmse, view.mu);
     *mu = view.mu;
     return check_launch("fa_k_joint_scale launch");
@@ -451,6 +545,8 @@ fa_status joint_scale(int64_t n, int64_t dim, const float *x, const float *x0, c
 fa_status cuda_step(int64_t n, int64_t dim, const float *x, const float *x0, const float *d,
                     const float *alpha, float scale, float eps, float max_rmse, float *out) {
     std::lock_guard<std::mutex> lock(scratch_mutex);
+    if (enter() != FA_OK)
+        return FA_ERR_CUDA;
     fa_status status = check_sizes("step", n, dim);
     if (status != FA_OK || n == 0 || dim == 0)
         return status;
@@ -467,7 +563,7 @@ fa_status cuda_step(int64_t n, int64_t dim, const float *x, const float *x0, con
     status = joint_scale(n, dim, x, x0, d, alpha_d, scale, eps, max_rmse, view, &mu);
     if (status != FA_OK)
         return status;
-    fa_k_step<<<rows_grid(n, dim), kThreads>>>(n, dim, x, x0, d, alpha_d, scale, eps, mu, out);
+    fa_k_step<<<rows_grid(n, dim), kThreads, 0, stream()>>>(n, dim, x, x0, d, alpha_d, scale, eps, mu, out);
     return check_launch("fa_k_step launch");
 }
 
@@ -475,6 +571,8 @@ fa_status cuda_step_rmse(int64_t n, int64_t dim, const float *x, const float *x0
                          const float *ref, const float *d, const float *alpha, float eps,
                          float max_rmse, float *out_host) {
     std::lock_guard<std::mutex> lock(scratch_mutex);
+    if (enter() != FA_OK)
+        return FA_ERR_CUDA;
     fa_status status = check_sizes("step_rmse", n, dim);
     if (status != FA_OK || n == 0)
         return status;
@@ -498,6 +596,8 @@ fa_status cuda_step_rmse(int64_t n, int64_t dim, const float *x, const float *x0
 
 fa_status cuda_rmse(int64_t n, int64_t dim, const float *x, const float *x0, float *out_host) {
     std::lock_guard<std::mutex> lock(scratch_mutex);
+    if (enter() != FA_OK)
+        return FA_ERR_CUDA;
     fa_status status = check_sizes("rmse", n, dim);
     if (status != FA_OK || n == 0)
         return status;
@@ -512,6 +612,8 @@ fa_status cuda_rmse(int64_t n, int64_t dim, const float *x, const float *x0, flo
 
 fa_status cuda_abs_sum(int64_t n, int64_t dim, const float *g, float *out_host) {
     std::lock_guard<std::mutex> lock(scratch_mutex);
+    if (enter() != FA_OK)
+        return FA_ERR_CUDA;
     fa_status status = check_sizes("abs_sum", n, dim);
     if (status != FA_OK || n == 0)
         return status;
@@ -527,6 +629,8 @@ fa_status cuda_abs_sum(int64_t n, int64_t dim, const float *g, float *out_host) 
 fa_status cuda_random_start(int64_t n, int64_t dim, const float *x0, float eps, uint64_t seed,
                             const int64_t *index, float *out) {
     std::lock_guard<std::mutex> lock(scratch_mutex);
+    if (enter() != FA_OK)
+        return FA_ERR_CUDA;
     fa_status status = check_sizes("random_start", n, dim);
     if (status != FA_OK || n == 0 || dim == 0)
         return status;
@@ -539,40 +643,153 @@ fa_status cuda_random_start(int64_t n, int64_t dim, const float *x0, float eps, 
         status = upload(view.index, index, n, &index_d);
     if (status != FA_OK)
         return status;
-    fa_k_random_start<<<rows_grid(n, dim), kThreads>>>(n, dim, x0, eps, seed, index_d, out);
+    fa_k_random_start<<<rows_grid(n, dim), kThreads, 0, stream()>>>(n, dim, x0, eps, seed, index_d, out);
     return check_launch("fa_k_random_start launch");
 }
 
-/* One ordered device-to-device copy per moved row: src[j] > j and increasing, so a row is never
- * read after it was written, and two rows never overlap. */
+/* dst row j = buf row src[j]: one launch for every moved row (dst is a scratch buffer). */
+__global__ void fa_k_gather_rows(const float *buf, int64_t dim, int64_t n_new, const int64_t *src,
+                                 float *dst) {
+    FA_FOR_ROWS(j, n_new) {
+        const float *from = buf + src[j] * dim;
+        float *to = dst + j * dim;
+        FA_FOR_COLS(e, dim)
+        to[e] = from[e];
+    }
+}
+
+/* Rows gathered into a cached scratch block, then copied back: two launches per buffer
+ * whatever the number of rows that move (a parallel gather in place could read a row after
+ * another thread overwrote it). */
 fa_status cuda_compact(float *buf, int64_t dim, int64_t n_new, const int64_t *src) {
     fa_status status = check_sizes("compact", n_new, dim);
     if (status != FA_OK || n_new == 0 || dim == 0)
         return status;
-    for (int64_t j = 0; j < n_new; j++) {
+    for (int64_t j = 0; j < n_new; j++)
         if (src[j] < j || (j > 0 && src[j] <= src[j - 1]))
             return fa_set_error(FA_ERR_INTERNAL,
                                 "compact: src[%lld]=%lld must be >= %lld and above src[j-1]",
                                 (long long)j, (long long)src[j], (long long)j);
-        if (src[j] == j)
-            continue;
-        status = check(cudaMemcpy(buf + j * dim, buf + src[j] * dim, (size_t)dim * sizeof(float),
-                                  cudaMemcpyDeviceToDevice),
-                       "cudaMemcpy of a row (device to device)");
-        if (status != FA_OK)
-            return status;
+    int64_t first = 0; /* rows before the first moved one stay */
+    while (first < n_new && src[first] == first)
+        first++;
+    if (first == n_new)
+        return FA_OK;
+    const size_t bytes = (size_t)(n_new - first) * (size_t)dim * sizeof(float);
+    void *tmp = nullptr;
+    if ((status = cuda_alloc(&tmp, bytes)) != FA_OK)
+        return status;
+    {
+        std::lock_guard<std::mutex> lock(scratch_mutex);
+        scratch_view view;
+        int64_t *src_d = nullptr;
+        status = scratch_get(n_new - first, 0, &view);
+        if (status == FA_OK)
+            status = upload(view.index, src + first, n_new - first, &src_d);
+        if (status == FA_OK) {
+            fa_k_gather_rows<<<rows_grid(n_new - first, dim), kThreads, 0, stream()>>>(
+                buf, dim, n_new - first, src_d, static_cast<float *>(tmp));
+            status = check_launch("fa_k_gather_rows launch");
+        }
+        if (status == FA_OK)
+            status = check(cudaMemcpyAsync(buf + first * dim, tmp, bytes, cudaMemcpyDeviceToDevice,
+                                           stream()),
+                           "cudaMemcpyAsync of the compacted rows (device to device)");
     }
-    return FA_OK;
+    cuda_free(tmp);
+    return status;
+}
+
+/* dst row rows[q] = src row rows[q], q < count: one launch. */
+__global__ void fa_k_copy_rows(float *dst, const float *src, int64_t dim, int64_t count,
+                               const int64_t *rows) {
+    FA_FOR_ROWS(q, count) {
+        const int64_t o = rows[q] * dim;
+        FA_FOR_COLS(e, dim)
+        dst[o + e] = src[o + e];
+    }
+}
+
+fa_status cuda_copy_rows(float *dst, const float *src, int64_t dim, int64_t count,
+                         const int64_t *rows) {
+    if (count <= 0 || dim <= 0)
+        return FA_OK;
+    std::lock_guard<std::mutex> lock(scratch_mutex);
+    fa_status status = enter();
+    scratch_view view;
+    int64_t *rows_d = nullptr;
+    if (status == FA_OK)
+        status = scratch_get(count, 0, &view);
+    if (status == FA_OK)
+        status = upload(view.index, rows, count, &rows_d);
+    if (status != FA_OK)
+        return status;
+    fa_k_copy_rows<<<rows_grid(count, dim), kThreads, 0, stream()>>>(dst, src, dim, count, rows_d);
+    return check_launch("fa_k_copy_rows launch");
+}
+
+/* The rows gathered into one cached block, one copy to a host staging buffer, then spread to
+ * their destinations: one round trip whatever the count. */
+fa_status cuda_fetch_rows(const float *buf, int64_t dim, int64_t count, const int64_t *rows,
+                          float *const *dst) {
+    if (count <= 0 || dim <= 0)
+        return FA_OK;
+    const size_t row_bytes = (size_t)dim * sizeof(float), bytes = (size_t)count * row_bytes;
+    void *tmp = nullptr;
+    fa_status status = cuda_alloc(&tmp, bytes);
+    if (status != FA_OK)
+        return status;
+    float *host = static_cast<float *>(malloc(bytes));
+    if (host == nullptr) {
+        cuda_free(tmp);
+        return fa_set_error(FA_ERR_MEMORY, "fetch_rows: out of host memory (%zu bytes)", bytes);
+    }
+    {
+        std::lock_guard<std::mutex> lock(scratch_mutex);
+        scratch_view view;
+        int64_t *rows_d = nullptr;
+        status = scratch_get(count, 0, &view);
+        if (status == FA_OK)
+            status = upload(view.index, rows, count, &rows_d);
+        if (status == FA_OK) {
+            fa_k_gather_rows<<<rows_grid(count, dim), kThreads, 0, stream()>>>(
+                buf, dim, count, rows_d, static_cast<float *>(tmp));
+            status = check_launch("fa_k_gather_rows launch");
+        }
+        if (status == FA_OK)
+            status = to_host(host, tmp, bytes, "cudaMemcpyAsync of finished images (device to host)");
+    }
+    if (status == FA_OK)
+        for (int64_t q = 0; q < count; q++)
+            memcpy(dst[q], host + q * dim, row_bytes);
+    free(host);
+    cuda_free(tmp);
+    return status;
 }
 
 const fa_backend table = {
-    "cuda",       cuda_alloc,     cuda_free, cuda_copy,   cuda_direction,     cuda_step,
-    cuda_step_rmse, cuda_rmse, cuda_abs_sum, cuda_random_start, cuda_compact,
+    "cuda",          cuda_alloc,     cuda_free,    cuda_copy,         cuda_direction,
+    cuda_step,       cuda_step_rmse, cuda_rmse,    cuda_abs_sum,      cuda_random_start,
+    cuda_compact,    cuda_copy_rows, cuda_fetch_rows,
 };
 
 } /* namespace */
 
 extern "C" const fa_backend *fa_backend_cuda(void) { return &table; }
+
+extern "C" fa_status fa_cuda_set_context(int device_index, void *cuda_stream) {
+    if (device_index < -1)
+        return fa_set_error(FA_ERR_ARGUMENT, "device_index=%d must be >= -1", device_index);
+    int count = 0;
+    if (device_index >= 0 && (cudaGetDeviceCount(&count) != cudaSuccess || device_index >= count)) {
+        (void)cudaGetLastError();
+        return fa_set_error(FA_ERR_NO_CUDA, "device_index=%d: the machine has %d CUDA device(s)",
+                            device_index, count);
+    }
+    context_device = device_index;
+    context_stream = static_cast<cudaStream_t>(cuda_stream);
+    return FA_OK;
+}
 
 extern "C" int fa_cuda_available(void) {
     int count = 0;

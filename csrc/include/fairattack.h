@@ -186,6 +186,14 @@ typedef enum fa_device { FA_DEVICE_CPU = 0, FA_DEVICE_CUDA = 1 } fa_device;
 /* 1 if the core was built with CUDA kernels and a CUDA device is present, else 0. */
 int fa_cuda_available(void);
 
+/* The GPU and stream of the calling thread's later fa_attack runs on FA_DEVICE_CUDA: the core
+ * makes device_index current (-1: leave the current device) and puts its kernels and copies on
+ * cuda_stream (a cudaStream_t; NULL: the legacy default stream). A caller whose model runs on
+ * another stream -- torch's current stream of the model's device -- passes that one, so the
+ * model and the core are ordered without device-wide synchronisation. Thread-local; FA_OK
+ * and nothing else without CUDA. */
+fa_status fa_cuda_set_context(int device_index, void *cuda_stream);
+
 /* ---------------------------------------------------------------- the attack */
 
 /* Caller-owned output arrays, one entry per image (adv: n*dim floats, host). */
