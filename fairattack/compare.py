@@ -492,8 +492,8 @@ def compare(surrogate, images, labels, attacks, victims, rmse=(2, 4, 6, 8, 10, 1
     eps: the common ℓ∞ budget (pixels) for every attack and every matched image.
     seed: attacks' randomness and the bootstrap. n_boot: bootstrap resamples (0: no CI).
     cache_dir: a folder where per (attack, budget) outcomes and native images are kept, keyed
-        by what determines them (images, models' files, attack, budget): a rerun skips finished
-        parts. Callables and peer objects have no such key and always run.
+        by what determines them (images, models' files, attack, budget, eps, fairattack's
+        version): a rerun skips finished parts. Callables and peer objects have no such key and always run.
 
     Returns a tidy pandas DataFrame, one row per (attack, rmse, victim): attack, how ("native",
     "rescale" or "budget"), rmse (the budget, or "native" for the attack's own output), victim
@@ -546,14 +546,14 @@ def compare(surrogate, images, labels, attacks, victims, rmse=(2, 4, 6, 8, 10, 1
         if attack.kind == "images":
             return _digest(attack.images[kept])
         if attack.kind == "fairattack" and surrogate_id is not None:
-            return _digest(attack.spec(), surrogate_id, seed)
+            return _digest(attack.spec(), surrogate_id, seed, _core.VERSION)
         return None
 
     def cell_key(attack, how, r):
         a = attack_key(attack)
         if a is None or victims_key is None:
             return None
-        return _digest(images_key, a, how, r, eps, victims_key, RMSE_TOL)
+        return _digest(images_key, a, how, r, eps, victims_key, RMSE_TOL, _core.VERSION)
 
     def evaluate(adv, reached):
         fooled = np.stack([_predict(v, adv, batch_size) != y for v in victims.values()])
