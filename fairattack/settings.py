@@ -27,6 +27,7 @@ CONST_RMSE_FIRST_STEP = {"GD": 8.0, "MGD": 2.0, "NAGD": 2.0, "Adam": 4.0, "LAdam
 STOP_LOSS = 30.0
 
 _NESTEROV = {"authors": _core.NESTEROV_AUTHORS, "textbook": _core.NESTEROV_TEXTBOOK}
+_RETURNS = {"best": _core.RETURNS_BEST, "last": _core.RETURNS_LAST}
 CONFIG_FIELDS = tuple(_core.default_config(0))
 
 
@@ -61,7 +62,11 @@ def make_config(optimizer, setting=None, **overrides):
     overrides: any field of the core's fa_config, e.g. eps, max_iter, first_step_rmse, alpha,
       stop_loss, stop_rmse, rmse_weight, momentum, beta1, beta2, delta, ladam_lambda,
       adamw_decay, msvag_beta, rmsprop_rho, nesterov ("authors"/"textbook"), random_start, seed,
-      skip_misclassified. Giving `alpha` switches calibration off and vice versa.
+      skip_misclassified, returns ("best": an image that hits max_iter returns its max-CE
+      iterate, the default of the loss-stopped settings; "last": its last iterate, the default
+      of `fixed`, as peer libraries do), max_rmse (> 0: a joint ℓ∞ + RMSE budget, every
+      iterate projected exactly onto it, SPEC §8). Giving `alpha` switches calibration off and
+      vice versa.
     """
     index = optimizer_index(optimizer)
     name = OPTIMIZERS[index]
@@ -85,6 +90,9 @@ def make_config(optimizer, setting=None, **overrides):
             cfg["max_iter"] = 10
     else:  # fixed
         cfg["stop_loss"] = math.inf
+    # SPEC 2: the loss-stopped protocols return an image's max-CE iterate when it hits the cap;
+    # the fixed run returns the last iterate, as every peer library does
+    cfg["returns"] = _RETURNS["last" if setting == "fixed" else "best"]
 
     unknown = sorted(set(overrides) - set(CONFIG_FIELDS) - {"optimizer"})
     if unknown:
@@ -93,6 +101,10 @@ def make_config(optimizer, setting=None, **overrides):
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if "optimizer" in overrides:
         raise TypeError("give the optimizer as the `optimizer` argument, not as an override")
+    if "returns" in overrides:
+        if overrides["returns"] not in _RETURNS:
+            raise ValueError(f"returns={overrides['returns']!r}; expected 'best' or 'last'")
+        overrides["returns"] = _RETURNS[overrides["returns"]]
     if "nesterov" in overrides and isinstance(overrides["nesterov"], str):
         if overrides["nesterov"] not in _NESTEROV:
             raise ValueError(f"nesterov={overrides['nesterov']!r}; expected 'authors' or "
@@ -127,4 +139,8 @@ def describe(cfg):
         parts.append(f"stop_rmse={cfg['stop_rmse']:g}")
     if cfg["rmse_weight"] > 0:
         parts.append(f"rmse_weight={cfg['rmse_weight']:g}")
+    if cfg.get("max_rmse", 0) > 0:
+        parts.append(f"max_rmse={cfg['max_rmse']:g}")
+    if "returns" in cfg:
+        parts.append("returns=" + ("last" if cfg["returns"] == _RETURNS["last"] else "best"))
     return " ".join(parts)

@@ -266,10 +266,11 @@ at::Tensor diverse(const at::Tensor &input, int64_t n, const fa_transform &t,
     return at::cat(parts);
 }
 
-/* The normalised 1-D Gaussian of TI (k taps, sigma = k / 6), a float tensor on the host. */
+/* The normalised 1-D Gaussian of TI (k taps, sigma = (k - 1) / 6), a float tensor on the
+ * host. */
 at::Tensor gaussian_taps(int k) {
     const int64_t half = k / 2;
-    const double sigma = k / 6.0;
+    const double sigma = (k - 1) / 6.0; /* the kernel spans +-3 sigma, as the reference code */
     std::vector<float> taps(static_cast<size_t>(k));
     double sum = 0.0;
     for (int j = 0; j < k; j++) {
@@ -283,7 +284,7 @@ at::Tensor gaussian_taps(int k) {
 }
 
 /* TI: depthwise convolution of the NCHW gradient with a normalised k x k Gaussian
- * (sigma = k / 6, zero padding k / 2), done as two separable 1-D passes. The 1-D taps are built
+ * (sigma = (k - 1) / 6, zero padding k / 2), done as two separable 1-D passes. The taps are built
  * once per model and size, so that no call copies them to the GPU (a stream synchronisation). */
 at::Tensor smooth(fa_model *model, const at::Tensor &g, int k) {
     const int64_t c = g.size(1);
