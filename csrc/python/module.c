@@ -518,7 +518,14 @@ static PyObject *py_attack(PyObject *self, PyObject *args) {
                      PyArray_DATA(cpred), PyArray_DATA(iters), PyArray_DATA(alpha),
                      PyArray_DATA(status)};
     int64_t dim = (int64_t)shape[1] * shape[2] * shape[3];
-    fa_status s;
+    fa_status s = FA_OK;
+    /* the core's kernels on the model's GPU and torch's current stream there (this thread) */
+    if (device == FA_DEVICE_CUDA &&
+        (s = fa_cuda_set_context(fa_model_device_index(mo.model),
+                                 fa_model_cuda_stream(mo.model))) != FA_OK) {
+        raise_status(s);
+        goto done;
+    }
     Py_BEGIN_ALLOW_THREADS s = fa_attack(&cfg, device, n, dim, PyArray_DATA(x),
                                          PyArray_DATA(labels), &oracle, &out);
     Py_END_ALLOW_THREADS if (s != FA_OK) {
