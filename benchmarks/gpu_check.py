@@ -15,9 +15,9 @@ are replaced by empty stand-in modules when they are missing (the GPU machine ma
 """
 
 import argparse
+import copy
 import importlib.util
 import io
-import math
 import os
 import sys
 import time
@@ -256,7 +256,7 @@ def torchattacks_rows(clock, model, net, images, labels):
         def forward(self, x):
             return self.inner(x * 255.0)
 
-    eager = UnitRange(net).to(device).eval()
+    eager = UnitRange(copy.deepcopy(net)).to(device).eval()
     for parameter in eager.parameters():
         parameter.requires_grad_(False)
     rows = []

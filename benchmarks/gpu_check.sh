@@ -30,7 +30,7 @@ if [ -z "$ARCH" ]; then
 fi
 export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-$ARCH}"
 say "building in place for compute capability $TORCH_CUDA_ARCH_LIST"
-if ! timeout "$(budget 210)" "$PY" setup.py -q build_ext --inplace -j "$(nproc)" \
+if ! timeout "$(budget 210)" "$PY" setup.py -q build_ext --inplace \
         > "$DEST/gpu_check_build.log" 2>&1; then
     tail -30 "$DEST/gpu_check_build.log"
     echo "gpu_check: the build failed (log: $DEST/gpu_check_build.log)" >&2
