@@ -6,7 +6,7 @@ import dataclasses
 import numpy as np
 
 from . import _core
-from ._model import Model, _device_index
+from ._model import Model
 from ._validate import images_f32, labels_i64, positive_int
 from .settings import OPTIMIZERS, default_setting, make_config
 
@@ -130,9 +130,7 @@ def attack(model, images, labels, optimizer="Adam", setting=None, *, batch_size=
     to_uint8(np.zeros(1), rounding)  # validates `rounding` before any work
     x = images_f32(images)
     if isinstance(model, Model):
-        core, device = model._core, _device_index(model.device)
-        if device == _core.DEVICE_CUDA and not _core.cuda_available():
-            device = _core.DEVICE_CPU  # a CUDA model, attack state on the host
+        core, device = model._core, model._attack_device()  # host state without CUDA kernels
         y = labels_i64(labels, x.shape[0], model.num_classes(x.shape[1], x.shape[2]))
     elif callable(model):
         core, device = model, _core.DEVICE_CPU
