@@ -30,7 +30,7 @@ STOP_LOSS = 30.0
 _NESTEROV = {"authors": _core.NESTEROV_AUTHORS, "textbook": _core.NESTEROV_TEXTBOOK}
 #: Which iterate an attack returns (SPEC §2): the max-loss one of an image that hit max_iter, or
 #: always the last one.
-RETURNS = ("best", "last")
+_RETURNS = {"best": _core.RETURNS_BEST, "last": _core.RETURNS_LAST}
 #: The fields of the C core's fa_config and their Python type (int or float).
 _DEFAULT = _core.default_config(0)
 CONFIG_FIELDS = tuple(_DEFAULT)
@@ -102,10 +102,13 @@ def make_config(optimizer, setting=None, **overrides):
     overrides: any field of the core's fa_config, e.g. eps, max_iter, first_step_rmse, alpha,
       stop_loss, stop_rmse, rmse_weight, momentum, beta1, beta2, delta, ladam_lambda,
       adamw_decay, msvag_beta, rmsprop_rho, nesterov ("authors"/"textbook"), random_start, seed,
-      skip_misclassified, index_offset, and the input transforms di_prob, di_min_scale, si_copies,
-      ti_kernel (SPEC §3; a model's gradient pass applies them). Giving `alpha` switches
-      calibration off and vice versa. NumPy scalars are accepted; integer fields (max_iter,
-      si_copies, ...) must be integers.
+      skip_misclassified, index_offset, returns ("best": an image that hits max_iter returns
+      its max-CE iterate, the default of the loss-stopped settings; "last": its last iterate, the
+      default of `fixed`, as peer libraries do), max_rmse (> 0: a joint ℓ∞ + RMSE budget, every
+      iterate projected exactly onto it, SPEC §8), and the input transforms di_prob,
+      di_min_scale, si_copies, ti_kernel (SPEC §3; a model's gradient pass applies them).
+      Giving `alpha` switches calibration off and vice versa. NumPy scalars are accepted;
+      integer fields (max_iter, si_copies, ...) must be integers.
     """
     index = optimizer_index(optimizer)
     name = OPTIMIZERS[index]
@@ -129,9 +132,10 @@ def make_config(optimizer, setting=None, **overrides):
             cfg["max_iter"] = 10
     else:  # fixed
         cfg["stop_loss"] = math.inf
+    # SPEC 2: the loss-stopped protocols return an image's max-CE iterate when it hits the cap;
+    # the fixed run returns the last iterate, as every peer library does
+    cfg["returns"] = _RETURNS["last" if setting == "fixed" else "best"]
 
-    if "returns" in _FIELD_TYPES:  # SPEC §2: fixed returns the last iterate, the others the best
-        cfg["returns"] = RETURNS.index("last" if setting == "fixed" else "best")
     known = set(CONFIG_FIELDS) | set(TRANSFORM_FIELDS)
     unknown = sorted(set(overrides) - known - {"optimizer"})
     if unknown:
@@ -142,15 +146,15 @@ def make_config(optimizer, setting=None, **overrides):
         raise TypeError("give the optimizer as the `optimizer` argument, not as an override")
     transform = _check_transform({k: overrides.pop(k) for k in TRANSFORM_FIELDS
                                   if k in overrides})
+    if "returns" in overrides:
+        if not isinstance(overrides["returns"], str) or overrides["returns"] not in _RETURNS:
+            raise ValueError(f"returns={overrides['returns']!r}; expected 'best' or 'last'")
+        overrides["returns"] = _RETURNS[overrides["returns"]]
     if isinstance(overrides.get("nesterov"), str):
         if overrides["nesterov"] not in _NESTEROV:
             raise ValueError(f"nesterov={overrides['nesterov']!r}; expected 'authors' or "
                              "'textbook'")
         overrides["nesterov"] = _NESTEROV[overrides["nesterov"]]
-    if isinstance(overrides.get("returns"), str):
-        if overrides["returns"] not in RETURNS:
-            raise ValueError(f"returns={overrides['returns']!r}; expected 'best' or 'last'")
-        overrides["returns"] = RETURNS.index(overrides["returns"])
     if "alpha" in overrides and "first_step_rmse" not in overrides:
         cfg["first_step_rmse"] = 0.0
     if "first_step_rmse" in overrides and "alpha" not in overrides:
@@ -184,4 +188,8 @@ def describe(cfg):
         parts.append(f"stop_rmse={cfg['stop_rmse']:g}")
     if cfg["rmse_weight"] > 0:
         parts.append(f"rmse_weight={cfg['rmse_weight']:g}")
+    if cfg.get("max_rmse", 0) > 0:
+        parts.append(f"max_rmse={cfg['max_rmse']:g}")
+    if "returns" in cfg:
+        parts.append("returns=" + ("last" if cfg["returns"] == _RETURNS["last"] else "best"))
     return " ".join(parts)

@@ -131,18 +131,22 @@ def reference_attack(oracle, x0, y, name, cfg):
         loss, _, g = oracle.one(x, y)
         if loss > best_loss:
             best, best_loss = x.copy(), loss
-        if k >= cfg["max_iter"]:
+        if k >= cfg["max_iter"]:  # SPEC §2: the max-CE iterate, or the last one (fixed)
+            if cfg.get("returns", 0) == 1:
+                return x, "max_iter", k, alpha, loss
             return best, "max_iter", k, alpha, best_loss
         if loss >= cfg["stop_loss"]:
             return x, "stop_loss", k, alpha, loss
         if cfg["stop_rmse"] > 0 and rmse(x, x0) >= cfg["stop_rmse"] * (1 - 1e-3):
             return x, "stop_rmse", k, alpha, loss
         at = x
-        if lookahead and k >= 1:
-            at = project(x + cfg["momentum"] * alpha * rule.m, x0, eps)
+        if lookahead and k >= 1:  # NI-FGSM's look-ahead is not projected (reference code)
+            at = x + cfg["momentum"] * alpha * rule.m
+            if name == "NAGD":
+                at = project(at, x0, eps)
             _, _, g = oracle.one(at, y)
-        if name in ("MI-FGSM", "NI-FGSM"):
-            g = g / np.abs(g).sum()
+        if name in ("MI-FGSM", "NI-FGSM"):  # SPEC §3: g / mean|g| over the image's values
+            g = g / np.abs(g).mean() if np.abs(g).sum() > 0 else g
         if cfg["rmse_weight"] > 0 and k >= 1 and rmse(at, x0) > 0:
             g = g + cfg["rmse_weight"] * (at - x0) / (x0.size * rmse(at, x0))
         d = rule.direction(g, at, k)

@@ -331,10 +331,11 @@ def test_scale_invariance_averages_scaled_gradients(driver, models, tmp_path):
 
 
 def gaussian(k):
-    """The k x k TI kernel, written independently: exp(-r^2 / (2 sigma^2)), sigma = k/6, sum 1."""
+    """The k x k TI kernel, written independently: exp(-r^2 / (2 sigma^2)), sigma = (k-1)/6, sum 1
+    (the reference code's kernel spans +-3 sigma)."""
     offsets = np.arange(k) - k // 2
     yy, xx = np.meshgrid(offsets, offsets, indexing="ij")
-    kernel = np.exp(-(yy**2 + xx**2) / (2 * (k / 6) ** 2))
+    kernel = np.exp(-(yy**2 + xx**2) / (2 * ((k - 1) / 6) ** 2))
     return kernel / kernel.sum()
 
 

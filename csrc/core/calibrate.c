@@ -1,7 +1,8 @@
 /*
  * calibrate.c -- per-image step sizes found by bracketing search on step_rmse (SPEC 4), and the
  * shortened last step of stop_rmse. Both solve f_i(s) = target for a non-decreasing
- * f_i(s) = RMSE(P(x + s * d) - x0) per image, on the whole batch at once: every trial is one
+ * f_i(s) = RMSE(P(x + s * d) - ref) per image (ref = x for calibration, which measures the
+ * first step from its start point, SPEC 4; ref = x0 for stop_rmse), on the whole batch at once: every trial is one
  * step_rmse call, never a model call. Deterministic: no clock, a fixed iteration budget.
  */
 #include <math.h>
@@ -20,7 +21,8 @@
  * the tolerance was not met: it never passes the target by more than the tolerance).
  */
 static fa_status solve(const fa_backend *be, int64_t n, int64_t dim, const float *x,
-                       const float *x0, const float *d, float eps, float target,
+                       const float *x0, const float *ref, const float *d, float eps,
+                       float max_rmse, float target,
                        const unsigned char *active, double *lo, double *hi, float *s,
                        float *f, float *fprev) {
     const double tol = (double)target * FA_REL_TOL;
@@ -39,7 +41,7 @@ static fa_status solve(const fa_backend *be, int64_t n, int64_t dim, const float
         }
         if (open == 0)
             break;
-        if ((st = be->step_rmse(n, dim, x, x0, d, s, eps, f)) != FA_OK)
+        if ((st = be->step_rmse(n, dim, x, x0, ref, d, s, eps, max_rmse, f)) != FA_OK)
             return st;
         for (int64_t i = 0; i < n; i++) {
             if (!active[i] || hi[i] >= 0.0)
@@ -70,7 +72,7 @@ static fa_status solve(const fa_backend *be, int64_t n, int64_t dim, const float
         }
         if (open == 0)
             break;
-        if ((st = be->step_rmse(n, dim, x, x0, d, s, eps, f)) != FA_OK)
+        if ((st = be->step_rmse(n, dim, x, x0, ref, d, s, eps, max_rmse, f)) != FA_OK)
             return st;
         for (int64_t i = 0; i < n; i++) {
             if (!active[i] || !(hi[i] > lo[i]) || (float)hi[i] == (float)lo[i])
@@ -113,19 +115,16 @@ static fa_status scratch_new(int64_t n, scratch *w) {
 }
 
 fa_status fa_calibrate(const fa_backend *be, int64_t n, int64_t dim, const float *x,
-                       const float *x0, const float *d, float eps, float r1, float *alpha_out) {
+                       const float *x0, const float *d, float eps, float max_rmse, float r1,
+                       float *alpha_out) {
     scratch w = {0};
     fa_status st = scratch_new(n, &w);
     if (st != FA_OK)
         return st;
-    /* RMSE(alpha * d) without projection: the projection only shortens moves, so
-     * alpha0 = r1 / rms(d) gives f(alpha0) <= r1 -- a lower bracket, exact when nothing clips */
-    void *zeros = NULL; /* rms(d) = rmse(d, 0); alloc returns zeroed memory */
-    if ((st = be->alloc(&zeros, (size_t)(n * dim) * sizeof(float))) != FA_OK)
-        goto done;
-    st = be->rmse(n, dim, d, (const float *)zeros, w.f);
-    be->free(zeros);
-    if (st != FA_OK)
+    /* RMSE(alpha * d) without projection: the projection (onto a convex set holding x) only
+     * shortens moves, so alpha0 = r1 / rms(d) gives f(alpha0) <= r1 -- a lower bracket, exact
+     * when nothing clips */
+    if ((st = be->rmse(n, dim, d, NULL, w.f)) != FA_OK)
         goto done;
     for (int64_t i = 0; i < n; i++) {
         const double rms = (double)w.f[i];
@@ -134,12 +133,13 @@ fa_status fa_calibrate(const fa_backend *be, int64_t n, int64_t dim, const float
         w.hi[i] = -1.0;
         w.s[i] = (float)w.lo[i];
     }
-    if ((st = be->step_rmse(n, dim, x, x0, d, w.s, eps, w.f)) != FA_OK)
+    if ((st = be->step_rmse(n, dim, x, x0, x, d, w.s, eps, max_rmse, w.f)) != FA_OK)
         goto done;
     for (int64_t i = 0; i < n; i++)
         if (w.active[i] && fabs((double)w.f[i] - (double)r1) <= (double)r1 * FA_REL_TOL)
             w.active[i] = 0; /* no clipping: alpha0 is the answer */
-    st = solve(be, n, dim, x, x0, d, eps, r1, w.active, w.lo, w.hi, w.s, w.f, w.fprev);
+    st = solve(be, n, dim, x, x0, x, d, eps, max_rmse, r1, w.active, w.lo, w.hi, w.s, w.f,
+               w.fprev);
     if (st == FA_OK)
         for (int64_t i = 0; i < n; i++)
             alpha_out[i] = (float)w.lo[i];
@@ -149,12 +149,13 @@ done:
 }
 
 fa_status fa_shorten(const fa_backend *be, int64_t n, int64_t dim, const float *x,
-                     const float *x0, const float *d, float eps, float target, float *alpha_io) {
+                     const float *x0, const float *d, float eps, float max_rmse, float target,
+                     float *alpha_io) {
     scratch w = {0};
     fa_status st = scratch_new(n, &w);
     if (st != FA_OK)
         return st;
-    if ((st = be->step_rmse(n, dim, x, x0, d, alpha_io, eps, w.f)) != FA_OK)
+    if ((st = be->step_rmse(n, dim, x, x0, x0, d, alpha_io, eps, max_rmse, w.f)) != FA_OK)
         goto done;
     int64_t any = 0;
     for (int64_t i = 0; i < n; i++) {
@@ -174,11 +175,12 @@ fa_status fa_shorten(const fa_backend *be, int64_t n, int64_t dim, const float *
     for (int64_t i = 0; i < n; i++)
         shorten[i] = w.active[i];
     /* f(0) = RMSE(x) may already pass the target (after the NAGD jump): then the step is 0 */
-    if ((st = be->step_rmse(n, dim, x, x0, d, w.s, eps, w.f)) == FA_OK) {
+    if ((st = be->step_rmse(n, dim, x, x0, x0, d, w.s, eps, max_rmse, w.f)) == FA_OK) {
         for (int64_t i = 0; i < n; i++)
             if (w.active[i] && !(w.f[i] < target))
                 w.active[i] = 0, w.hi[i] = 0.0;
-        st = solve(be, n, dim, x, x0, d, eps, target, w.active, w.lo, w.hi, w.s, w.f, w.fprev);
+        st = solve(be, n, dim, x, x0, x0, d, eps, max_rmse, target, w.active, w.lo, w.hi, w.s,
+                   w.f, w.fprev);
     }
     if (st == FA_OK)
         for (int64_t i = 0; i < n; i++)

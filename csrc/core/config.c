@@ -51,13 +51,15 @@ fa_status fa_config_default(int optimizer, fa_config *out) {
     out->rmsprop_rho = 0.9f;
     out->nesterov = FA_NESTEROV_AUTHORS;
     out->skip_misclassified = 1;
+    out->returns = FA_RETURNS_BEST;
     if (optimizer < FA_OPT_FGSM) {
         out->max_iter = paper_table[optimizer].max_iter;
         out->first_step_rmse = paper_table[optimizer].first_step_rmse;
         return FA_OK;
     }
-    /* sign attacks: fixed alpha, no loss stop */
+    /* sign attacks: fixed alpha, no loss stop, the last iterate as every peer returns it */
     out->stop_loss = INFINITY;
+    out->returns = FA_RETURNS_LAST;
     out->max_iter = optimizer == FA_OPT_FGSM ? 1 : 10;
     out->alpha = out->eps / (float)out->max_iter;
     if (optimizer == FA_OPT_MIFGSM || optimizer == FA_OPT_NIFGSM)
@@ -91,6 +93,16 @@ fa_status fa_config_check(const fa_config *c) {
     CHECK(!isnan(c->stop_loss), "cfg.stop_loss must not be NaN (use inf for no loss stop)");
     CHECK(isfinite(c->stop_rmse) && c->stop_rmse >= 0.0f, "cfg.stop_rmse=%g must be >= 0",
           (double)c->stop_rmse);
+    CHECK(c->stop_rmse <= c->eps,
+          "cfg.stop_rmse=%g > cfg.eps=%g: no image can reach an RMSE above eps",
+          (double)c->stop_rmse, (double)c->eps);
+    CHECK(isfinite(c->max_rmse) && c->max_rmse >= 0.0f, "cfg.max_rmse=%g must be >= 0 (0: off)",
+          (double)c->max_rmse);
+    CHECK(c->max_rmse == 0.0f || c->stop_rmse <= c->max_rmse,
+          "cfg.stop_rmse=%g > cfg.max_rmse=%g: the stop can never be reached under the budget",
+          (double)c->stop_rmse, (double)c->max_rmse);
+    CHECK(c->returns == FA_RETURNS_BEST || c->returns == FA_RETURNS_LAST,
+          "cfg.returns=%d must be 0 (best) or 1 (last)", c->returns);
     CHECK(isfinite(c->rmse_weight) && c->rmse_weight >= 0.0f, "cfg.rmse_weight=%g must be >= 0",
           (double)c->rmse_weight);
     CHECK(in_range(c->momentum, -10.0f, 10.0f), "cfg.momentum=%g must be in [-10, 10]",

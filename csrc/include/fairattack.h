@@ -88,13 +88,19 @@ typedef enum fa_nesterov {
     FA_NESTEROV_TEXTBOOK = 1  /* same look-ahead gradient, but x' = P(x + a*m)                */
 } fa_nesterov;
 
+/* Which iterate an image that runs to max_iter returns (SPEC 2). */
+typedef enum fa_returns {
+    FA_RETURNS_BEST = 0, /* the iterate of maximal CE (the loss-stopped protocols' rule)       */
+    FA_RETURNS_LAST = 1  /* the last iterate, as every peer library returns it (setting fixed) */
+} fa_returns;
+
 /* ---------------------------------------------------------------- per-image outcome */
 
 typedef enum fa_image_status {
     FA_IMAGE_RUNNING = 0,   /* never in a returned result                                     */
     FA_IMAGE_STOP_LOSS = 1, /* CE reached stop_loss: the last iterate is returned             */
     FA_IMAGE_STOP_RMSE = 2, /* RMSE reached stop_rmse: the last iterate is returned           */
-    FA_IMAGE_MAX_ITER = 3,  /* hit max_iter: the iterate of maximal CE is returned            */
+    FA_IMAGE_MAX_ITER = 3,  /* hit max_iter: the max-CE iterate (returns best) or the last one */
     FA_IMAGE_SKIPPED = 4,   /* misclassified before the attack: not attacked, x0 returned     */
     FA_IMAGE_NAN = 5,       /* loss, gradient or iterate became NaN/inf: failed, x0 returned  */
     FA_IMAGE_STATUS_COUNT = 6
@@ -131,11 +137,15 @@ typedef struct fa_config {
     int64_t index_offset;   /* image i of a call has index index_offset + i (>= 0): a caller
                                that splits a dataset into batches passes each batch's start */
     int skip_misclassified; /* 1: images the model gets wrong at x0 are skipped (default 1)   */
+    int returns;            /* fa_returns: what an image that hits max_iter returns (best)    */
+    float max_rmse;         /* > 0: joint budget (SPEC 8): every iterate is projected exactly
+                               onto {l-inf <= eps} n {RMSE <= max_rmse} n box; 0: off         */
 } fa_config;
 
 /* Fills *out with the SPEC's defaults for `optimizer` under the const_loss setting: eps 16,
- * stop_loss 30, max_iter and first_step_rmse from SPEC section 2's table (sign attacks: FGSM one
- * step of alpha = eps; PGD/MI/NI 10 steps of alpha = eps/10, no loss stop). */
+ * stop_loss 30, max_iter and first_step_rmse from SPEC section 2's table, returns best (sign
+ * attacks: FGSM one step of alpha = eps; PGD/MI/NI 10 steps of alpha = eps/10, no loss stop,
+ * returns last). */
 fa_status fa_config_default(int optimizer, fa_config *out);
 /* Checks every field; the message names the first bad one ("cfg.eps=-1 must be > 0"). */
 fa_status fa_config_check(const fa_config *cfg);
@@ -151,6 +161,9 @@ fa_status fa_config_check(const fa_config *cfg);
  *   loss[n]    host out: per-image cross-entropy in nats (-log p_y)
  *   pred[n]    host out: argmax class per image
  *   grad       out, n*dim floats in the run's memory: d loss_i / d x_i (pixel units)
+ * loss and pred may be NULL: the core does not need them for this call (a gradient-only call
+ * when no rule looks at the loss), and the oracle may skip the work that only serves them.
+ * A row whose logits are not finite gets loss NaN (the core counts the image as failed).
  * Returns FA_OK, or an error status after fa_set_error(). Must not keep any pointer.
  */
 typedef fa_status (*fa_grad_fn)(void *ctx, int64_t n, const int64_t *index,
@@ -172,6 +185,14 @@ typedef enum fa_device { FA_DEVICE_CPU = 0, FA_DEVICE_CUDA = 1 } fa_device;
 
 /* 1 if the core was built with CUDA kernels and a CUDA device is present, else 0. */
 int fa_cuda_available(void);
+
+/* The GPU and stream of the calling thread's later fa_attack runs on FA_DEVICE_CUDA: the core
+ * makes device_index current (-1: leave the current device) and puts its kernels and copies on
+ * cuda_stream (a cudaStream_t; NULL: the legacy default stream). A caller whose model runs on
+ * another stream -- torch's current stream of the model's device -- passes that one, so the
+ * model and the core are ordered without device-wide synchronisation. Thread-local; FA_OK
+ * and nothing else without CUDA. */
+fa_status fa_cuda_set_context(int device_index, void *cuda_stream);
 
 /* ---------------------------------------------------------------- the attack */
 
@@ -212,6 +233,40 @@ typedef struct fa_metrics {
                     L 255, valid region (equals skimage's structural_similarity with
                     gaussian_weights=True, use_sample_covariance=False, data_range=255)      */
 } fa_metrics;
+
+/* ---------------------------------------------------------------- fair budgets (SPEC 8) */
+
+/*
+ * The exact projection of y onto {||delta||_inf <= eps} n {RMSE(delta) <= max_rmse} n [0, 255]
+ * around x0 (n images of dim floats, host): delta_j = clip(mu * (y_j - x0_j), l_j, u_j) with
+ * l = max(-eps, -x0), u = min(eps, 255 - x0) and the largest mu in [0, 1] that meets the RMSE
+ * budget (SPEC 8's lambda is 1/mu - 1). max_rmse = 0: the l-inf and box projection alone. The
+ * attack loop projects every iterate with the same code.
+ */
+fa_status fa_project_rmse(int64_t n, int64_t dim, const float *x0, const float *y, float eps,
+                          float max_rmse, float *out);
+
+/*
+ * RMSE matching (SPEC 8): out = clean + clip(s * (adv - clean), l, u) with the per-image s >= 0
+ * at which RMSE(out - clean) = target[i]. quantize (fa_match_mode) FA_MATCH_UINT8: out holds
+ * integers (what a uint8 image holds) inside the l-inf ball and the box, chosen per value
+ * between the two integers around the scaled value so that the RMSE of the integer image is as
+ * close to target as one value's step allows (eps >= 0.5 needed); FA_MATCH_UINT8_AT_MOST: the
+ * same, but never above target (a budget). An image already within tol of its target (inside the budget,
+ * integer when asked) is returned unchanged (scale 1). Outputs (host, caller-owned): out
+ * (n*dim), scale[n], rmse[n] (of out), reached[n] = |rmse - target| <= tol. Where no s reaches
+ * the target (no perturbation, or every value at its bound first), reached is 0 and out is the
+ * largest-RMSE image.
+ */
+typedef enum fa_match_mode {
+    FA_MATCH_FLOAT = 0,         /* float output, RMSE = target within float precision       */
+    FA_MATCH_UINT8 = 1,         /* integer output, RMSE as close to target as possible      */
+    FA_MATCH_UINT8_AT_MOST = 2  /* integer output, RMSE as close as possible but <= target  */
+} fa_match_mode;
+
+fa_status fa_match_rmse(int64_t n, int64_t dim, const float *clean, const float *adv,
+                        const float *target, float eps, int quantize, float tol, float *out,
+                        float *scale, float *rmse, int32_t *reached);
 
 /* Metrics of adv against clean, both n*h*w*c floats in NHWC order (host). */
 fa_status fa_metrics_compute(int64_t n, int64_t h, int64_t w, int64_t c, const float *adv,

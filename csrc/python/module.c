@@ -65,7 +65,7 @@ static const field config_fields[] = {
     FIELD(ladam_lambda, F_FLOAT),    FIELD(adamw_decay, F_FLOAT), FIELD(msvag_beta, F_FLOAT),
     FIELD(rmsprop_rho, F_FLOAT),     FIELD(nesterov, F_INT),      FIELD(random_start, F_INT),
     FIELD(seed, F_U64),              FIELD(skip_misclassified, F_INT),
-    FIELD(index_offset, F_I64),
+    FIELD(index_offset, F_I64),      FIELD(returns, F_INT),       FIELD(max_rmse, F_FLOAT),
 };
 #undef FIELD
 #define N_FIELDS (sizeof config_fields / sizeof config_fields[0])
@@ -617,6 +617,100 @@ done:
     return result;
 }
 
+/* ------------------------------------------------------------------ fair budgets (SPEC 8) */
+
+/* project_rmse(clean float32 [N,H,W,C], y float32 same shape, eps, max_rmse) -> projected */
+static PyObject *py_project_rmse(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *co, *yo;
+    float eps, max_rmse;
+    if (!PyArg_ParseTuple(args, "OOff", &co, &yo, &eps, &max_rmse))
+        return NULL;
+    PyArrayObject *clean = NULL, *y = NULL, *out = NULL;
+    PyObject *result = NULL;
+    if (!(clean = as_array(co, NPY_FLOAT32, 4, "clean")) || !(y = as_array(yo, NPY_FLOAT32, 4, "y")))
+        goto done;
+    if (!PyArray_SAMESHAPE(clean, y)) {
+        PyErr_SetString(PyExc_ValueError, "clean and y must have the same shape");
+        goto done;
+    }
+    npy_intp *shape = PyArray_DIMS(clean);
+    if (!(out = (PyArrayObject *)PyArray_SimpleNew(4, shape, NPY_FLOAT32)))
+        goto done;
+    const int64_t dim = (int64_t)shape[1] * shape[2] * shape[3];
+    fa_status s;
+    Py_BEGIN_ALLOW_THREADS s = fa_project_rmse(shape[0], dim, PyArray_DATA(clean), PyArray_DATA(y),
+                                               eps, max_rmse, PyArray_DATA(out));
+    Py_END_ALLOW_THREADS if (s != FA_OK) {
+        raise_status(s);
+        goto done;
+    }
+    result = (PyObject *)out;
+    out = NULL;
+done:
+    Py_XDECREF(clean);
+    Py_XDECREF(y);
+    Py_XDECREF(out);
+    return result;
+}
+
+/* match_rmse(clean, adv float32 [N,H,W,C], target float32 [N], eps, mode, tol)
+ * -> (matched float32, reached bool [N], scale float32 [N], rmse float32 [N]) */
+static PyObject *py_match_rmse(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *co, *ao, *to;
+    float eps, tol;
+    int quantize;
+    if (!PyArg_ParseTuple(args, "OOOfif", &co, &ao, &to, &eps, &quantize, &tol))
+        return NULL;
+    PyArrayObject *clean = NULL, *adv = NULL, *target = NULL, *out = NULL, *scale = NULL,
+                  *rmse = NULL, *reached = NULL;
+    PyObject *result = NULL, *reached_bool = NULL;
+    if (!(clean = as_array(co, NPY_FLOAT32, 4, "clean")) ||
+        !(adv = as_array(ao, NPY_FLOAT32, 4, "adv")) ||
+        !(target = as_array(to, NPY_FLOAT32, 1, "target")))
+        goto done;
+    if (!PyArray_SAMESHAPE(clean, adv)) {
+        PyErr_SetString(PyExc_ValueError, "clean and adv must have the same shape");
+        goto done;
+    }
+    npy_intp *shape = PyArray_DIMS(clean);
+    npy_intp n = shape[0];
+    if (PyArray_DIM(target, 0) != n) {
+        PyErr_Format(PyExc_ValueError, "target has %zd entries, expected %zd",
+                     (Py_ssize_t)PyArray_DIM(target, 0), (Py_ssize_t)n);
+        goto done;
+    }
+    if (!(out = (PyArrayObject *)PyArray_SimpleNew(4, shape, NPY_FLOAT32)) ||
+        !(scale = (PyArrayObject *)PyArray_SimpleNew(1, &n, NPY_FLOAT32)) ||
+        !(rmse = (PyArrayObject *)PyArray_SimpleNew(1, &n, NPY_FLOAT32)) ||
+        !(reached = (PyArrayObject *)PyArray_SimpleNew(1, &n, NPY_INT32)))
+        goto done;
+    const int64_t dim = (int64_t)shape[1] * shape[2] * shape[3];
+    fa_status s;
+    Py_BEGIN_ALLOW_THREADS s = fa_match_rmse(n, dim, PyArray_DATA(clean), PyArray_DATA(adv),
+                                             PyArray_DATA(target), eps, quantize, tol,
+                                             PyArray_DATA(out), PyArray_DATA(scale),
+                                             PyArray_DATA(rmse), PyArray_DATA(reached));
+    Py_END_ALLOW_THREADS if (s != FA_OK) {
+        raise_status(s);
+        goto done;
+    }
+    if (!(reached_bool = PyArray_Cast(reached, NPY_BOOL)))
+        goto done;
+    result = Py_BuildValue("(OOOO)", out, reached_bool, scale, rmse);
+done:
+    Py_XDECREF(clean);
+    Py_XDECREF(adv);
+    Py_XDECREF(target);
+    Py_XDECREF(out);
+    Py_XDECREF(scale);
+    Py_XDECREF(rmse);
+    Py_XDECREF(reached);
+    Py_XDECREF(reached_bool);
+    return result;
+}
+
 static PyObject *py_cuda_available(PyObject *self, PyObject *noargs) {
     (void)self, (void)noargs;
     return PyBool_FromLong(fa_cuda_available());
@@ -631,6 +725,11 @@ static PyMethodDef module_methods[] = {
     {"default_config", py_default_config, METH_O, "default_config(optimizer) -> dict"},
     {"check_config", py_check_config, METH_O, "check_config(dict) -> the full checked dict"},
     {"cuda_available", py_cuda_available, METH_NOARGS, "built with CUDA and a device present"},
+    {"project_rmse", py_project_rmse, METH_VARARGS,
+     "project_rmse(clean, y, eps, max_rmse) -> the joint l-inf + RMSE projection of y"},
+    {"match_rmse", py_match_rmse, METH_VARARGS,
+     "match_rmse(clean, adv, target[N], eps, mode, tol) -> (matched, reached, scale, rmse); "
+     "mode MATCH_FLOAT, MATCH_UINT8 or MATCH_UINT8_AT_MOST"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -670,6 +769,11 @@ PyMODINIT_FUNC PyInit__core(void) {
         PyModule_AddIntConstant(m, "DEVICE_CUDA", FA_DEVICE_CUDA) < 0 ||
         PyModule_AddIntConstant(m, "NESTEROV_AUTHORS", FA_NESTEROV_AUTHORS) < 0 ||
         PyModule_AddIntConstant(m, "NESTEROV_TEXTBOOK", FA_NESTEROV_TEXTBOOK) < 0 ||
+        PyModule_AddIntConstant(m, "RETURNS_BEST", FA_RETURNS_BEST) < 0 ||
+        PyModule_AddIntConstant(m, "MATCH_FLOAT", FA_MATCH_FLOAT) < 0 ||
+        PyModule_AddIntConstant(m, "MATCH_UINT8", FA_MATCH_UINT8) < 0 ||
+        PyModule_AddIntConstant(m, "MATCH_UINT8_AT_MOST", FA_MATCH_UINT8_AT_MOST) < 0 ||
+        PyModule_AddIntConstant(m, "RETURNS_LAST", FA_RETURNS_LAST) < 0 ||
         PyModule_AddStringConstant(m, "VERSION", FA_VERSION) < 0) {
         Py_DECREF(m);
         return NULL;

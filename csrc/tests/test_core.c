@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fa_math.h" /* internal: the random start's draw, for test_calibration_random_start */
 #include "fairattack.h"
 
 /* ================================================================ the assert macro */
@@ -126,12 +127,13 @@ typedef struct {
     int scramble;          /* flip signs and rescale the gradient, per (image, call, j) */
     int stop_after;        /* should_stop answers 1 from its stop_after-th poll (-1)    */
     int polls;
+    int loss_free_calls;   /* rows asked about with loss == NULL (gradient only)         */
 } ft_oracle;
 
 /* Forgets what the oracle saw (not how it behaves) and points it at a run's labels. */
 static void ft_oracle_reset(ft_oracle *o, const int64_t *labels, float eps) {
     o->labels = labels, o->eps = eps;
-    o->calls = o->outside = o->bad_args = o->polls = 0;
+    o->calls = o->outside = o->bad_args = o->polls = o->loss_free_calls = 0;
     memset(o->seen, 0, sizeof o->seen);
     o->nan_seen = -1;
 }
@@ -165,12 +167,20 @@ static void ft_scramble(float *g, int64_t idx, int seen) {
     }
 }
 
-/* Counts points outside the box or the ball of image `idx`. */
+/* The joint RMSE budget of the run under test (0: none), for ft_police. */
+static float ft_budget;
+
+/* Counts points outside the box, the ball or the RMSE budget of image `idx`. */
 static void ft_police(ft_oracle *o, int64_t idx, const float *x) {
     const float *x0 = ft_x0 + idx * FT_DIM;
-    for (int j = 0; j < FT_DIM; j++)
+    double s = 0.0;
+    for (int j = 0; j < FT_DIM; j++) {
         if (!(x[j] >= 0.0f && x[j] <= 255.0f && fabsf(x[j] - x0[j]) <= o->eps * (1 + 1e-6f)))
             o->outside++;
+        s += ((double)x[j] - x0[j]) * ((double)x[j] - x0[j]);
+    }
+    if (ft_budget > 0.0f && sqrt(s / FT_DIM) > ft_budget * (1.0 + 1e-5))
+        o->outside++;
 }
 
 static fa_status ft_grad(void *ctx, int64_t n, const int64_t *index, const int64_t *labels,
@@ -189,7 +199,10 @@ static fa_status ft_grad(void *ctx, int64_t n, const int64_t *index, const int64
         const float *xi = x + i * FT_DIM;
         float *gi = want_grad ? grad + i * FT_DIM : NULL;
         ft_police(o, idx, xi);
-        loss[i] = ft_ce(&ft_net, xi, labels[i], &pred[i], gi);
+        o->loss_free_calls += loss == NULL;
+        float loss_i;
+        int64_t pred_i;
+        loss_i = ft_ce(&ft_net, xi, labels[i], &pred_i, gi);
         const int late = o->seen[idx]++ >= o->nan_after;
         if (gi && o->zero_grad)
             memset(gi, 0, FT_DIM * sizeof(float));
@@ -197,7 +210,11 @@ static fa_status ft_grad(void *ctx, int64_t n, const int64_t *index, const int64
             ft_scramble(gi, idx, o->seen[idx]);
         const int poison = late && (idx == o->nan_loss_index || (gi && idx == o->nan_grad_index));
         if (poison && idx == o->nan_loss_index)
-            loss[i] = NAN;
+            loss_i = NAN;
+        if (loss != NULL) /* NULL: the core does not need them for this call */
+            loss[i] = loss_i;
+        if (pred != NULL)
+            pred[i] = pred_i;
         if (poison && gi && idx == o->nan_grad_index)
             gi[FT_DIM / 2] = NAN;
         if (poison && o->nan_seen < 0)
@@ -250,9 +267,12 @@ static fa_status ft_run(fa_config cfg, ft_oracle *o, int64_t first, int64_t n, f
 static fa_status ft_attack(const fa_config *cfg, ft_oracle *o, const int64_t *labels,
                            int64_t first, int64_t n, ft_result *r, const char *what) {
     ft_oracle_reset(o, labels, cfg->eps);
+    ft_budget = cfg->max_rmse;
     const fa_status st = ft_run(*cfg, o, first, n, r);
+    ft_budget = 0.0f;
     FT_CHECK(st == FA_OK, "%s: %s %s", what, fa_status_name(st), fa_last_error());
-    FT_CHECK(o->outside == 0 && o->bad_args == 0,
+    /* NI-FGSM's look-ahead point is unprojected, as in the reference code (SPEC 3) */
+    FT_CHECK((o->outside == 0 || cfg->optimizer == FA_OPT_NIFGSM) && o->bad_args == 0,
              "%s: the oracle got %d values outside the box/ball, %d bad indices", what,
              o->outside, o->bad_args);
     return st;
@@ -297,6 +317,9 @@ static void ft_check_image(const char *what, const fa_config *cfg, const ft_resu
                      fabsf(adv[j] - x0[j]) <= cfg->eps + 1e-4f);
     FT_CHECK(outside == 0, "%s image %d: %d values outside [0,255] or the eps-ball", what, i,
              outside);
+    if (cfg->max_rmse > 0.0f)
+        FT_CHECK(ft_rmse(adv, x0) <= cfg->max_rmse * (1.0 + 1e-5), "%s image %d: RMSE %g > %g",
+                 what, i, ft_rmse(adv, x0), (double)cfg->max_rmse);
     const int st = r->status[i];
     FT_CHECK(st == FA_IMAGE_STOP_LOSS || st == FA_IMAGE_MAX_ITER || st == FA_IMAGE_STOP_RMSE,
              "%s image %d: status %d", what, i, st);
@@ -330,7 +353,7 @@ static void test_invariants(void) {
     ft_oracle o = ft_oracle_plain();
     char what[96];
     for (int opt = 0; opt < FA_OPT_COUNT; opt++)
-        for (int variant = 0; variant < 4; variant++) {
+        for (int variant = 0; variant < 6; variant++) {
             fa_config cfg = ft_default(opt);
             cfg.max_iter = cfg.max_iter < 6 ? cfg.max_iter : 6;
             if (variant == 1) /* a small ball and a loss most images reach */
@@ -339,6 +362,10 @@ static void test_invariants(void) {
                 cfg.rmse_weight = 6.0f, cfg.nesterov = FA_NESTEROV_TEXTBOOK;
             if (variant == 3) /* a random start for everyone */
                 cfg.random_start = 1, cfg.seed = 5;
+            if (variant == 4) /* a joint budget (SPEC 8): the oracle checks every point */
+                cfg.max_rmse = 1.5f;
+            if (variant == 5) /* the budget from a random start, with rmse_loss */
+                cfg.max_rmse = 2.5f, cfg.random_start = 1, cfg.seed = 7, cfg.rmse_weight = 6.0f;
             snprintf(what, sizeof what, "%s variant %d", fa_optimizer_name(opt), variant);
             if (ft_attack(&cfg, &o, ft_y, 0, FT_N, &r, what) != FA_OK)
                 continue;
@@ -372,22 +399,28 @@ static float ft_project(float v, float x0, float eps) {
 
 static float ft_sign(float v) { return (float)((v > 0.0f) - (v < 0.0f)); }
 
-/* The effective gradient of step k at point `at` (gscale of MI/NI, rmse_loss term, LAdam). */
+/* Whether the core evaluates the loss at every iterate (SPEC 2: the best iterate, the loss
+ * stop and the loss of an image stopped on RMSE need it). */
+static int ft_needs_loss(const fa_config *c) {
+    return c->returns == FA_RETURNS_BEST || isfinite(c->stop_loss) || c->stop_rmse > 0.0f;
+}
+
+/* The effective gradient of step k at point `at` (MI/NI's g / mean|g|, rmse_loss term, LAdam). */
 static void ft_effective_grad(const fa_config *c, int k, const float *at, const float *x0,
                               float *g) {
-    float gs = 1.0f, pc = 0.0f;
+    float gn = 1.0f, pc = 0.0f;
     if (c->optimizer == FA_OPT_MIFGSM || c->optimizer == FA_OPT_NIFGSM) {
         double l1 = 0.0;
         for (int j = 0; j < FT_DIM; j++)
             l1 += fabs((double)g[j]);
-        gs = l1 > 0.0 ? 1.0f / (float)l1 : 0.0f;
+        gn = l1 > 0.0 ? (float)l1 / (float)FT_DIM : 1.0f;
     }
     if (c->rmse_weight > 0.0f && k >= 1) {
         const float rm = (float)ft_rmse(at, x0);
         pc = rm > 0.0f ? c->rmse_weight / ((float)FT_DIM * rm) : 0.0f;
     }
     for (int j = 0; j < FT_DIM; j++) {
-        g[j] = gs * g[j] + pc * (at[j] - x0[j]);
+        g[j] = g[j] / gn + pc * (at[j] - x0[j]);
         if (c->optimizer == FA_OPT_LADAM)
             g[j] = g[j] - c->ladam_lambda * at[j];
     }
@@ -459,21 +492,24 @@ static void ft_reference_run(const fa_config *c, const float *x0, int64_t y, flo
             best_loss = L, memcpy(best, x, sizeof x);
         out->iterations = k;
         if (k >= c->max_iter || L >= c->stop_loss) {
-            const int cap = k >= c->max_iter;
+            const int cap = k >= c->max_iter && c->returns == FA_RETURNS_BEST;
             memcpy(out->adv, cap ? best : x, sizeof x);
             out->loss = cap ? best_loss : L;
-            out->status = cap ? FA_IMAGE_MAX_ITER : FA_IMAGE_STOP_LOSS;
+            out->status = k >= c->max_iter ? FA_IMAGE_MAX_ITER : FA_IMAGE_STOP_LOSS;
             return;
         }
         const float *at = x;
-        if (ahead && k >= 1) { /* the look-ahead point x~ = P(x + mu * alpha * m) */
-            for (int j = 0; j < FT_DIM; j++)
-                xt[j] = ft_project(x[j] + (c->momentum * alpha) * m[j], x0[j], c->eps);
+        if (ahead && k >= 1) { /* x~ = x + mu * alpha * m: projected for NAGD, not for NI */
+            for (int j = 0; j < FT_DIM; j++) {
+                xt[j] = x[j] + (c->momentum * alpha) * m[j];
+                if (opt == FA_OPT_NAGD)
+                    xt[j] = ft_project(xt[j], x0[j], c->eps);
+            }
             at = xt;
         }
         ft_ce(&ft_net, at, y, &pred, g);
-        if (scramble)
-            ft_scramble(g, idx, ahead && k >= 1 ? 2 * k + 1 : k + 1);
+        if (scramble) /* with a look-ahead the loss at x takes a call of its own when needed */
+            ft_scramble(g, idx, ahead && k >= 1 && ft_needs_loss(c) ? 2 * k + 1 : k + 1);
         ft_effective_grad(c, k, at, x0, g);
         const float bk = powf(c->msvag_beta, (float)(k + 2));
         const float b = c->msvag_beta; /* M-SVAG's rho_k */
@@ -848,8 +884,12 @@ static void ft_nan_case(const char *what, const fa_config *cfg, int nan_loss, in
         if (i != 1)
             FT_CHECK(ft_same(&clean, &r, i), "%s: image %d changed by its neighbour's NaN",
                      what, i);
-    FT_CHECK(o.nan_seen > 0 && o.seen[1] == o.nan_seen,
-             "%s: the failed image was asked about %d more times", what, o.seen[1] - o.nan_seen);
+    /* a NaN loss shows where the loss is evaluated: every step, or (no rule needs it) only at
+     * the end; a NaN gradient at once */
+    if (!nan_loss || ft_needs_loss(cfg))
+        FT_CHECK(o.nan_seen > 0 && o.seen[1] == o.nan_seen,
+                 "%s: the failed image was asked about %d more times", what,
+                 o.seen[1] - o.nan_seen);
 }
 
 /*
@@ -1245,6 +1285,216 @@ static void test_names(void) {
     FT_CHECK(strcmp(FA_VERSION, "") != 0, "FA_VERSION");
 }
 
+/* ================================================================ returns, loss calls (SPEC 2) */
+
+/* returns last: an image at the cap comes back as its last iterate with the loss there; no
+ * per-step loss is asked for when no rule needs it (gradient-only calls), one at x0 and one at
+ * the end; NI-FGSM then takes one oracle call a step, not two. */
+static void test_returns_last(void) {
+    static ft_result r;
+    char what[96];
+    const int opts[] = {FA_OPT_PGD, FA_OPT_MIFGSM, FA_OPT_NIFGSM, FA_OPT_ADAM, FA_OPT_NAGD};
+    for (size_t t = 0; t < sizeof opts / sizeof opts[0]; t++) {
+        ft_oracle o = ft_oracle_plain();
+        fa_config cfg = ft_default(opts[t]);
+        cfg.max_iter = 5, cfg.stop_loss = INFINITY, cfg.returns = FA_RETURNS_LAST;
+        if (cfg.first_step_rmse > 0.0f)
+            cfg.first_step_rmse = 1.0f;
+        snprintf(what, sizeof what, "%s returns last", fa_optimizer_name(opts[t]));
+        if (ft_attack(&cfg, &o, ft_y, 0, FT_N, &r, what) != FA_OK)
+            continue;
+        for (int i = 0; i < FT_N; i++) {
+            ft_check_image(what, &cfg, &r, i);
+            ft_reference ref;
+            ft_reference_run(&cfg, ft_x0 + i * FT_DIM, ft_y[i], r.alpha[i], 0, i, &ref);
+            float worst = 0.0f;
+            for (int j = 0; j < FT_DIM; j++)
+                worst = fmaxf(worst, fabsf(ref.adv[j] - r.adv[i * FT_DIM + j]));
+            FT_CHECK(worst <= 1e-3f && r.status[i] == FA_IMAGE_MAX_ITER,
+                     "%s image %d: max |adv - reference| %g", what, i, (double)worst);
+            /* x0, max_iter steps' gradients (look-ahead ones for NAGD/NI from step 1), the end */
+            FT_CHECK(o.seen[i] == cfg.max_iter + 1, "%s image %d: asked %d times, expected %d",
+                     what, i, o.seen[i], cfg.max_iter + 1);
+        }
+        FT_CHECK(o.loss_free_calls == FT_N * (cfg.max_iter - 1),
+                 "%s: %d rows asked without the loss, expected %d", what, o.loss_free_calls,
+                 FT_N * (cfg.max_iter - 1));
+    }
+    /* returns best (the default of the loss-stopped settings) still asks for the loss */
+    ft_oracle o = ft_oracle_plain();
+    fa_config cfg = ft_default(FA_OPT_NIFGSM);
+    cfg.max_iter = 5, cfg.returns = FA_RETURNS_BEST;
+    if (ft_attack(&cfg, &o, ft_y, 0, FT_N, &r, "NI-FGSM returns best") == FA_OK)
+        FT_CHECK(o.seen[0] == 2 * cfg.max_iter, "NI-FGSM returns best: image 0 asked %d times",
+                 o.seen[0]);
+}
+
+/* SPEC 4: with a random start the calibrated first step has RMSE r1 measured from the start. */
+static void test_calibration_random_start(void) {
+    static ft_result r;
+    ft_oracle o = ft_oracle_plain();
+    fa_config cfg = ft_default(FA_OPT_ADAM);
+    cfg.random_start = 1, cfg.seed = 11, cfg.max_iter = 1, cfg.stop_loss = INFINITY;
+    cfg.first_step_rmse = 0.5f, cfg.returns = FA_RETURNS_LAST;
+    if (ft_attack(&cfg, &o, ft_y, 0, FT_N, &r, "calibration from the random start") != FA_OK)
+        return;
+    for (int i = 0; i < FT_N; i++) {
+        const float *x0 = ft_x0 + i * FT_DIM;
+        float start[FT_DIM];
+        for (int j = 0; j < FT_DIM; j++)
+            start[j] = fa_random_value(x0[j], cfg.eps, cfg.seed, i, j);
+        const double step = ft_rmse(r.adv + i * FT_DIM, start);
+        FT_CHECK(fabs(step - 0.5) <= 0.5 * 1e-2, "image %d: first step RMSE %g from the start",
+                 i, step);
+    }
+}
+
+/* ================================================================ fair budgets (SPEC 8) */
+
+/* The exact projection written independently: bisection on mu of clip(mu * t, lo, hi). */
+static void ft_project_reference(const float *x0, const float *y, float eps, float r,
+                                 double *out) {
+    double lo[FT_DIM], hi[FT_DIM], t[FT_DIM];
+    for (int j = 0; j < FT_DIM; j++) {
+        lo[j] = fmax(-eps, -x0[j]), hi[j] = fmin(eps, 255.0 - x0[j]), t[j] = y[j] - x0[j];
+    }
+    double a = 0.0, b = 1.0;
+    for (int it = 0; it < 200; it++) {
+        const double mu = it == 0 ? 1.0 : 0.5 * (a + b);
+        double s = 0.0;
+        for (int j = 0; j < FT_DIM; j++) {
+            const double v = fmin(fmax(mu * t[j], lo[j]), hi[j]);
+            s += v * v;
+        }
+        const int ok = sqrt(s / FT_DIM) <= r;
+        if (it == 0 && ok) {
+            a = 1.0;
+            break;
+        }
+        if (it > 0)
+            *(ok ? &a : &b) = mu;
+    }
+    for (int j = 0; j < FT_DIM; j++)
+        out[j] = x0[j] + fmin(fmax(a * t[j], lo[j]), hi[j]);
+}
+
+static void test_project_rmse(void) {
+    uint32_t seed = 77u;
+    float y[FT_N * FT_DIM], out[FT_N * FT_DIM];
+    const float eps = 10.0f, budget = 4.0f;
+    for (int e = 0; e < FT_N * FT_DIM; e++) /* far outside: the box, the ball and the budget */
+        y[e] = ft_x0[e] + (float)((int)(ft_next(&seed) % 81) - 40);
+    FT_CHECK(fa_project_rmse(FT_N, FT_DIM, ft_x0, y, eps, budget, out) == FA_OK, "%s",
+             fa_last_error());
+    for (int i = 0; i < FT_N; i++) {
+        const float *x0 = ft_x0 + i * FT_DIM, *p = out + i * FT_DIM;
+        double ref[FT_DIM], worst = 0.0, d_p = 0.0;
+        ft_project_reference(x0, y + i * FT_DIM, eps, budget, ref);
+        for (int j = 0; j < FT_DIM; j++) {
+            worst = fmax(worst, fabs(ref[j] - p[j]));
+            d_p += ((double)p[j] - y[i * FT_DIM + j]) * ((double)p[j] - y[i * FT_DIM + j]);
+        }
+        FT_CHECK(worst <= 1e-4, "image %d: max |projection - reference| %g", i, worst);
+        FT_CHECK(ft_rmse(p, x0) <= budget * (1 + 1e-5), "image %d: RMSE %g", i, ft_rmse(p, x0));
+        /* optimality: feasible points near p are never closer to y */
+        int closer = 0;
+        for (int trial = 0; trial < 200; trial++) {
+            float q[FT_DIM];
+            double d_q = 0.0;
+            for (int j = 0; j < FT_DIM; j++) {
+                const float lo = fmaxf(-eps, -x0[j]), hi = fminf(eps, 255.0f - x0[j]);
+                const float dq = (p[j] - x0[j]) + ((float)(ft_next(&seed) % 201) - 100.0f) * 0.01f;
+                q[j] = x0[j] + fminf(fmaxf(dq, lo), hi);
+            }
+            if (ft_rmse(q, x0) > budget)
+                continue; /* not feasible */
+            for (int j = 0; j < FT_DIM; j++)
+                d_q += ((double)q[j] - y[i * FT_DIM + j]) * ((double)q[j] - y[i * FT_DIM + j]);
+            closer += d_q < d_p * (1 - 1e-9);
+        }
+        FT_CHECK(closer == 0, "image %d: %d feasible points closer to y than the projection", i,
+                 closer);
+    }
+    /* inside the budget already: the plain l-inf projection; budget 0: likewise */
+    float plain[FT_N * FT_DIM];
+    FT_CHECK(fa_project_rmse(FT_N, FT_DIM, ft_x0, y, eps, 0.0f, plain) == FA_OK &&
+                 fa_project_rmse(FT_N, FT_DIM, ft_x0, y, eps, 1000.0f, out) == FA_OK &&
+                 memcmp(plain, out, sizeof plain) == 0,
+             "a budget that does not bind changes the projection");
+    FT_CHECK(fa_project_rmse(1, FT_DIM, ft_x0, y, -1.0f, 1.0f, out) == FA_ERR_ARGUMENT &&
+                 strstr(fa_last_error(), "eps") != NULL,
+             "eps < 0: %s", fa_last_error());
+    FT_CHECK(fa_project_rmse(1, FT_DIM, ft_x0, y, 8.0f, -1.0f, out) == FA_ERR_ARGUMENT &&
+                 strstr(fa_last_error(), "max_rmse") != NULL,
+             "max_rmse < 0: %s", fa_last_error());
+}
+
+static void test_match_rmse(void) {
+    enum { N = 4 };
+    float clean[N * FT_DIM], adv[N * FT_DIM], out[N * FT_DIM], out2[N * FT_DIM];
+    float target[N], scale[N], rm[N];
+    int32_t reached[N];
+    uint32_t seed = 5u;
+    const float eps = 16.0f;
+    for (int e = 0; e < N * FT_DIM; e++) { /* integer images, sign-attack-like perturbations */
+        clean[e] = (float)(ft_next(&seed) % 256);
+        const float d = (ft_next(&seed) % 3 == 0) ? 0.0f : ((ft_next(&seed) & 1) ? 16.0f : -16.0f);
+        adv[e] = fminf(fmaxf(clean[e] + d, 0.0f), 255.0f);
+    }
+    for (int e = 0; e < FT_DIM; e++) /* image 3: no perturbation at all */
+        adv[3 * FT_DIM + e] = clean[3 * FT_DIM + e];
+    const float targets[] = {2.0f, 6.0f, 11.0f};
+    for (int q = 0; q < 3; q++)
+        for (int mode = FA_MATCH_FLOAT; mode <= FA_MATCH_UINT8_AT_MOST; mode++) {
+            for (int i = 0; i < N; i++)
+                target[i] = targets[q];
+            FT_CHECK(fa_match_rmse(N, FT_DIM, clean, adv, target, eps, mode, 0.05f, out, scale,
+                                   rm, reached) == FA_OK,
+                     "%s", fa_last_error());
+            for (int i = 0; i < 3; i++) {
+                const float *c = clean + i * FT_DIM, *o = out + i * FT_DIM;
+                int bad = 0;
+                for (int j = 0; j < FT_DIM; j++)
+                    bad += fabsf(o[j] - c[j]) > eps || o[j] < 0.0f || o[j] > 255.0f ||
+                           (mode != FA_MATCH_FLOAT && o[j] != rintf(o[j]));
+                const double got = ft_rmse(o, c);
+                FT_CHECK(bad == 0 && reached[i] && fabs(got - targets[q]) <= 0.05 &&
+                             fabs(got - rm[i]) <= 1e-4 &&
+                             (mode != FA_MATCH_UINT8_AT_MOST || got <= targets[q]),
+                         "target %g mode %d image %d: RMSE %g (reported %g), reached %d, %d bad "
+                         "values", (double)targets[q], mode, i, got, (double)rm[i], reached[i], bad);
+            }
+            FT_CHECK(!reached[3] && scale[3] == 0.0f, "no perturbation: reached %d, scale %g",
+                     reached[3], (double)scale[3]);
+            /* idempotent: matching the matched images again changes nothing */
+            FT_CHECK(fa_match_rmse(3, FT_DIM, clean, out, target, eps, mode, 0.05f, out2, scale,
+                                   rm, reached) == FA_OK &&
+                         memcmp(out, out2, 3 * FT_DIM * sizeof(float)) == 0,
+                     "matching twice (target %g, mode %d) is not idempotent", (double)targets[q],
+                     mode);
+        }
+    /* a target above what saturating every value gives: unreachable, the saturated image */
+    for (int i = 0; i < N; i++)
+        target[i] = 15.9f;
+    FT_CHECK(fa_match_rmse(1, FT_DIM, clean, adv, target, eps, FA_MATCH_UINT8, 0.05f, out, scale,
+                           rm, reached) == FA_OK && !reached[0] && rm[0] < 15.9f &&
+                 rm[0] > 10.0f,
+             "unreachable: reached %d, RMSE %g", reached[0], (double)rm[0]);
+    /* bad arguments name what is wrong */
+    target[0] = -1.0f;
+    FT_CHECK(fa_match_rmse(1, FT_DIM, clean, adv, target, eps, 1, 0.05f, out, scale, rm,
+                           reached) == FA_ERR_ARGUMENT && strstr(fa_last_error(), "target[0]"),
+             "negative target: %s", fa_last_error());
+    target[0] = 4.0f;
+    FT_CHECK(fa_match_rmse(1, FT_DIM, clean, adv, target, eps, 7, 0.05f, out, scale, rm,
+                           reached) == FA_ERR_ARGUMENT && strstr(fa_last_error(), "quantize"),
+             "bad mode: %s", fa_last_error());
+    adv[5] = NAN;
+    FT_CHECK(fa_match_rmse(1, FT_DIM, clean, adv, target, eps, 1, 0.05f, out, scale, rm,
+                           reached) == FA_ERR_ARGUMENT && strstr(fa_last_error(), "adv[5]"),
+             "NaN in adv: %s", fa_last_error());
+}
+
 int main(void) {
     ft_make_data(12345u);
     test_names();
@@ -1267,6 +1517,10 @@ int main(void) {
     test_interrupt();
     test_metrics_values();
     test_metrics_edges();
+    test_returns_last();
+    test_calibration_random_start();
+    test_project_rmse();
+    test_match_rmse();
     printf("test_core: %d checks, %d failed\n", ft_checks, ft_failed);
     return ft_failed != 0;
 }

@@ -224,10 +224,10 @@ at::Tensor diverse(const at::Tensor &input, int64_t n, const fa_transform &t,
 }
 
 /* TI: depthwise convolution of the NCHW gradient with a normalised k x k Gaussian
- * (sigma = k / 6, zero padding k / 2), done as two separable 1-D passes. */
+ * (sigma = (k - 1) / 6, zero padding k / 2), done as two separable 1-D passes. */
 at::Tensor smooth(const at::Tensor &g, int k) {
     const int64_t c = g.size(1), half = k / 2;
-    const double sigma = k / 6.0;
+    const double sigma = (k - 1) / 6.0; /* the kernel spans +-3 sigma, as the reference code */
     std::vector<float> taps(static_cast<size_t>(k));
     double sum = 0.0;
     for (int j = 0; j < k; j++) {

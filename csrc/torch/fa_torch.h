@@ -43,7 +43,7 @@ typedef struct fa_transform {
     float di_min_scale;/* DI: smallest scale (0.9)                                           */
     int si_copies;     /* SI: average gradients at x * 0.5^i, i = 0..si_copies-1 (0/1: off)  */
     int ti_kernel;     /* TI: smooth the gradient with a ti_kernel^2 Gaussian, sigma =
-                          kernel/6, per channel (0: off; odd, e.g. 15)                        */
+                          (kernel-1)/6, per channel (0: off; odd, e.g. 15)                    */
     uint64_t seed;     /* DI draws from (seed, image index, call number)                      */
 } fa_transform;
 
