@@ -139,7 +139,8 @@ def markdown(rows, n, batch_size):
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["attack"], f"{r['rmse_fa']:.3f}", f"{r['rmse_ta']:.3f}",
-                 f"{r['rmse_between']:.3f}", str(r["identical"]), f"{100 * r['values_differ']:.3f} %", f"{r['cosine']:.3f}"]
+                 f"{r['rmse_between']:.3f}", str(r["identical"]),
+                 f"{100 * r['values_differ']:.3f} %", f"{r['cosine']:.3f}"]
         cells += [f"{r[f'asr_fa_{v}']:.3f} / {r[f'asr_ta_{v}']:.3f}" for v in victims]
         cells += [f"{r['ms_fa']:.0f}", f"{r['ms_ta']:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
@@ -171,8 +172,8 @@ def main(argv=None):
     rows = [compare(name, surrogate, net01, victims, images, labels, args.batch_size, args.eps,
                     args.alpha, args.steps) for name in args.attacks]
     print(f"fairattack {fa.__version__} vs torchattacks, EfficientNet-Lite0 surrogate, "
-          f"{len(images)} images, eps {args.eps:g} px, alpha {args.alpha:g} px, {args.steps} steps, "
-          f"torch threads {torch.get_num_threads()}\n")
+          f"{len(images)} images, eps {args.eps:g} px, alpha {args.alpha:g} px, "
+          f"{args.steps} steps, torch threads {torch.get_num_threads()}\n")
     print(markdown(rows, len(images), args.batch_size))
 
 

@@ -13,7 +13,6 @@ held in memory.
 
 import functools
 import importlib.resources
-import os
 import re
 import warnings
 from dataclasses import dataclass

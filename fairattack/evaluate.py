@@ -84,7 +84,8 @@ def evaluate(victims, images, labels=None, batch_size=64, progress=False):
     images = check_pixels(images)
     labels = np.asarray(labels)
     if labels.ndim != 1 or len(labels) != len(images):
-        raise ValueError(f"labels: expected shape [{len(images)}] (one per image), got {labels.shape}")
+        raise ValueError(f"labels: expected shape [{len(images)}] (one per image), got "
+                         f"{labels.shape}")
     if not np.issubdtype(labels.dtype, np.integer):
         raise TypeError(f"labels: expected integer class indices, got dtype {labels.dtype}")
     if labels.min() < 0:

@@ -1,3 +1,4 @@
+# ruff: noqa: E501  (the corpus is a table: one case per line)
 """A corpus of bad or unusual inputs (issue 6): each raises a clear exception naming the argument
 and what was expected, or gives a correct result. No crash, no hang, no silently wrong number."""
 
