@@ -16,8 +16,12 @@ and divided by 255 for torchattacks; steps -> max_iter; decay -> momentum; torch
 the last iterate and attacks every image, so fairattack runs with setting "fixed" (last iterate)
 and skip_misclassified=0. DI draws its random transforms differently in the two libraries (one
 draw per batch from torch's global RNG there, one per image from a seeded counter-based RNG
-here): compare its statistics, not its pixels. Timings depend on the machine and on what else
-runs on it.
+here): compare its statistics, not its pixels. On EfficientNet the other iterative attacks drift
+apart after the first step for one reason only: torchattacks holds the iterate as [0, 1] float32,
+so the network sees pixel values off by ~1e-5, and sign() turns the gradient values near zero that
+this flips into full steps. With the network fed exact pixels (ExactPixels), PGD, MI-FGSM and TI
+give identical images (tests/test_parity.py). Timings depend on the machine and on what else runs
+on it.
 """
 
 import argparse
@@ -42,6 +46,17 @@ class UnitRange(torch.nn.Module):
 
     def forward(self, x):
         return self.net(x * 255.0)
+
+
+class ExactPixels(UnitRange):
+    """UnitRange whose network sees the exact pixel values: x * 255 rounded to integers (the
+    gradient passes straight through). With integer images, eps and alpha, the sign attacks'
+    iterates are integers, which [0, 1] float32 cannot hold exactly (x/255*255 is off by ~1e-5):
+    this removes that rounding and only that. Not for NI-FGSM, whose look-ahead is fractional."""
+
+    def forward(self, x):
+        pixels = x * 255.0
+        return self.net(pixels + (torch.round(pixels) - pixels).detach())
 
 
 def torchattacks_attack(name, model01, eps, alpha, steps):

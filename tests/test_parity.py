@@ -7,9 +7,9 @@ network behind x * 255, eps/alpha / 255, steps -> max_iter, decay -> momentum, t
 (setting "fixed"), every image attacked (skip_misclassified=0).
 
 Tolerances: the deterministic attacks run the same float32 arithmetic on the same network (the
-small model gives bit-identical images here); a gradient value near 0 may still take the other
-sign under another thread count or kernel, moving that value by up to 2·alpha, so a small share
-of differing values is allowed. DI draws its random resizes differently (one draw per batch
+small model gives bit-identical images); on EfficientNet-Lite0 torchattacks' [0, 1] float32
+iterate (pixels off by ~1e-5) flips the sign of near-zero gradient values, so the plain
+conversion is compared statistically and, with the network fed exact pixels, pixel by pixel. DI draws its random resizes differently (one draw per batch
 from torch's global RNG in torchattacks, one per image from fairattack's seeded per-image RNG):
 its pixels cannot be aligned, so only its statistics are compared.
 """
@@ -69,11 +69,11 @@ def real(lite0, samples_dir):
             "efficientnet-lite0", Path(lite0.source).parent)))
     ds = data.open_dataset(samples_dir)
     images, labels, _ = next(data.iter_batches(ds, 224, batch_size=4))
-    return lite0, parity.UnitRange(net.eval()).eval(), images, labels
+    return lite0, parity.UnitRange(net.eval()).eval(), images, labels, net.eval()
 
 
 def run_both(case, name, steps=10, batch_size=8, seed=0):
-    model, net01, images, labels = case
+    model, net01, images, labels = case[:4]
     return parity.compare(name, model, net01, {"surrogate": model}, images, labels, batch_size,
                           8.0, 2.0, steps, seed=seed)
 
@@ -114,15 +114,25 @@ def test_fgsm_is_identical_on_real_images(real):
 
 @pytest.mark.parametrize("name", ("PGD", "MI-FGSM", "NI-FGSM", "TI"))
 def test_iterative_attacks_agree_on_real_images(real, name):
-    # On EfficientNet-Lite0 the iterative attacks drift apart after the first step: LibTorch
-    # (fairattack's shim) and eager PyTorch round the network's gradients differently in their
-    # last bits, and sign() turns every near-zero gradient value into a full step either way.
-    # fairattack alone is stable (same images for another batch size or for x/255*255), so the
-    # honest check is statistical: same strength, same direction on the whole, same success.
+    # On EfficientNet-Lite0 the iterative attacks drift apart after the first step: torchattacks
+    # holds the iterate as [0, 1] float32, so the network sees pixel values off by ~1e-5, and
+    # sign() turns every gradient value near zero that this flips into a full step. The honest
+    # check of the plain conversion is statistical: same strength, same direction on the whole,
+    # same success on the surrogate...
     row = run_both(real, name, steps=5, batch_size=4)
     assert row["rmse_fa"] == pytest.approx(row["rmse_ta"], rel=0.02), row
-    assert row["cosine"] >= 0.7, row
+    assert row["cosine"] >= 0.5, row
     assert abs(row["asr_fa_surrogate"] - row["asr_ta_surrogate"]) <= 0.25, row
+
+
+@pytest.mark.parametrize("name", ("PGD", "MI-FGSM", "TI"))
+def test_iterative_attacks_are_identical_with_exact_pixels(real, name):
+    # ...and once the network sees exact pixel values (the only difference removed), the
+    # images are identical. Not NI-FGSM: its look-ahead point is fractional by design.
+    model, _, images, labels, net = real
+    row = parity.compare(name, model, parity.ExactPixels(net).eval(), {}, images, labels, 4,
+                         8.0, 2.0, 5)
+    assert row["values_differ"] <= 1e-4 and row["identical"] >= 3, row
 
 
 def test_di_matches_in_distribution_on_real_images(real):
