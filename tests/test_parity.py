@@ -9,9 +9,10 @@ network behind x * 255, eps/alpha / 255, steps -> max_iter, decay -> momentum, t
 Tolerances: the deterministic attacks run the same float32 arithmetic on the same network (the
 small model gives bit-identical images); on EfficientNet-Lite0 torchattacks' [0, 1] float32
 iterate (pixels off by ~1e-5) flips the sign of near-zero gradient values, so the plain
-conversion is compared statistically and, with the network fed exact pixels, pixel by pixel. DI draws its random resizes differently (one draw per batch
-from torch's global RNG in torchattacks, one per image from fairattack's seeded per-image RNG):
-its pixels cannot be aligned, so only its statistics are compared.
+conversion is compared statistically and, with the network fed exact pixels, pixel by pixel.
+DI draws its random resizes differently (one draw per batch from torch's global RNG in
+torchattacks, one per image from fairattack's seeded per-image RNG): its pixels cannot be
+aligned, so only its statistics are compared.
 """
 
 import importlib.util
