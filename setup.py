@@ -4,10 +4,14 @@ torch), the CPython module and, when nvcc and a CUDA build of torch are present,
 Build against the installed torch, without build isolation:
     pip install --no-build-isolation .
 FAIRATTACK_CUDA=0 forces a CPU-only build, =1 requires CUDA, unset = auto.
+The kernels are built for every GPU architecture torch was built for (TORCH_CUDA_ARCH_LIST, e.g.
+"8.0 9.0+PTX", overrides it), plus PTX of the newest for later GPUs, and use torch's shared CUDA
+runtime (one runtime in the process).
 """
 
 import glob
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -21,10 +25,67 @@ from torch.utils import cpp_extension
 C_FLAGS = ["-std=c11", "-O3", "-ffp-contract=off", "-Wall", "-Wextra", "-Wshadow", "-Wstrict-prototypes", "-Werror"]
 CXX_FLAGS = ["-std=c++20", "-O3", "-Wall", "-Wextra", "-Werror",
              f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}"]
-NVCC_FLAGS = ["-std=c++17", "-O3", "--compiler-options", "-fPIC,-Wall,-Wextra,-Werror",
-              "-gencode", "arch=compute_80,code=sm_80",
-              "-gencode", "arch=compute_90,code=sm_90",
-              "-gencode", "arch=compute_90,code=compute_90"]
+NVCC_FLAGS = ["-std=c++17", "-O3", "--compiler-options", "-fPIC,-Wall,-Wextra,-Werror"]
+FALLBACK_ARCHS = ["7.0", "7.5", "8.0", "8.6", "9.0"]  # torch without an arch list: sm_70..sm_90
+
+
+def _arch_numbers(text):
+    """"8.0 8.6+PTX;9.0" or "sm_80 sm_86 compute_90" -> ([80, 86, 90], PTX wanted)."""
+    archs, ptx = [], False
+    for item in re.split(r"[\s;,]+", text.strip()):
+        match = re.fullmatch(r"(?:sm_|compute_)?(\d+)\.?(\d)?([a-z]?)(\+PTX)?", item)
+        if not match:
+            continue
+        major, minor = match.group(1), match.group(2)
+        number = int(major + minor) if minor is not None else int(major)
+        ptx |= bool(match.group(4)) or item.startswith("compute_")
+        if number not in archs:  # sm_90a-style variants: the plain sm_90 runs everywhere
+            archs.append(number)
+    return sorted(archs), ptx
+
+
+def cuda_arch_flags(nvcc):
+    """-gencode flags for the architectures torch supports: TORCH_CUDA_ARCH_LIST, else torch's
+    own build list (torch.cuda.get_arch_list() is empty without a GPU, _cuda_getArchFlags is
+    not), else sm_70..sm_90; those nvcc cannot build are dropped; PTX of the newest is added."""
+    listed = os.environ.get("TORCH_CUDA_ARCH_LIST") or ""
+    if not listed:
+        get_flags = getattr(torch._C, "_cuda_getArchFlags", None)
+        listed = (get_flags() if get_flags else None) or " ".join(FALLBACK_ARCHS)
+    archs, _ = _arch_numbers(listed)
+    try:
+        supported = subprocess.run([nvcc, "--list-gpu-arch"], capture_output=True, text=True,
+                                   check=True).stdout
+        can_build = set(_arch_numbers(supported)[0])
+    except (OSError, subprocess.CalledProcessError):
+        can_build = set(archs)
+    dropped = [a for a in archs if a not in can_build]
+    archs = [a for a in archs if a in can_build]
+    if dropped:
+        print(f"fairattack: nvcc cannot build sm_{', sm_'.join(map(str, dropped))}; skipped")
+    if not archs:
+        sys.exit(f"fairattack: no CUDA architecture to build (wanted {listed!r}, nvcc supports "
+                 f"{sorted(can_build)}); set TORCH_CUDA_ARCH_LIST")
+    flags = []
+    for a in archs:
+        flags += ["-gencode", f"arch=compute_{a},code=sm_{a}"]
+    flags += ["-gencode", f"arch=compute_{archs[-1]},code=compute_{archs[-1]}"]
+    names = [f"sm_{a}" for a in archs] + [f"compute_{archs[-1]}"]
+    return flags + [f"-DFA_CUDA_ARCHS={'/'.join(names)}"]
+
+
+def torch_cudart():
+    """(folder, file) of the shared CUDA runtime torch loads (pip's nvidia/*/lib or torch/lib),
+    or None: the extension links that very library, so the process has one CUDA runtime."""
+    torch_dir = os.path.dirname(torch.__file__)
+    major = (torch.version.cuda or "").split(".")[0]
+    patterns = [os.path.join(torch_dir, "lib", "libcudart*.so*"),
+                os.path.join(os.path.dirname(torch_dir), "nvidia", "*", "lib", "libcudart.so*")]
+    for pattern in patterns:
+        for path in sorted(glob.glob(pattern)):
+            if re.search(rf"libcudart(-[0-9a-f]+)?\.so\.{major}(\.|$)", os.path.basename(path)):
+                return os.path.dirname(path), os.path.basename(path)
+    return None
 
 
 def want_cuda():
@@ -75,23 +136,35 @@ core = sorted(glob.glob("csrc/core/*.c"))
 sources = ["csrc/python/module.c", "csrc/torch/fa_torch.cpp"]
 libraries = ["c10", "torch", "torch_cpu"]
 library_dirs = list(TORCH_LIB)
+link_args = ["-Wl,-rpath,$ORIGIN/../torch/lib"]
+runtime_dirs = list(TORCH_LIB)
+macros = [("NPY_NO_DEPRECATED_API", "NPY_1_20_API_VERSION")]
 if NVCC:
     core = [s for s in core if not s.endswith("no_cuda.c")]
     sources += sorted(glob.glob("csrc/cuda/*.cu"))
     sources = [s for s in sources if not os.path.basename(s).startswith("test_")]
-    cuda_lib = os.path.join(os.path.dirname(os.path.dirname(NVCC)), "lib64")
-    libraries += ["cudart_static", "rt", "dl", "pthread"]
-    library_dirs.append(cuda_lib)
+    NVCC_FLAGS += cuda_arch_flags(NVCC)
+    macros.append(("FA_WITH_CUDA", "1"))
+    cudart = torch_cudart()
+    if cudart:  # torch's own libcudart.so.N: found again at run time next to torch
+        folder, name = cudart
+        site = os.path.dirname(os.path.dirname(torch.__file__))
+        library_dirs.append(folder)
+        runtime_dirs.append(folder)
+        link_args += [f"-l:{name}", f"-Wl,-rpath,$ORIGIN/../{os.path.relpath(folder, site)}"]
+    else:  # a torch linked to the system CUDA: the toolkit's shared runtime
+        library_dirs.append(os.path.join(os.path.dirname(os.path.dirname(NVCC)), "lib64"))
+        libraries.append("cudart")
 
 ext = Extension(
     "fairattack._core",
     sources=core + sources,
     include_dirs=["csrc/include", "csrc/core", "csrc/torch", numpy.get_include(), *TORCH_INC],
-    define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_20_API_VERSION")],
+    define_macros=macros,
     library_dirs=library_dirs,
     libraries=libraries,
-    runtime_library_dirs=list(TORCH_LIB),
-    extra_link_args=["-Wl,-rpath,$ORIGIN/../torch/lib"],
+    runtime_library_dirs=runtime_dirs,
+    extra_link_args=link_args,
     language="c++",
 )
 

@@ -4,7 +4,8 @@
 
 Both sides run `steps` gradient steps on the same images: the plain loop is the minimum any
 attack needs (forward, backward, update, projection in torch); fairattack adds the C core's
-bookkeeping, the NHWC<->NCHW copies of the shim and one forward-only loss evaluation at the end.
+bookkeeping and one forward-only loss evaluation at the end (the shim hands the model the NHWC
+images as channels_last memory, without a copy).
 The ratio is what the library costs on top of the model.
 """
 

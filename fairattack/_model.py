@@ -14,18 +14,39 @@ from ._validate import check_pixels, images_f32, labels_i64, positive_int
 _DEVICES = {"cpu": _core.DEVICE_CPU, "cuda": _core.DEVICE_CUDA}
 
 
-def _device_index(device):
-    name = str(device).split(":")[0].lower()
-    if name not in _DEVICES:
-        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
-    if name == "cuda":
-        import torch
+def _parse_device(device):
+    """"cpu", "cuda" (torch's current GPU), "cuda:N" or a torch.device -> (kind, GPU ordinal or
+    -1, canonical name "cpu" / "cuda:N"). ValueError for a malformed device or a GPU torch does
+    not see, RuntimeError without CUDA."""
+    text = str(device).strip().lower()
+    name, _, number = text.partition(":")
+    if name not in _DEVICES or (name == "cpu" and number not in ("", "0")):
+        raise ValueError(f"device must be 'cpu' or 'cuda' (or 'cuda:N'), got {device!r}")
+    if name == "cpu":
+        return _DEVICES["cpu"], -1, "cpu"
+    if number and not number.isdigit():
+        raise ValueError(f"device={device!r}: the GPU number after 'cuda:' must be an integer "
+                         ">= 0")
+    import torch
 
-        if not torch.cuda.is_available():
-            raise RuntimeError("device='cuda' requested but no CUDA device is available")
-        # without fairattack's CUDA kernels the model still runs on the GPU; the attack's own
-        # state then lives on the host (see attack())
-    return _DEVICES[name]
+    if not torch.cuda.is_available():
+        raise RuntimeError(f"device={device!r} requested but no CUDA device is available")
+    count = torch.cuda.device_count()
+    index = int(number) if number else torch.cuda.current_device()
+    if index >= count:
+        raise ValueError(f"device={device!r}: torch sees {count} CUDA device"
+                         f"{'s' if count != 1 else ''} (cuda:0 to cuda:{count - 1})")
+    # without fairattack's CUDA kernels the model still runs on the GPU; the attack's own
+    # state then lives on the host (see Model._attack_device)
+    return _DEVICES["cuda"], index, f"cuda:{index}"
+
+
+def _device_index(device):
+    """The device kind (_core.DEVICE_CPU or DEVICE_CUDA) of a device name; see _parse_device."""
+    return _parse_device(device)[0]
+
+
+_CHECKED_GPUS = set()  # GPU ordinals on which fairattack's CUDA kernels are known to run
 
 
 class Model:
@@ -40,6 +61,22 @@ class Model:
 
     def __repr__(self):
         return f"Model(name={self.name!r}, device={self.device!r})"
+
+    @property
+    def device_index(self):
+        """The GPU ordinal of a CUDA model (cuda:N), -1 on the CPU."""
+        return self._core.index
+
+    def _attack_device(self):
+        """Where fa.attack keeps its state: on the model's GPU when fairattack's CUDA kernels are
+        built and run there (checked once per GPU: RuntimeError if they have no image for it),
+        else on the host."""
+        if self._core.device != _core.DEVICE_CUDA or not _core.cuda_available():
+            return _core.DEVICE_CPU
+        if self.device_index not in _CHECKED_GPUS:
+            _core.cuda_check_device(self.device_index)
+            _CHECKED_GPUS.add(self.device_index)
+        return _core.DEVICE_CUDA
 
     def num_classes(self, height=224, width=224):
         """Number of classes K (one forward of a zero image of that size, cached). A model that
@@ -121,17 +158,18 @@ def load_model(source, device="cpu", name=None):
     on a 224x224 input if scripting fails; a copy is compiled, the module itself is left as it
     was). The model takes float NCHW RGB in [0, 255] and returns logits [N, K]; wrap a plain
     network with `fairattack.models.ImageNetWrapper` to bake in resizing and normalisation.
-    device: "cpu" or "cuda".
+    device: "cpu", "cuda" (torch's current GPU) or "cuda:N"; the model then runs there whatever
+    device the calling thread has current.
     """
-    index = _device_index(device)
+    kind, index, device_name = _parse_device(device)
     if isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
         if not os.path.exists(path):
             raise FileNotFoundError(f"model file {path!r} does not exist")
-        core = _core.Model(path, index)
+        core = _core.Model(path, kind, index)
         default_name = os.path.splitext(os.path.basename(path))[0]
     elif isinstance(source, (bytes, bytearray)):
-        core = _core.Model(bytes(source), index)
+        core = _core.Model(bytes(source), kind, index)
         default_name = "model"
     else:
         import torch
@@ -153,6 +191,6 @@ def load_model(source, device="cpu", name=None):
                         module = torch.jit.trace(module, torch.zeros(1, 3, 224, 224))
             buffer = io.BytesIO()
             torch.jit.save(module, buffer)
-        core = _core.Model(buffer.getvalue(), index)
+        core = _core.Model(buffer.getvalue(), kind, index)
         default_name = type(source).__name__
-    return Model(core, name or default_name, "cuda" if index else "cpu", source)
+    return Model(core, name or default_name, device_name, source)

@@ -7,7 +7,7 @@ import os
 import numpy as np
 
 from . import _core
-from ._model import Model, _device_index
+from ._model import Model
 from ._validate import check_pixels, images_f32, is_integral, labels_i64, positive_int
 from .settings import OPTIMIZERS, core_config, default_setting, make_config, transform_of
 
@@ -124,14 +124,14 @@ def measure(adv, clean):
 ACTIVATION_FACTOR = 64
 
 
-def _available_memory(device):
+def _available_memory(model):
     """Free bytes on the model's device, or None when unknown."""
-    if device == "cuda":
+    if str(model.device).startswith("cuda"):
         import torch
 
         try:
-            return int(torch.cuda.mem_get_info()[0])
-        except (RuntimeError, AssertionError):
+            return int(torch.cuda.mem_get_info(max(model.device_index, 0))[0])
+        except (RuntimeError, AssertionError, ValueError):
             return None
     try:
         with open("/proc/meminfo") as f:
@@ -146,19 +146,19 @@ def _available_memory(device):
         return None
 
 
-def _check_memory(device, transform, batch_size, n, height, width):
+def _check_memory(model, transform, batch_size, n, height, width):
     """Refuse a gradient pass that cannot fit: SI runs si_copies scaled copies of the batch in
     one forward, so its memory grows with batch_size × si_copies."""
     copies = max(transform["si_copies"], 1) if transform else 1
     rows = min(batch_size, n) * copies
     need = rows * height * width * 3 * 4 * ACTIVATION_FACTOR
-    free = _available_memory(device)
+    free = _available_memory(model)
     if free is not None and need > free:
         raise MemoryError(
             f"si_copies={copies} x batch_size={min(batch_size, n)} images of {height}x{width} "
             f"need about {need / 2**30:.1f} GiB in one gradient pass (estimate: "
             f"{ACTIVATION_FACTOR}x the float input for activations), more than the "
-            f"{free / 2**30:.1f} GiB available on {device}: lower batch_size or si_copies")
+            f"{free / 2**30:.1f} GiB available on {model.device}: lower batch_size or si_copies")
 
 
 def _is_torch_module(model):
@@ -213,11 +213,9 @@ def attack(model, images, labels, optimizer="Adam", setting=None, *, batch_size=
     n, height, width = images.shape[:3]
     transform = transform_of(cfg)
     if isinstance(model, Model):
-        core, device = model._core, _device_index(model.device)
-        if device == _core.DEVICE_CUDA and not _core.cuda_available():
-            device = _core.DEVICE_CPU  # a CUDA model, attack state on the host
+        core, device = model._core, model._attack_device()  # host state without CUDA kernels
         y = labels_i64(labels, n, model.num_classes(height, width))
-        _check_memory(model.device, transform, batch_size, n, height, width)
+        _check_memory(model, transform, batch_size, n, height, width)
     else:
         if transform is not None:
             given = [k for k in ("di_prob", "si_copies", "ti_kernel") if k in transform

@@ -151,8 +151,10 @@ def reference(net, x, labels, scales=(1.0,)):
 
 def test_load_from_file_and_buffer(driver, models):
     _, paths = models
-    assert call(driver, "load", paths["tiny"], 0)[::2] == ("FA_OK", {"device": "0", "handle_null": "0"})
-    assert call(driver, "loadbuf", paths["tiny"], 0)[::2] == ("FA_OK", {"device": "0", "handle_null": "0"})
+    cpu = {"device": "0", "device_index": "-1", "stream_null": "1", "handle_null": "0"}
+    for verb in ["load", "loadbuf"]:
+        for index in [0, -1]:
+            assert call(driver, verb, paths["tiny"], 0, index)[::2] == ("FA_OK", cpu)
 
 
 @pytest.mark.parametrize(
@@ -187,6 +189,9 @@ def test_bad_device(driver, models):
     _, paths = models
     status, message, _ = call(driver, "load", paths["tiny"], 7)
     assert (status, message) == ("FA_ERR_ARGUMENT", "device=7 must be FA_DEVICE_CPU (0) or FA_DEVICE_CUDA (1)")
+    status, message, values = call(driver, "loadbuf", paths["tiny"], 0, 2)
+    assert (status, message) == ("FA_ERR_ARGUMENT", "device_index=2 must be -1 or 0 for FA_DEVICE_CPU")
+    assert values["handle_null"] == "1"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")
@@ -413,3 +418,48 @@ def test_oracle_adapter_counts_calls(driver, models, tmp_path):
     assert (status, values["calls"]) == ("FA_OK", "3")
     grad = np.fromfile(tmp_path / "grad.bin", dtype=np.float32).reshape(x.shape)
     np.testing.assert_allclose(grad, reference(net, x, labels)[2], rtol=1e-4, atol=1e-8)
+
+
+class Counting(torch.nn.Module):
+    """TinyNet that prints one line per forward, so that a test can count the forwards."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = TinyNet()
+
+    def forward(self, x):
+        print("forward_rows=" + str(x.size(0)))
+        return self.net(x)
+
+
+@pytest.mark.parametrize(
+    "outputs, di_prob, forwards",
+    [("none", 1.0, 1), ("loss", 1.0, 2), ("pred", 1.0, 2), ("loss+pred", 1.0, 2),
+     ("none", 0.0, 1), ("loss+pred", 0.0, 1)],
+)
+def test_oracle_skips_the_plain_forward_when_loss_and_pred_are_null(driver, tmp_path, outputs, di_prob, forwards):
+    """The core passes loss = pred = NULL when it needs neither: under DI the gradient pass sees
+    transformed images, and only loss/pred need the extra plain forward."""
+    torch.manual_seed(0)
+    net = Counting().eval()
+    path = save(net, tmp_path / "counting.pt")
+    x, labels = images(3, 10, 10, seed=21), [1, 4, 7]
+    x.tofile(tmp_path / "x.bin")
+    np.asarray(labels, dtype=np.int64).tofile(tmp_path / "labels.bin")
+    out = subprocess.run([str(driver), "oracle", str(path), "3", "10", "10", "3", str(tmp_path), "2", outputs, str(di_prob)],
+                         capture_output=True, text=True, check=True).stdout
+    lines = out.splitlines()
+    assert "FA_OK\t" in lines, out
+    assert lines.count("forward_rows=3") == 2 * forwards, out  # two calls
+    assert "calls=2" in lines
+    grad = np.fromfile(tmp_path / "grad.bin", dtype=np.float32).reshape(x.shape)
+    assert np.isfinite(grad).all() and np.abs(grad).max() > 0
+    logits, loss, plain = reference(net, x, labels)
+    if di_prob == 0:
+        np.testing.assert_allclose(grad, plain, rtol=1e-4, atol=1e-5 * np.abs(plain).max())
+    if "loss" in outputs:  # the plain CE, whatever the transform
+        np.testing.assert_allclose(np.fromfile(tmp_path / "loss.bin", dtype=np.float32), loss, rtol=1e-5)
+    if "pred" in outputs:
+        np.testing.assert_array_equal(np.fromfile(tmp_path / "pred.bin", dtype=np.int64), logits.argmax(1))
+    for name in ["loss", "pred"]:
+        assert (tmp_path / f"{name}.bin").exists() == (name in outputs)

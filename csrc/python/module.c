@@ -14,6 +14,9 @@
 
 #include "fa_torch.h"
 #include "fairattack.h"
+#ifdef FA_WITH_CUDA
+#include "../cuda/fa_cuda_check.h"
+#endif
 
 /* ------------------------------------------------------------------ errors */
 
@@ -188,10 +191,10 @@ static void Model_dealloc(ModelObject *self) {
 }
 
 static int Model_init(ModelObject *self, PyObject *args, PyObject *kwargs) {
-    static char *kwlist[] = {"source", "device", NULL};
+    static char *kwlist[] = {"source", "device", "index", NULL};
     PyObject *source;
-    int device = FA_DEVICE_CPU;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|i", kwlist, &source, &device))
+    int device = FA_DEVICE_CPU, index = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|ii", kwlist, &source, &device, &index))
         return -1;
     fa_model *model = NULL;
     fa_status s;
@@ -200,14 +203,14 @@ static int Model_init(ModelObject *self, PyObject *args, PyObject *kwargs) {
         Py_ssize_t size;
         if (PyBytes_AsStringAndSize(source, &data, &size) < 0)
             return -1;
-        Py_BEGIN_ALLOW_THREADS s = fa_model_load_buffer(data, (size_t)size, device, &model);
+        Py_BEGIN_ALLOW_THREADS s = fa_model_load_buffer(data, (size_t)size, device, index, &model);
         Py_END_ALLOW_THREADS
     } else {
         PyObject *path = NULL;
         if (!PyUnicode_FSConverter(source, &path))
             return -1;
         const char *p = PyBytes_AS_STRING(path);
-        Py_BEGIN_ALLOW_THREADS s = fa_model_load(p, device, &model);
+        Py_BEGIN_ALLOW_THREADS s = fa_model_load(p, device, index, &model);
         Py_END_ALLOW_THREADS Py_DECREF(path);
     }
     if (s != FA_OK) {
@@ -295,6 +298,11 @@ static PyObject *Model_get_device(ModelObject *self, void *closure) {
     return PyLong_FromLong(self->device);
 }
 
+static PyObject *Model_get_index(ModelObject *self, void *closure) {
+    (void)closure;
+    return PyLong_FromLong(fa_model_device_index(self->model));
+}
+
 static PyMethodDef Model_methods[] = {
     {"num_classes", (PyCFunction)Model_num_classes, METH_VARARGS,
      "num_classes(h, w, c) -> K, from one forward of a zero image"},
@@ -305,6 +313,7 @@ static PyMethodDef Model_methods[] = {
 
 static PyGetSetDef Model_getset[] = {
     {"device", (getter)Model_get_device, NULL, "0: cpu, 1: cuda", NULL},
+    {"index", (getter)Model_get_index, NULL, "the GPU ordinal of a cuda model, -1 on the cpu", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -541,7 +550,14 @@ static PyObject *py_attack(PyObject *self, PyObject *args) {
                      PyArray_DATA(cpred), PyArray_DATA(iters), PyArray_DATA(alpha),
                      PyArray_DATA(status)};
     int64_t dim = (int64_t)shape[1] * shape[2] * shape[3];
-    fa_status s;
+    fa_status s = FA_OK;
+    /* the core's kernels on the model's GPU and torch's current stream there (this thread) */
+    if (device == FA_DEVICE_CUDA &&
+        (s = fa_cuda_set_context(fa_model_device_index(mo.model),
+                                 fa_model_cuda_stream(mo.model))) != FA_OK) {
+        raise_status(s);
+        goto done;
+    }
     Py_BEGIN_ALLOW_THREADS s = fa_attack(&cfg, device, n, dim, PyArray_DATA(x),
                                          PyArray_DATA(labels), &oracle, &out);
     Py_END_ALLOW_THREADS if (s != FA_OK) {
@@ -716,6 +732,20 @@ static PyObject *py_cuda_available(PyObject *self, PyObject *noargs) {
     return PyBool_FromLong(fa_cuda_available());
 }
 
+#ifdef FA_WITH_CUDA
+/* cuda_check_device(index) -> None, or RuntimeError when the kernels have no image for it. */
+static PyObject *py_cuda_check_device(PyObject *self, PyObject *arg) {
+    (void)self;
+    int index = (int)PyLong_AsLong(arg);
+    if (index == -1 && PyErr_Occurred())
+        return NULL;
+    fa_status s;
+    Py_BEGIN_ALLOW_THREADS s = fa_cuda_check_device(index);
+    Py_END_ALLOW_THREADS if (s != FA_OK) return raise_status(s);
+    Py_RETURN_NONE;
+}
+#endif
+
 /* ------------------------------------------------------------------ module */
 
 static PyMethodDef module_methods[] = {
@@ -730,6 +760,10 @@ static PyMethodDef module_methods[] = {
     {"match_rmse", py_match_rmse, METH_VARARGS,
      "match_rmse(clean, adv, target[N], eps, mode, tol) -> (matched, reached, scale, rmse); "
      "mode MATCH_FLOAT, MATCH_UINT8 or MATCH_UINT8_AT_MOST"},
+#ifdef FA_WITH_CUDA
+    {"cuda_check_device", py_cuda_check_device, METH_O,
+     "cuda_check_device(index): RuntimeError unless the CUDA kernels run on that GPU"},
+#endif
     {NULL, NULL, 0, NULL},
 };
 

@@ -8,6 +8,8 @@
  */
 #include "fa_torch.h"
 
+#include <c10/core/DeviceGuard.h>
+#include <c10/core/impl/DeviceGuardImplInterface.h>
 #include <torch/csrc/autograd/autograd.h>
 #include <torch/cuda.h>
 #include <torch/script.h>
@@ -28,9 +30,11 @@
 
 struct fa_model {
     torch::jit::Module module;
-    int device; /* fa_device */
-    std::mutex mutex; /* guards classes */
+    int device;       /* fa_device */
+    int device_index; /* the GPU ordinal; -1 on the CPU */
+    std::mutex mutex; /* guards classes and taps */
     std::map<std::tuple<int64_t, int64_t, int64_t>, int64_t> classes; /* (h, w, c) -> K */
+    std::map<int, at::Tensor> taps; /* TI kernel size -> its 1-D Gaussian on the model's device */
 };
 
 namespace {
@@ -72,32 +76,54 @@ template <typename Body> fa_status guarded(const char *where, Body &&body) noexc
 
 long long ll(int64_t v) { return static_cast<long long>(v); }
 
-fa_status check_device(int device) {
+fa_status check_device(int device, int index) {
     if (device != FA_DEVICE_CPU && device != FA_DEVICE_CUDA)
         return fa_set_error(FA_ERR_ARGUMENT,
                             "device=%d must be FA_DEVICE_CPU (0) or FA_DEVICE_CUDA (1)", device);
-    if (device == FA_DEVICE_CUDA && !torch::cuda::is_available())
+    if (device == FA_DEVICE_CPU) {
+        if (index != -1 && index != 0)
+            return fa_set_error(FA_ERR_ARGUMENT,
+                                "device_index=%d must be -1 or 0 for FA_DEVICE_CPU", index);
+        return FA_OK;
+    }
+    if (!torch::cuda::is_available())
         return fa_set_error(FA_ERR_NO_CUDA,
                             "device='cuda' requested but no CUDA device is available");
+    const int count = static_cast<int>(torch::cuda::device_count());
+    if (index < 0 || index >= count)
+        return fa_set_error(FA_ERR_ARGUMENT,
+                            "device_index=%d out of range: torch sees %d CUDA device%s [0, %d)",
+                            index, count, count == 1 ? "" : "s", count);
     return FA_OK;
 }
 
-torch::Device torch_device(int device) {
-    return device == FA_DEVICE_CUDA ? torch::Device(torch::kCUDA, 0) : torch::Device(torch::kCPU);
+torch::Device torch_device(int device, int index) {
+    return device == FA_DEVICE_CUDA
+               ? torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(index))
+               : torch::Device(torch::kCPU);
 }
 
-torch::TensorOptions floats_on(int device) {
-    return torch::TensorOptions().dtype(torch::kFloat).device(torch_device(device));
+torch::Device torch_device(const fa_model *model) {
+    return torch_device(model->device, model->device_index);
 }
 
-/* Wraps a loaded module into a new handle: eval mode, parameters frozen. */
-fa_status adopt(torch::jit::Module module, int device, fa_model **out) {
+torch::TensorOptions floats_on(const torch::Device &device) {
+    return torch::TensorOptions().dtype(torch::kFloat).device(device);
+}
+
+/* Wraps a loaded module into a new handle: eval mode, parameters frozen; on CUDA the 4-D
+ * (convolution) weights become channels_last once, the layout of every input. */
+fa_status adopt(torch::jit::Module module, int device, int index, fa_model **out) {
     module.eval();
-    for (at::Tensor parameter : module.parameters())
+    for (at::Tensor parameter : module.parameters()) {
         parameter.requires_grad_(false);
+        if (device == FA_DEVICE_CUDA && parameter.dim() == 4)
+            parameter.set_data(parameter.contiguous(at::MemoryFormat::ChannelsLast));
+    }
     fa_model *model = new fa_model();
     model->module = std::move(module);
     model->device = device;
+    model->device_index = device == FA_DEVICE_CUDA ? index : -1;
     *out = model;
     return FA_OK;
 }
@@ -108,9 +134,15 @@ std::string describe(const at::Tensor &t) {
     return text.str();
 }
 
-/* One forward of input (NCHW, `rows` images); *logits is the checked [rows, K] output. */
+/* One forward of input (NCHW, `rows` images); *logits is the checked [rows, K] output. The
+ * input may be the caller's own memory: a model that writes into it is an error. */
 fa_status forward(fa_model *model, const at::Tensor &input, int64_t rows, at::Tensor *logits) {
+    const bool tracked = !input.is_inference(); /* inference tensors have no version */
+    const auto version = tracked ? input._version() : 0;
     const c10::IValue output = model->module.forward({input});
+    if (tracked && input._version() != version)
+        return fa_set_error(FA_ERR_MODEL, "the model modified its input in place (e.g. x.div_() "
+                            "in forward): use out-of-place operations (x = x / 255)");
     if (!output.isTensor())
         return fa_set_error(FA_ERR_MODEL,
                             "model output must be logits of shape [N, classes]; got a %s, not a "
@@ -126,10 +158,21 @@ fa_status forward(fa_model *model, const at::Tensor &input, int64_t rows, at::Te
     return FA_OK;
 }
 
-/* -log softmax(logits)[label] per row, in float32. */
+/* Rows whose logits are all finite. */
+at::Tensor finite_rows(const at::Tensor &logits) { return at::isfinite(logits).all(1); }
+
+/* -log softmax(logits)[label] per row, in float32; NaN for a row with a non-finite logit. */
 at::Tensor cross_entropy(const at::Tensor &logits, const at::Tensor &labels) {
     const at::Tensor log_p = at::log_softmax(logits.to(torch::kFloat), 1);
     return -log_p.gather(1, labels.unsqueeze(1)).squeeze(1);
+}
+
+/* The labels (host) on `device`; a CUDA copy goes through pinned memory without blocking. */
+at::Tensor labels_on(const int64_t *labels, int64_t n, const torch::Device &device) {
+    const at::Tensor host = torch::from_blob(const_cast<int64_t *>(labels), {n}, torch::kLong);
+    if (device.is_cpu())
+        return host;
+    return host.pin_memory().to(device, /*non_blocking=*/true);
 }
 
 bool transform_is_off(const fa_transform &t) {
@@ -223,10 +266,10 @@ at::Tensor diverse(const at::Tensor &input, int64_t n, const fa_transform &t,
     return at::cat(parts);
 }
 
-/* TI: depthwise convolution of the NCHW gradient with a normalised k x k Gaussian
- * (sigma = (k - 1) / 6, zero padding k / 2), done as two separable 1-D passes. */
-at::Tensor smooth(const at::Tensor &g, int k) {
-    const int64_t c = g.size(1), half = k / 2;
+/* The normalised 1-D Gaussian of TI (k taps, sigma = (k - 1) / 6), a float tensor on the
+ * host. */
+at::Tensor gaussian_taps(int k) {
+    const int64_t half = k / 2;
     const double sigma = (k - 1) / 6.0; /* the kernel spans +-3 sigma, as the reference code */
     std::vector<float> taps(static_cast<size_t>(k));
     double sum = 0.0;
@@ -237,7 +280,27 @@ at::Tensor smooth(const at::Tensor &g, int k) {
     }
     for (float &tap : taps)
         tap = static_cast<float>(tap / sum);
-    const at::Tensor line = torch::from_blob(taps.data(), {k}, torch::kFloat).to(g.device());
+    return torch::from_blob(taps.data(), {k}, torch::kFloat).clone();
+}
+
+/* TI: depthwise convolution of the NCHW gradient with a normalised k x k Gaussian
+ * (sigma = (k - 1) / 6, zero padding k / 2), done as two separable 1-D passes. The taps are built
+ * once per model and size, so that no call copies them to the GPU (a stream synchronisation). */
+at::Tensor smooth(fa_model *model, const at::Tensor &g, int k) {
+    const int64_t c = g.size(1);
+    at::Tensor line;
+    {
+        std::lock_guard<std::mutex> lock(model->mutex);
+        const auto found = model->taps.find(k);
+        if (found != model->taps.end())
+            line = found->second;
+    }
+    if (!line.defined()) {
+        line = gaussian_taps(k).to(g.device());
+        std::lock_guard<std::mutex> lock(model->mutex);
+        model->taps[k] = line;
+    }
+    const int64_t half = k / 2;
     const at::Tensor vertical = line.view({1, 1, k, 1}).expand({c, 1, k, 1}).contiguous();
     const at::Tensor horizontal = line.view({1, 1, 1, k}).expand({c, 1, 1, k}).contiguous();
     const std::vector<int64_t> one{1, 1}, pad_rows{half, 0}, pad_cols{0, half};
@@ -245,11 +308,16 @@ at::Tensor smooth(const at::Tensor &g, int k) {
     return at::conv2d(once, horizontal, std::nullopt, one, pad_cols, one, c);
 }
 
+
 /*
- * The gradient pass: *gradient (NCHW) = d sum_i CE_i / d x over the transformed inputs, and
- * *logits the plain logits at x when the transformed pass does not already give them.
+ * The gradient pass on x_nhwc (NHWC, on the model's device, possibly the caller's memory):
+ * *gradient = d sum_i CE_i / d x over the transformed inputs, as an NCHW tensor whose memory
+ * is NHWC (channels_last), and *logits the plain logits at x when the transformed pass gives
+ * them (no DI). The model sees x as a channels_last NCHW view of the caller's memory: no copy.
+ * Autograd never writes into a leaf, and a model that writes into its input fails (a leaf that
+ * requires grad cannot be modified in place).
  */
-fa_status gradient_pass(fa_model *model, const at::Tensor &x_nchw, int64_t n,
+fa_status gradient_pass(fa_model *model, const at::Tensor &x_nhwc, int64_t n,
                         const int64_t *labels, int64_t k_expected, bool want_k,
                         const fa_transform *transform, const int64_t *index, int64_t call,
                         at::Tensor *gradient, at::Tensor *logits) {
@@ -258,12 +326,13 @@ fa_status gradient_pass(fa_model *model, const at::Tensor &x_nchw, int64_t n,
     const int copies = std::max(t.si_copies, 1);
     const bool di = t.di_prob > 0.0f;
 
-    const at::Tensor leaf = x_nchw.clone(at::MemoryFormat::Contiguous).requires_grad_(true);
-    at::Tensor input = leaf;
+    const at::Tensor leaf = x_nhwc.detach().requires_grad_(true);
+    const at::Tensor x = leaf.permute({0, 3, 1, 2});
+    at::Tensor input = x;
     if (copies > 1) {
-        std::vector<at::Tensor> scaled{leaf};
+        std::vector<at::Tensor> scaled{x};
         for (int i = 1; i < copies; i++)
-            scaled.push_back(leaf * std::ldexp(1.0, -i));
+            scaled.push_back(x * std::ldexp(1.0, -i));
         input = at::cat(scaled);
     }
     if (di)
@@ -281,18 +350,17 @@ fa_status gradient_pass(fa_model *model, const at::Tensor &x_nchw, int64_t n,
     if (status != FA_OK)
         return status;
 
-    at::Tensor y = torch::from_blob(const_cast<int64_t *>(labels), {n}, torch::kLong)
-                       .to(out.device());
+    at::Tensor y = labels_on(labels, n, out.device());
     if (copies > 1)
         y = y.repeat({copies});
     const at::Tensor total = cross_entropy(out, y).sum();
-    *gradient = torch::autograd::grad({total}, {leaf})[0];
+    *gradient = torch::autograd::grad({total}, {leaf})[0].permute({0, 3, 1, 2});
 
     torch::NoGradGuard no_grad;
     if (copies > 1)
         gradient->div_(copies);
     if (t.ti_kernel > 1)
-        *gradient = smooth(*gradient, t.ti_kernel);
+        *gradient = smooth(model, *gradient, t.ti_kernel);
     if (!di)
         *logits = out.narrow(0, 0, n).detach(); /* copy 0 is the plain x */
     return FA_OK;
@@ -308,14 +376,14 @@ void copy_out(void *dst, at::IntArrayRef sizes, torch::TensorOptions options,
 
 extern "C" {
 
-fa_status fa_model_load(const char *path, int device, fa_model **out) {
+fa_status fa_model_load(const char *path, int device, int device_index, fa_model **out) {
     return guarded("fa_model_load", [&]() -> fa_status {
         if (out == nullptr)
             return fa_set_error(FA_ERR_ARGUMENT, "out is NULL");
         *out = nullptr;
         if (path == nullptr)
             return fa_set_error(FA_ERR_ARGUMENT, "path is NULL");
-        fa_status status = check_device(device);
+        fa_status status = check_device(device, device_index);
         if (status != FA_OK)
             return status;
         std::error_code code;
@@ -326,43 +394,65 @@ fa_status fa_model_load(const char *path, int device, fa_model **out) {
             return fa_set_error(FA_ERR_IO, "model file '%s' is a directory", path);
         if (!std::ifstream(path, std::ios::binary))
             return fa_set_error(FA_ERR_IO, "model file '%s' cannot be read", path);
+        const c10::InferenceMode not_inference(false); /* parameters usable by autograd */
+        const torch::Device target = torch_device(device, device_index);
+        const c10::DeviceGuard on_device(target);
         torch::jit::Module module;
         try {
-            module = torch::jit::load(path, torch_device(device));
+            module = torch::jit::load(path, target);
         } catch (const std::exception &e) {
             return fa_set_error(FA_ERR_IO, "cannot load TorchScript model from '%s': %s", path,
                                 message_of(e).c_str());
         }
-        return adopt(std::move(module), device, out);
+        return adopt(std::move(module), device, device_index, out);
     });
 }
 
-fa_status fa_model_load_buffer(const void *data, size_t size, int device, fa_model **out) {
+fa_status fa_model_load_buffer(const void *data, size_t size, int device, int device_index,
+                               fa_model **out) {
     return guarded("fa_model_load_buffer", [&]() -> fa_status {
         if (out == nullptr)
             return fa_set_error(FA_ERR_ARGUMENT, "out is NULL");
         *out = nullptr;
         if (data == nullptr)
             return fa_set_error(FA_ERR_ARGUMENT, "data is NULL");
-        fa_status status = check_device(device);
+        fa_status status = check_device(device, device_index);
         if (status != FA_OK)
             return status;
+        const c10::InferenceMode not_inference(false);
+        const torch::Device target = torch_device(device, device_index);
+        const c10::DeviceGuard on_device(target);
         std::istringstream stream(std::string(static_cast<const char *>(data), size));
         torch::jit::Module module;
         try {
-            module = torch::jit::load(stream, torch_device(device));
+            module = torch::jit::load(stream, target);
         } catch (const std::exception &e) {
             return fa_set_error(FA_ERR_IO,
                                 "cannot load TorchScript model from a buffer of %zu bytes: %s",
                                 size, message_of(e).c_str());
         }
-        return adopt(std::move(module), device, out);
+        return adopt(std::move(module), device, device_index, out);
     });
 }
 
 void fa_model_free(fa_model *model) { delete model; }
 
 int fa_model_device(const fa_model *model) { return model != nullptr ? model->device : -1; }
+
+int fa_model_device_index(const fa_model *model) {
+    return model != nullptr ? model->device_index : -1;
+}
+
+void *fa_model_cuda_stream(const fa_model *model) {
+    if (model == nullptr || model->device != FA_DEVICE_CUDA)
+        return nullptr;
+    try { /* through c10's device-generic interface: no CUDA headers in the shim */
+        const torch::Device device = torch_device(model);
+        return c10::impl::getDeviceGuardImpl(device.type())->getStream(device).native_handle();
+    } catch (...) {
+        return nullptr; /* cannot happen for a loaded CUDA model; nothing may cross the boundary */
+    }
+}
 
 fa_status fa_model_num_classes(fa_model *model, int64_t h, int64_t w, int64_t c, int64_t *k) {
     return guarded("fa_model_num_classes", [&]() -> fa_status {
@@ -383,8 +473,10 @@ fa_status fa_model_num_classes(fa_model *model, int64_t h, int64_t w, int64_t c,
         }
         at::Tensor logits;
         {
-            c10::InferenceMode inference;
-            const at::Tensor zeros = torch::zeros({1, c, h, w}, floats_on(model->device));
+            const c10::DeviceGuard on_device(torch_device(model));
+            const c10::InferenceMode inference;
+            const at::Tensor zeros =
+                torch::zeros({1, h, w, c}, floats_on(torch_device(model))).permute({0, 3, 1, 2});
             const fa_status status = forward(model, zeros, 1, &logits);
             if (status != FA_OK)
                 return status;
@@ -405,25 +497,38 @@ fa_status fa_model_run(fa_model *model, int64_t n, int64_t h, int64_t w, int64_t
         fa_status status = check_run(model, n, h, w, c, x, labels, want_grad, grad, transform);
         if (status != FA_OK || n == 0)
             return status;
-        const bool cuda = model->device == FA_DEVICE_CUDA;
-        const int io = cuda && device_io ? FA_DEVICE_CUDA : FA_DEVICE_CPU;
-        if (io == FA_DEVICE_CUDA)
-            torch::cuda::synchronize(); /* the caller's writes to x are done, whatever stream */
-        const at::Tensor x_nchw =
-            torch::from_blob(const_cast<float *>(x), {n, h, w, c}, floats_on(io))
-                .to(torch_device(model->device))
-                .permute({0, 3, 1, 2});
+        const bool host_reads = loss != nullptr || logits != nullptr || pred != nullptr;
+        if (!want_grad && !host_reads)
+            return FA_OK; /* nothing asked for */
+        /* The caller's thread may be in torch.no_grad() or torch.inference_mode(): tensors made
+         * here are normal tensors and the gradient pass records its graph. */
+        const c10::InferenceMode not_inference(false);
+        const torch::Device device = torch_device(model);
+        const c10::DeviceGuard on_device(device);
+        const torch::Device io =
+            model->device == FA_DEVICE_CUDA && device_io ? device : torch::Device(torch::kCPU);
+        /* The NHWC buffer is the channels_last memory of the NCHW batch: the model reads it in
+         * place (a copy only to move host images to the GPU). */
+        const at::Tensor x_nhwc =
+            torch::from_blob(const_cast<float *>(x), {n, h, w, c}, floats_on(io)).to(device);
 
-        at::Tensor out, gradient;
+        at::Tensor out;
         if (want_grad) {
-            status = gradient_pass(model, x_nchw, n, labels, k_expected, logits != nullptr,
+            at::Tensor gradient;
+            status = gradient_pass(model, x_nhwc, n, labels, k_expected, logits != nullptr,
                                    transform, index, call, &gradient, &out);
             if (status != FA_OK)
                 return status;
+            /* NCHW over NHWC memory into the caller's NHWC buffer: a plain copy */
+            torch::from_blob(grad, {n, h, w, c}, floats_on(io))
+                .permute({0, 3, 1, 2})
+                .copy_(gradient);
+            if (!host_reads)
+                return FA_OK; /* device grad stays queued on the model's stream */
         }
-        c10::InferenceMode inference;
+        const c10::InferenceMode inference;
         if (!out.defined()) { /* no gradient, or the transformed pass did not see plain x */
-            status = forward(model, x_nchw.clone(at::MemoryFormat::Contiguous), n, &out);
+            status = forward(model, x_nhwc.permute({0, 3, 1, 2}), n, &out);
             if (status != FA_OK)
                 return status;
         }
@@ -437,23 +542,17 @@ fa_status fa_model_run(fa_model *model, int64_t n, int64_t h, int64_t w, int64_t
             status = check_labels(n, labels, k);
             if (status != FA_OK)
                 return status;
-            if (loss != nullptr) {
-                const at::Tensor y = torch::from_blob(const_cast<int64_t *>(labels), {n},
-                                                      host.dtype(torch::kLong))
-                                         .to(out.device());
-                copy_out(loss, {n}, host.dtype(torch::kFloat), cross_entropy(out, y));
-            }
         }
+        /* Copies to pageable host memory wait for the model's stream only. */
+        const at::Tensor nonfinite = finite_rows(out).logical_not();
+        if (loss != nullptr && labels != nullptr)
+            copy_out(loss, {n}, host.dtype(torch::kFloat),
+                     cross_entropy(out, labels_on(labels, n, out.device()))
+                         .masked_fill(nonfinite, std::nanf("")));
         if (logits != nullptr)
             copy_out(logits, {n, k}, host.dtype(torch::kFloat), out);
         if (pred != nullptr)
-            copy_out(pred, {n}, host.dtype(torch::kLong), out.argmax(1));
-        if (want_grad)
-            torch::from_blob(grad, {n, h, w, c}, floats_on(io))
-                .permute({0, 3, 1, 2})
-                .copy_(gradient);
-        if (io == FA_DEVICE_CUDA)
-            torch::cuda::synchronize(); /* grad is in place before the caller reads it */
+            copy_out(pred, {n}, host.dtype(torch::kLong), out.argmax(1).masked_fill(nonfinite, -1));
         return FA_OK;
     });
 }

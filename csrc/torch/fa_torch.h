@@ -7,8 +7,24 @@
  * in fa_last_error(). Only csrc/torch/ includes torch headers.
  *
  * Model convention: input float NCHW RGB in [0, 255]; output logits [N, K]. Callers hand the
- * shim NHWC images (the NumPy layout); the shim permutes. Parameters never require grad; the
- * module is put in eval mode at load.
+ * shim NHWC images (the NumPy layout), which is channels_last memory of the NCHW tensor: the
+ * shim feeds that memory to the model as it is (no permuted copy) and writes the input gradient
+ * straight back into the caller's NHWC buffer. The module is put in eval mode at load, its
+ * parameters never require grad, and on CUDA its 4-D (convolution) weights are converted to
+ * channels_last once. The model must not modify its input in place (FA_ERR_MODEL).
+ *
+ * Grad mode: the shim sets the calling thread's autograd mode itself, so every call works inside
+ * torch.no_grad() and torch.inference_mode() (LibTorch keeps that mode per thread, and the C
+ * calls run on the caller's thread).
+ *
+ * Non-finite logits: a row whose logits contain NaN or +-inf gets pred = -1 and loss = NaN
+ * (never argmax = 0 and a finite CE); its logits are returned as they are.
+ *
+ * Devices and streams: a model lives on the CPU or on one GPU (cuda:device_index). Every call
+ * makes that GPU current for its own duration (a device guard), whatever the calling thread had
+ * current, and runs on torch's current CUDA stream of that GPU for the calling thread
+ * (fa_model_cuda_stream). Nothing synchronises the device: the shim waits for that stream only
+ * where the host reads results (loss, logits, pred, and host gradients).
  *
  * Ownership: fa_model_load* returns a handle owned by the caller, released by fa_model_free
  * (NULL is a no-op). Every buffer argument is borrowed for the call only.
@@ -24,13 +40,25 @@ extern "C" {
 
 typedef struct fa_model fa_model;
 
-/* device: FA_DEVICE_CPU or FA_DEVICE_CUDA (FA_ERR_NO_CUDA when torch sees no CUDA device).
+/* device: FA_DEVICE_CPU or FA_DEVICE_CUDA (FA_ERR_NO_CUDA when torch sees no CUDA device);
+ * device_index: the GPU's ordinal for FA_DEVICE_CUDA, in [0, number of GPUs) (else
+ * FA_ERR_ARGUMENT naming the count); -1 or 0 for FA_DEVICE_CPU.
  * Missing or unreadable file: FA_ERR_IO; not a TorchScript archive: FA_ERR_IO naming the path. */
-fa_status fa_model_load(const char *path, int device, fa_model **out);
+fa_status fa_model_load(const char *path, int device, int device_index, fa_model **out);
 /* The same from an in-memory TorchScript archive (what torch.jit.save writes to a BytesIO). */
-fa_status fa_model_load_buffer(const void *data, size_t size, int device, fa_model **out);
+fa_status fa_model_load_buffer(const void *data, size_t size, int device, int device_index,
+                               fa_model **out);
 void fa_model_free(fa_model *model);
+/* FA_DEVICE_CPU or FA_DEVICE_CUDA; -1 for NULL. */
 int fa_model_device(const fa_model *model);
+/* The GPU ordinal of a CUDA model (what the attack's CUDA backend must use); -1 for a CPU model
+ * and for NULL. */
+int fa_model_device_index(const fa_model *model);
+/* torch's current CUDA stream on the model's GPU for the calling thread, as a cudaStream_t cast
+ * to void * (kernels that touch the model's inputs and gradients launch on it, so that no
+ * synchronisation is needed between them and the model). NULL for a CPU model and for NULL; note
+ * that NULL is also the legacy default stream, torch's default. */
+void *fa_model_cuda_stream(const fa_model *model);
 
 /* Number of classes K: one forward of a zero image of h x w x c (cached per size). Checks that
  * the output is a 2-D [1, K] float tensor (else FA_ERR_MODEL naming the shape). */
@@ -50,17 +78,22 @@ typedef struct fa_transform {
 /*
  * One batch of n NHWC images x (n*h*w*c floats). x and grad are host memory, or, with
  * device_io = 1 and a model on CUDA, device memory of the model's GPU (the attack's own buffers:
- * no copies through the host).
+ * no copies through the host). Device x must be complete on the model's stream
+ * (fa_model_cuda_stream), and device grad is complete on that stream when the call returns (the
+ * host does not wait for it unless it also reads loss, logits or pred).
  *   labels     host n, or NULL (then loss and grad are not computed); checked in [0, K)
  *   want_grad  compute grad (needs labels)
- *   loss       host n or NULL: CE in nats, -log softmax(logits)[y]
+ *   loss       host n or NULL: CE in nats, -log softmax(logits)[y]; NaN for non-finite logits
  *   logits     host n*k_expected or NULL (then k_expected is ignored)
- *   pred       host n or NULL: argmax of the logits
+ *   pred       host n or NULL: argmax of the logits; -1 for non-finite logits
  *   grad       n*h*w*c or NULL: d loss_i / d x_i in NHWC order
  *   transform  NULL or the DI/TI/SI options (only used when want_grad)
  *   index      host n or NULL: the images' positions, for DI's per-image randomness
  *   call       the call number, for DI's per-image randomness
- * No gradient graph is built when want_grad is 0.
+ * No gradient graph is built when want_grad is 0. Outputs that are NULL cost nothing: with
+ * want_grad and loss, logits and pred all NULL there is no forward beyond the gradient pass
+ * (under DI that pass sees transformed images, and the plain logits would need one more
+ * forward); with want_grad = 0 and all three NULL the call does nothing.
  */
 fa_status fa_model_run(fa_model *model, int64_t n, int64_t h, int64_t w, int64_t c,
                        const float *x, const int64_t *labels, int want_grad, float *loss,
@@ -69,7 +102,7 @@ fa_status fa_model_run(fa_model *model, int64_t n, int64_t h, int64_t w, int64_t
                        int64_t call);
 
 /* fa_oracle adapter: ctx is a fa_model_oracle; calls fa_model_run with its shape and transform
- * and counts calls. Matches fa_grad_fn. */
+ * and counts calls. Matches fa_grad_fn; loss and pred may be NULL (see fa_model_run). */
 typedef struct fa_model_oracle {
     fa_model *model;
     int64_t h, w, c;

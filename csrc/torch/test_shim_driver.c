@@ -2,15 +2,18 @@
  * test_shim_driver.c -- a command-line driver over the LibTorch shim, for
  * tests/test_torch_shim_build.py (which computes the references with PyTorch) and for timing.
  *
- *   driver load MODEL DEVICE                 fa_model_load
- *   driver loadbuf MODEL DEVICE              fa_model_load_buffer on the file's bytes
+ *   driver load MODEL DEVICE [INDEX]         fa_model_load (INDEX: the device index, default 0)
+ *   driver loadbuf MODEL DEVICE [INDEX]      fa_model_load_buffer on the file's bytes
  *   driver classes MODEL H W C               fa_model_num_classes (twice: cached)
  *   driver run MODEL N H W C DIR WANT_GRAD K [DI_PROB DI_MIN SI TI SEED CALL]
  *       reads DIR/x.bin (float32 NHWC), DIR/labels.bin and DIR/index.bin (int64, optional),
  *       writes DIR/loss.bin, DIR/logits.bin (K > 0), DIR/pred.bin, DIR/grad.bin (WANT_GRAD).
  *       K = 0: no logits; K = -1: the model's K from fa_model_num_classes.
- *   driver oracle MODEL N H W C DIR CALLS    CALLS fa_model_oracle_grad calls with grad; writes
- *       DIR/grad.bin of the last one
+ *   driver oracle MODEL N H W C DIR CALLS [OUTPUTS DI_PROB]
+ *       CALLS fa_model_oracle_grad calls with grad; writes DIR/grad.bin of the last one.
+ *       OUTPUTS: "loss+pred" (default), "loss", "pred" or "none": which of loss and pred are
+ *       asked for (the others are NULL); the asked ones go to DIR/loss.bin and DIR/pred.bin.
+ *       DI_PROB: the oracle's DI probability (min scale 0.8, seed 1; default 0)
  *   driver bench MODEL N H W C REPS WANT_GRAD  mean seconds per fa_model_run after one warm-up
  *
  * Prints "STATUS_NAME<TAB>message" and then "key=value" lines; exit 0 unless the driver itself
@@ -64,7 +67,7 @@ static int report(fa_status status) {
 
 /* Loads MODEL on the CPU; reports only a failure (the caller reports its own call). */
 static int load_failed(const char *path, fa_model **model) {
-    fa_status status = fa_model_load(path, FA_DEVICE_CPU, model);
+    fa_status status = fa_model_load(path, FA_DEVICE_CPU, 0, model);
     return status != FA_OK && report(status);
 }
 
@@ -75,8 +78,9 @@ static double now(void) {
 }
 
 static int cmd_load(int argc, char **argv, int from_buffer) {
-    if (argc != 4)
+    if (argc != 4 && argc != 5)
         return 2;
+    int index = argc == 5 ? atoi(argv[4]) : 0;
     fa_model *model = NULL;
     fa_status status;
     if (from_buffer) {
@@ -84,14 +88,15 @@ static int cmd_load(int argc, char **argv, int from_buffer) {
         void *data = read_file(NULL, argv[2], &size);
         if (data == NULL)
             return 2;
-        status = fa_model_load_buffer(data, size, atoi(argv[3]), &model);
+        status = fa_model_load_buffer(data, size, atoi(argv[3]), index, &model);
         free(data);
     } else {
-        status = fa_model_load(argv[2], atoi(argv[3]), &model);
+        status = fa_model_load(argv[2], atoi(argv[3]), index, &model);
     }
     report(status);
     if (status == FA_OK)
-        printf("device=%d\n", fa_model_device(model));
+        printf("device=%d\ndevice_index=%d\nstream_null=%d\n", fa_model_device(model),
+               fa_model_device_index(model), fa_model_cuda_stream(model) == NULL);
     printf("handle_null=%d\n", model == NULL);
     fa_model_free(model);
     return 0;
@@ -180,14 +185,21 @@ static int cmd_run(int argc, char **argv) {
 }
 
 static int cmd_oracle(int argc, char **argv) {
-    if (argc != 9)
+    if (argc != 9 && argc != 11)
         return 2;
+    const char *outputs = argc == 11 ? argv[9] : "loss+pred";
+    int want_loss = strstr(outputs, "loss") != NULL, want_pred = strstr(outputs, "pred") != NULL;
     const char *dir = argv[7];
     int64_t n = atoll(argv[3]);
     fa_model_oracle oracle = {0};
     oracle.h = atoll(argv[4]);
     oracle.w = atoll(argv[5]);
     oracle.c = atoll(argv[6]);
+    if (argc == 11) {
+        oracle.transform.di_prob = strtof(argv[10], NULL);
+        oracle.transform.di_min_scale = 0.8f;
+        oracle.transform.seed = 1;
+    }
     int calls = atoi(argv[8]);
     size_t dim = (size_t)(oracle.h * oracle.w * oracle.c), x_size = 0, labels_size = 0;
     float *x = read_file(dir, "x.bin", &x_size);
@@ -201,10 +213,15 @@ static int cmd_oracle(int argc, char **argv) {
     float *grad = malloc(sizeof(float) * (size_t)n * dim);
     fa_status status = FA_OK;
     for (int i = 0; i < calls && status == FA_OK; i++)
-        status = fa_model_oracle_grad(&oracle, n, NULL, labels, x, 1, loss, pred, grad);
+        status = fa_model_oracle_grad(&oracle, n, NULL, labels, x, 1, want_loss ? loss : NULL,
+                                      want_pred ? pred : NULL, grad);
     report(status);
     printf("calls=%lld\n", (long long)oracle.calls);
     int failed = status == FA_OK && write_file(dir, "grad.bin", grad, sizeof(float) * (size_t)n * dim);
+    if (status == FA_OK && want_loss)
+        failed |= write_file(dir, "loss.bin", loss, sizeof(float) * (size_t)n);
+    if (status == FA_OK && want_pred)
+        failed |= write_file(dir, "pred.bin", pred, sizeof(int64_t) * (size_t)n);
     fa_model_free(oracle.model);
     free(x);
     free(labels);
@@ -228,7 +245,7 @@ static int cmd_bench(int argc, char **argv) {
     for (int64_t i = 0; i < n; i++)
         labels[i] = i;
     fa_model *model = NULL;
-    fa_status status = fa_model_load(argv[2], FA_DEVICE_CPU, &model);
+    fa_status status = fa_model_load(argv[2], FA_DEVICE_CPU, 0, &model);
     double total = 0.0;
     for (int r = 0; r <= reps && status == FA_OK; r++) {
         double start = now();
