@@ -1,13 +1,15 @@
 """Models: TorchScript classifiers run by the C++ LibTorch shim (float NCHW RGB in [0, 255] ->
 logits). NumPy in, NumPy out."""
 
+import copy
 import io
 import os
+import warnings
 
 import numpy as np
 
 from . import _core
-from ._validate import images_f32, labels_i64, positive_int
+from ._validate import check_pixels, images_f32, labels_i64, positive_int
 
 _DEVICES = {"cpu": _core.DEVICE_CPU, "cuda": _core.DEVICE_CUDA}
 
@@ -77,10 +79,18 @@ class Model:
         return _core.DEVICE_CUDA
 
     def num_classes(self, height=224, width=224):
-        """Number of classes K (one forward of a zero image of that size, cached)."""
+        """Number of classes K (one forward of a zero image of that size, cached). A model that
+        cannot take images of that size raises ValueError naming the size."""
         key = (int(height), int(width))
         if key not in self._classes:
-            self._classes[key] = self._core.num_classes(key[0], key[1], 3)
+            try:
+                self._classes[key] = self._core.num_classes(key[0], key[1], 3)
+            except RuntimeError as error:
+                raise ValueError(f"model {self.name!r} cannot take images of size "
+                                 f"{key[0]}x{key[1]} (height x width): {error}. Resize the "
+                                 "images to its input size, or export the network with "
+                                 "fairattack.models.export, which resizes inside the model"
+                                 ) from error
         return self._classes[key]
 
     def _batches(self, x, batch_size):
@@ -88,22 +98,35 @@ class Model:
         for start in range(0, x.shape[0], batch_size):
             yield start, x[start:start + batch_size]
 
+    def _forward(self, images, batch_size):
+        """(logits [N, K], predictions [N]) of checked images, one batch of floats at a time."""
+        images = check_pixels(images)
+        batch_size = positive_int(batch_size, "batch_size")
+        k = self.num_classes(images.shape[1], images.shape[2])
+        logits = np.empty((images.shape[0], k), np.float32)
+        pred = np.empty(images.shape[0], np.int64)
+        for start in range(0, images.shape[0], batch_size):
+            chunk = np.ascontiguousarray(images[start:start + batch_size], dtype=np.float32)
+            _, logits[start:start + len(chunk)], pred[start:start + len(chunk)], _ = \
+                self._core.run(chunk, None, False, k)
+        finite = np.isfinite(logits).all(axis=1)
+        if not finite.all():
+            pred[~finite] = -1
+            warnings.warn(f"model {self.name!r} gave non-finite logits for "
+                          f"{int((~finite).sum())} of {len(finite)} images (first: "
+                          f"{int(np.argmin(finite))}); their prediction is -1", RuntimeWarning,
+                          stacklevel=3)
+        return logits, pred
+
     def logits(self, images, batch_size=64):
-        """Logits [N, K] float32 of uint8/float NHWC images in [0, 255]."""
-        x = images_f32(images)
-        k = self.num_classes(x.shape[1], x.shape[2])
-        out = np.empty((x.shape[0], k), np.float32)
-        for start, chunk in self._batches(x, batch_size):
-            out[start:start + len(chunk)] = self._core.run(chunk, None, False, k)[1]
-        return out
+        """Logits [N, K] float32 of uint8/float NHWC images in [0, 255] (non-finite logits are
+        returned as they are, with a RuntimeWarning)."""
+        return self._forward(images, batch_size)[0]
 
     def predict(self, images, batch_size=64):
-        """Predicted classes [N] int64 (no gradients are computed)."""
-        x = images_f32(images)
-        out = np.empty(x.shape[0], np.int64)
-        for start, chunk in self._batches(x, batch_size):
-            out[start:start + len(chunk)] = self._core.run(chunk, None, False, 0)[2]
-        return out
+        """Predicted classes [N] int64 (no gradients are computed). An image whose logits are
+        not all finite has no prediction: -1, with a RuntimeWarning."""
+        return self._forward(images, batch_size)[1]
 
     def loss_and_grad(self, images, labels, batch_size=64):
         """Per-image cross-entropy (nats) [N] and its input gradient [N, H, W, 3] float32."""
@@ -118,14 +141,25 @@ class Model:
         return loss, grad
 
 
+def _private_copy(module):
+    """A deep copy of a user's module, so that eval() and requires_grad changes stay ours."""
+    try:
+        return copy.deepcopy(module)
+    except Exception as error:  # noqa: BLE001 - any copy failure gets the same advice
+        raise TypeError(f"cannot copy the module {type(module).__name__} ({error}); fairattack "
+                        "works on a copy so that your module is not changed: save it with "
+                        "fairattack.models.export and load the file") from error
+
+
 def load_model(source, device="cpu", name=None):
     """Load a classifier for fairattack.
 
     source: a TorchScript file path, the bytes of one, or a torch.nn.Module (scripted, or traced
-    on a 224x224 input if scripting fails). The model takes float NCHW RGB in [0, 255] and
-    returns logits [N, K]; wrap a plain network with `fairattack.models.ImageNetWrapper` to bake
-    in resizing and normalisation. device: "cpu", "cuda" (torch's current GPU) or "cuda:N"; the
-    model then runs there whatever device the calling thread has current.
+    on a 224x224 input if scripting fails; a copy is compiled, the module itself is left as it
+    was). The model takes float NCHW RGB in [0, 255] and returns logits [N, K]; wrap a plain
+    network with `fairattack.models.ImageNetWrapper` to bake in resizing and normalisation.
+    device: "cpu", "cuda" (torch's current GPU) or "cuda:N"; the model then runs there whatever
+    device the calling thread has current.
     """
     kind, index, device_name = _parse_device(device)
     if isinstance(source, (str, os.PathLike)):
@@ -145,8 +179,8 @@ def load_model(source, device="cpu", name=None):
                             f"torch.nn.Module, got {type(source).__name__}")
         from .models import ImageNetWrapper, _quiet_jit, _script
 
-        module = source.eval()
         with _quiet_jit():  # torch.jit is deprecated upstream; the C++ shim still needs it
+            module = _private_copy(source).eval()
             if isinstance(module, ImageNetWrapper):
                 module = _script(module)[0]  # keeps the resize branch dynamic
             elif not isinstance(module, torch.jit.ScriptModule):

@@ -1,11 +1,23 @@
 """Argument checks shared by the public functions: each error names the argument and what was
-expected. The C core checks again; these come first so that messages speak Python."""
+expected. The C core checks again; these come first so that messages speak Python.
+
+Images: every public function that takes images (attack, evaluate, Model.predict / logits /
+loss_and_grad, measure) checks them with `check_pixels`: NHWC RGB, uint8 or a real dtype, finite,
+values in [0, 255]. A float batch whose values all lie in [0, 1] (and are not all 0) is refused
+as a forgotten ×255; images that really are that dark can be passed as uint8 (integer dtypes are
+never taken for [0, 1] images).
+"""
+
+import numbers
 
 import numpy as np
 
+#: Images checked per chunk, so that a check never makes a whole-dataset temporary.
+_CHUNK = 64
 
-def images_f32(images, name="images"):
-    """uint8 or float NHWC RGB in [0, 255] -> C-contiguous float32 (a copy only when needed)."""
+
+def check_pixels(images, name="images"):
+    """Validate NHWC RGB pixel images in [0, 255]; returns them as an ndarray (no copy)."""
     if not isinstance(images, np.ndarray):
         images = np.asarray(images)
     if images.ndim != 4 or images.shape[-1] != 3:
@@ -14,19 +26,42 @@ def images_f32(images, name="images"):
     if images.shape[0] == 0:
         raise ValueError(f"{name} is empty: expected at least one image")
     if images.dtype == np.uint8:
-        return np.ascontiguousarray(images, dtype=np.float32)
+        return images
     if images.dtype.kind not in "fiu":
-        raise TypeError(f"{name} must be uint8 or float, got dtype {images.dtype}")
-    out = np.ascontiguousarray(images, dtype=np.float32)
-    finite = np.isfinite(out)
-    if not finite.all():
-        bad = np.unravel_index(np.argmin(finite), out.shape)
-        raise ValueError(f"{name} contains NaN or inf (first at index {tuple(map(int, bad))})")
-    low, high = float(out.min()), float(out.max())
+        raise TypeError(f"{name} must be uint8 or float pixel values, got dtype {images.dtype}")
+    low, high = np.inf, -np.inf
+    for start in range(0, images.shape[0], _CHUNK):
+        chunk = images[start:start + _CHUNK]
+        if images.dtype.kind == "f":
+            finite = np.isfinite(chunk)
+            if not finite.all():
+                bad = np.unravel_index(np.argmin(finite), chunk.shape)
+                bad = (bad[0] + start,) + tuple(bad[1:])
+                raise ValueError(f"{name} contains NaN or inf (first at index "
+                                 f"{tuple(map(int, bad))})")
+        low, high = min(low, float(chunk.min())), max(high, float(chunk.max()))
     if low < 0 or high > 255:
         raise ValueError(f"{name} must be pixel values in [0, 255], got values in "
-                         f"[{low:g}, {high:g}] (scale [0, 1] images by 255)")
-    return out
+                         f"[{low:g}, {high:g}]")
+    if images.dtype.kind == "f" and 0 < high <= 1:
+        raise ValueError(f"{name} are float values all within [0, 1] (max {high:g}): fairattack "
+                         "expects pixel values in [0, 255]; multiply [0, 1] images by 255 "
+                         "(images that really are this dark: pass them as uint8)")
+    return images
+
+
+def images_f32(images, name="images"):
+    """uint8 or float NHWC RGB in [0, 255] -> C-contiguous float32 (a copy only when needed)."""
+    images = check_pixels(images, name)
+    return np.ascontiguousarray(images, dtype=np.float32)
+
+
+def is_integral(images):
+    """True when every value of the (checked) images is a whole number."""
+    if images.dtype.kind in "iu":
+        return True
+    return all(np.array_equal(c, np.rint(c)) for c in
+               (images[s:s + _CHUNK] for s in range(0, images.shape[0], _CHUNK)))
 
 
 def labels_i64(labels, n, num_classes=None, name="labels"):
@@ -55,7 +90,30 @@ def labels_i64(labels, n, num_classes=None, name="labels"):
     return labels
 
 
+def _describe(value):
+    return f"{value!r} ({type(value).__name__})"
+
+
+def integer(value, name):
+    """A Python or NumPy integer (bool counts as 0/1) -> int; TypeError names the argument."""
+    if isinstance(value, (bool, np.bool_)):
+        return int(value)
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    raise TypeError(f"{name} must be an integer, got {_describe(value)}")
+
+
+def real(value, name):
+    """A Python or NumPy real number -> float; TypeError names the argument."""
+    if isinstance(value, (bool, np.bool_)):
+        return float(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    raise TypeError(f"{name} must be a number, got {_describe(value)}")
+
+
 def positive_int(value, name):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+    value = integer(value, name)
+    if value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
+    return value

@@ -2,13 +2,14 @@
 `AttackResult` that carries images and per-image measurements."""
 
 import dataclasses
+import os
 
 import numpy as np
 
 from . import _core
 from ._model import Model
-from ._validate import images_f32, labels_i64, positive_int
-from .settings import OPTIMIZERS, default_setting, make_config
+from ._validate import check_pixels, images_f32, is_integral, labels_i64, positive_int
+from .settings import OPTIMIZERS, core_config, default_setting, make_config, transform_of
 
 STATUS = tuple(_core.IMAGE_STATUS)
 METRICS = ("rmse", "linf", "l2", "l1", "l0", "psnr", "ssim")
@@ -88,77 +89,175 @@ def to_uint8(images, rounding="round"):
     raise ValueError(f"rounding must be 'round' or 'truncate', got {rounding!r}")
 
 
+def quantize(adv, clean, eps, rounding="round"):
+    """uint8 images that victims see, with the ε budget kept on them: round (or truncate), then
+    clamp every value to the integers of [clean − ε, clean + ε] ∩ [0, 255]. A float clean image
+    with fractional values would otherwise reach ε + 0.5 after rounding. Works in chunks, so its
+    float64 temporaries stay small."""
+    to_uint8(np.zeros(1), rounding)  # validates `rounding`
+    adv, clean = np.asarray(adv), np.asarray(clean)
+    if adv.shape != clean.shape:
+        raise ValueError(f"adv has shape {adv.shape} but clean has shape {clean.shape}")
+    out = np.empty(adv.shape, np.uint8)
+    flat_adv, flat_clean, flat_out = adv.reshape(-1), clean.reshape(-1), out.reshape(-1)
+    step = 1 << 16
+    for start in range(0, flat_adv.size, step):
+        part = slice(start, start + step)
+        c = flat_clean[part].astype(np.float64)
+        q = np.clip(flat_adv[part], 0, 255).astype(np.float64)
+        q = np.rint(q) if rounding == "round" else np.trunc(q)
+        np.clip(q, np.ceil(c - eps), np.floor(c + eps), out=q)
+        flat_out[part] = np.clip(q, 0, 255)
+    return out
+
+
 def measure(adv, clean):
     """ℓ∞, ℓ2, RMSE, ℓ1, ℓ0, PSNR and SSIM of adv against clean (NHWC, uint8 or float)."""
-    return _core.metrics(images_f32(adv, "adv"), images_f32(clean, "clean"))
+    adv, clean = images_f32(adv, "adv"), images_f32(clean, "clean")
+    if adv.shape != clean.shape:
+        raise ValueError(f"adv has shape {adv.shape} but clean has shape {clean.shape}")
+    return _core.metrics(adv, clean)
 
 
-def _transform(di_prob, si_copies, ti_kernel, seed):
-    if not 0 <= di_prob <= 1:
-        raise ValueError(f"di_prob must be in [0, 1], got {di_prob}")
-    if si_copies < 0:
-        raise ValueError(f"si_copies must be >= 0, got {si_copies}")
-    if ti_kernel < 0 or (ti_kernel and ti_kernel % 2 == 0):
-        raise ValueError(f"ti_kernel must be 0 (off) or an odd size, got {ti_kernel}")
-    if not (di_prob or si_copies > 1 or ti_kernel):
+#: Activation memory of one forward + backward pass as a multiple of its float input: a floor
+#: for ImageNet CNNs (EfficientNet-Lite0 needs about 100x), used to refuse hopeless batches.
+ACTIVATION_FACTOR = 64
+
+
+def _available_memory(model):
+    """Free bytes on the model's device, or None when unknown."""
+    if str(model.device).startswith("cuda"):
+        import torch
+
+        try:
+            return int(torch.cuda.mem_get_info(max(model.device_index, 0))[0])
+        except (RuntimeError, AssertionError, ValueError):
+            return None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
         return None
-    return {"di_prob": float(di_prob), "di_min_scale": 0.9, "si_copies": int(si_copies),
-            "ti_kernel": int(ti_kernel), "seed": int(seed)}
+
+
+def _check_memory(model, transform, batch_size, n, height, width):
+    """Refuse a gradient pass that cannot fit: SI runs si_copies scaled copies of the batch in
+    one forward, so its memory grows with batch_size × si_copies."""
+    copies = max(transform["si_copies"], 1) if transform else 1
+    rows = min(batch_size, n) * copies
+    need = rows * height * width * 3 * 4 * ACTIVATION_FACTOR
+    free = _available_memory(model)
+    if free is not None and need > free:
+        raise MemoryError(
+            f"si_copies={copies} x batch_size={min(batch_size, n)} images of {height}x{width} "
+            f"need about {need / 2**30:.1f} GiB in one gradient pass (estimate: "
+            f"{ACTIVATION_FACTOR}x the float input for activations), more than the "
+            f"{free / 2**30:.1f} GiB available on {model.device}: lower batch_size or si_copies")
+
+
+def _is_torch_module(model):
+    import sys
+
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(model, torch.nn.Module)
 
 
 def attack(model, images, labels, optimizer="Adam", setting=None, *, batch_size=16,
-           rounding="round", progress=False, di_prob=0.0, si_copies=0, ti_kernel=0,
-           **overrides):
+           rounding="round", progress=False, di_prob=None, di_min_scale=None, si_copies=None,
+           ti_kernel=None, **overrides):
     """Craft adversarial examples of `images` on the surrogate `model`.
 
     model: a `fairattack.Model` (from `load_model`), or a Python callable
         `fn(x float32 [n,H,W,3], labels int64 [n], want_grad) -> (loss [n], pred [n], grad)` that
-        gives the cross-entropy, the predicted class and the input gradient (CPU only).
-    images: uint8 or float NHWC RGB in [0, 255]; labels: int class indices.
+        gives the cross-entropy, the predicted class and the input gradient [n,H,W,3] (CPU only;
+        float outputs of any precision are cast to float32, shapes must be exact).
+    images: uint8 or float NHWC RGB in [0, 255] (a float batch entirely within [0, 1] is refused
+        as a forgotten ×255); labels: int class indices.
     optimizer: one of fairattack.OPTIMIZERS. setting: one of fairattack.SETTINGS (default
         const_loss, or fixed for the sign attacks). overrides: any hyper-parameter of
         `fairattack.make_config` (eps, max_iter, first_step_rmse, alpha, stop_loss, stop_rmse,
-        rmse_weight, momentum, beta1, beta2, delta, nesterov, random_start, seed, ...).
+        rmse_weight, momentum, beta1, beta2, delta, nesterov, random_start, seed,
+        index_offset, ...). index_offset numbers the images for per-image randomness (random
+        start, DI): image i of `images` is image index_offset + i.
     batch_size: images per call of the core; results never depend on it.
-    rounding: "round" (default) or "truncate" (the authors' code) to uint8.
-    di_prob / si_copies / ti_kernel: the DI, SI and TI input transforms of the gradient.
+    rounding: "round" (default) or "truncate" (the authors' code) to uint8. Either way every
+        returned value stays within eps of the clean image (see `quantize`).
+    di_prob / di_min_scale / si_copies / ti_kernel: the DI, SI and TI input transforms of the
+        gradient (SPEC §3), applied by a Model's gradient pass; a Python callable cannot take them.
+    Memory: the output is one preallocated uint8 array and metrics are measured per batch, so
+    the attack holds about one uint8 copy of the input plus a batch of floats.
     The core runs without the GIL; Ctrl-C stops it with KeyboardInterrupt.
     """
-    setting = default_setting(optimizer) if setting is None else setting
-    cfg = make_config(optimizer, setting, **overrides)
-    batch_size = positive_int(batch_size, "batch_size")
-    to_uint8(np.zeros(1), rounding)  # validates `rounding` before any work
-    x = images_f32(images)
     if isinstance(model, Model):
-        core, device = model._core, model._attack_device()  # host state without CUDA kernels
-        y = labels_i64(labels, x.shape[0], model.num_classes(x.shape[1], x.shape[2]))
-    elif callable(model):
-        core, device = model, _core.DEVICE_CPU
-        y = labels_i64(labels, x.shape[0])
-    else:
+        pass
+    elif _is_torch_module(model):
+        raise TypeError(f"model is a torch.nn.Module ({type(model).__name__}): load it with "
+                        "fairattack.load_model(module) first (a network that takes float NCHW "
+                        "RGB in [0, 255]; see fairattack.models.ImageNetWrapper)")
+    elif not callable(model):
         raise TypeError("model must be a fairattack.Model (see fairattack.load_model) or a "
                         f"callable oracle, got {type(model).__name__}")
-    transform = _transform(di_prob, si_copies, ti_kernel, cfg["seed"])
+    setting = default_setting(optimizer) if setting is None else setting
+    transform_args = {"di_prob": di_prob, "di_min_scale": di_min_scale, "si_copies": si_copies,
+                      "ti_kernel": ti_kernel}
+    cfg = make_config(optimizer, setting, **transform_args, **overrides)
+    batch_size = positive_int(batch_size, "batch_size")
+    to_uint8(np.zeros(1), rounding)  # validates `rounding` before any work
+    images = check_pixels(images)
+    n, height, width = images.shape[:3]
+    transform = transform_of(cfg)
+    if isinstance(model, Model):
+        core, device = model._core, model._attack_device()  # host state without CUDA kernels
+        y = labels_i64(labels, n, model.num_classes(height, width))
+        _check_memory(model, transform, batch_size, n, height, width)
+    else:
+        if transform is not None:
+            given = [k for k in ("di_prob", "si_copies", "ti_kernel") if k in transform
+                     and transform[k] > (1 if k == "si_copies" else 0)]
+            raise ValueError(f"{', '.join(given)}: the DI/SI/TI input transforms are applied by "
+                             "a fairattack Model's gradient pass and cannot be applied to a "
+                             "Python callable oracle; apply them inside the callable, or load "
+                             "the network with fairattack.load_model")
+        core, device = model, _core.DEVICE_CPU
+        y = labels_i64(labels, n)
+    eps = float(cfg["eps"])
+    if eps < 0.5 and not is_integral(images):
+        raise ValueError(f"eps={eps:g} < 0.5 with non-integer clean images: no uint8 image lies "
+                         "within eps of them; round the clean images first or use eps >= 0.5")
 
-    parts = []
-    starts = range(0, x.shape[0], batch_size)
+    adv = np.empty(images.shape, np.uint8)
+    per_image = {key: np.empty(n, np.float32) for key in METRICS + ("loss", "clean_loss",
+                                                                    "alpha")}
+    per_image.update(clean_pred=np.empty(n, np.int64), iterations=np.empty(n, np.int32),
+                     status=np.empty(n, np.int32))
+    failed_code = STATUS.index("nan")
+    base = core_config(cfg)
+    offset = int(cfg["index_offset"])
+    starts = range(0, n, batch_size)
     if progress:
         from tqdm.auto import tqdm
 
         starts = tqdm(starts, desc=f"{OPTIMIZERS[cfg['optimizer']]} {setting}", unit="batch")
     for start in starts:
-        stop = start + batch_size
+        stop = min(start + batch_size, n)
+        clean = np.ascontiguousarray(images[start:stop], dtype=np.float32)
         # index_offset: per-image randomness (random start, DI) follows the image, not the batch
-        parts.append(_core.attack(core, x[start:stop], y[start:stop],
-                                  dict(cfg, index_offset=start), device, transform))
-    out = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
-
-    adv = to_uint8(out["adv"], rounding)
-    failed = out["status"] == STATUS.index("nan")
-    adv[failed] = np.clip(np.rint(x[failed]), 0, 255).astype(np.uint8)
-    metrics = _core.metrics(adv.astype(np.float32), x)
-    return AttackResult(images=adv, labels=y, **metrics, loss=out["loss"],
-                        clean_loss=out["clean_loss"], clean_pred=out["clean_pred"],
-                        iterations=out["iterations"], alpha=out["alpha"],
-                        status=np.array(STATUS, dtype=object)[out["status"]].astype(str),
+        out = _core.attack(core, clean, y[start:stop], dict(base, index_offset=offset + start),
+                           device, transform)
+        result = out["adv"]
+        failed = out["status"] == failed_code
+        result[failed] = clean[failed]  # a failed (NaN) image is returned unchanged
+        adv[start:stop] = quantize(result, clean, eps, rounding)
+        del result, out["adv"]
+        metrics = _core.metrics(adv[start:stop].astype(np.float32), clean)
+        for key, values in list(metrics.items()) + list(out.items()):
+            per_image[key][start:stop] = values
+    status = np.array(STATUS, dtype=object)[per_image.pop("status")].astype(str)
+    return AttackResult(images=adv, labels=y, status=status, **per_image,
                         optimizer=OPTIMIZERS[cfg["optimizer"]], setting=setting, config=cfg)

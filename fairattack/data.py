@@ -13,7 +13,6 @@ held in memory.
 
 import functools
 import importlib.resources
-import os
 import re
 import warnings
 from dataclasses import dataclass
@@ -85,22 +84,49 @@ def name_of(index):
 
 # ----------------------------------------------------------------------------- images
 
+#: Pillow modes of 16- and 32-bit integer greyscale images (16-bit PNGs load as one of these).
+_WIDE_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
+
+
+def _to_rgb(img):
+    """An RGB Pillow image. 16-bit greyscale is scaled to 8 bits (v / 257, rounded): Pillow's own
+    convert would clip every value above 255 to white."""
+    if img.mode in _WIDE_MODES:
+        values = np.asarray(img, dtype=np.float64)
+        img = Image.fromarray(np.clip(np.rint(values / 257.0), 0, 255).astype(np.uint8), "L")
+    elif img.mode == "F":
+        values = np.asarray(img, dtype=np.float64)
+        high = 1.0 if values.size and values.max() <= 1.0 else 255.0
+        img = Image.fromarray(np.clip(np.rint(values * 255.0 / high), 0, 255).astype(np.uint8),
+                              "L")
+    return img.convert("RGB")
+
+
 def load_image(path, size):
-    """Load an image as uint8 [size, size, 3] RGB: shorter side resized to `size`, then centre crop."""
+    """Load an image as uint8 [size, size, 3] RGB: shorter side resized to `size`, then centre crop.
+
+    16-bit greyscale PNGs are scaled to 8 bits. A file that cannot be read (missing, truncated,
+    not an image) raises OSError naming it.
+    """
     size = int(size)
     if size < 1:
         raise ValueError(f"size={size}, expected a positive integer")
-    with Image.open(path) as img:
-        img = img.convert("RGB")
-        width, height = img.size
-        scale = size / min(width, height)
-        new_w = max(size, round(width * scale))
-        new_h = max(size, round(height * scale))
-        if (new_w, new_h) != (width, height):
-            img = img.resize((new_w, new_h), Image.Resampling.BILINEAR)
-        left, top = (new_w - size) // 2, (new_h - size) // 2
-        img = img.crop((left, top, left + size, top + size))
-        return np.asarray(img, dtype=np.uint8).copy()
+    try:
+        with Image.open(path) as img:
+            img = _to_rgb(img)
+            width, height = img.size
+            scale = size / min(width, height)
+            new_w = max(size, round(width * scale))
+            new_h = max(size, round(height * scale))
+            if (new_w, new_h) != (width, height):
+                img = img.resize((new_w, new_h), Image.Resampling.BILINEAR)
+            left, top = (new_w - size) // 2, (new_h - size) // 2
+            img = img.crop((left, top, left + size, top + size))
+            return np.asarray(img, dtype=np.uint8).copy()
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+        raise OSError(f"{path}: cannot read the image: {error}") from error
 
 
 def save_png(images, names, folder):
@@ -251,29 +277,60 @@ def _as_dataset(dataset):
     return dataset if isinstance(dataset, Dataset) else open_dataset(dataset)
 
 
-def iter_batches(dataset, size, batch_size=32, order=None):
+class UnreadableFiles(list):
+    """(path, error message) of the files a dataset scan skipped."""
+
+    def warn(self, where, stacklevel=3):
+        if self:
+            path, reason = self[0]
+            warnings.warn(f"{where}: skipped {len(self)} unreadable image file(s) (first: "
+                          f"{reason})", RuntimeWarning, stacklevel=stacklevel)
+
+
+def _load_batches(dataset, size, batch_size, order, skipped):
+    """(images, labels, names) per batch; unreadable files are left out and added to skipped."""
+    for start in range(0, len(order), batch_size):
+        images, keep = [], []
+        for i in order[start:start + batch_size]:
+            try:
+                images.append(load_image(dataset.path(i), size))
+                keep.append(i)
+            except OSError as error:  # FileNotFoundError too: a file gone since the listing
+                skipped.append((str(dataset.path(i)), str(error)))
+        if keep:
+            yield (np.stack(images), dataset.labels[np.array(keep)],
+                   [dataset.names[i] for i in keep])
+
+
+def iter_batches(dataset, size, batch_size=32, order=None, skipped=None):
     """Yield (images uint8 [b, size, size, 3], labels int64 [b], names) in `order` (default: sorted).
 
-    Only one batch of pixels exists at a time.
+    Only one batch of pixels exists at a time. Files that cannot be read (truncated, corrupt,
+    gone) are skipped: batches are then shorter, and one RuntimeWarning at the end gives their
+    count and the first file. Pass a list as `skipped` to receive (path, reason) of each.
     """
     dataset = _as_dataset(dataset)
     if int(batch_size) < 1:
         raise ValueError(f"batch_size={batch_size}, expected >= 1")
     order = np.arange(len(dataset)) if order is None else np.asarray(order)
-    for start in range(0, len(order), int(batch_size)):
-        idx = order[start:start + int(batch_size)]
-        images = np.stack([load_image(dataset.path(i), size) for i in idx])
-        yield images, dataset.labels[idx], [dataset.names[i] for i in idx]
+    found = UnreadableFiles()
+    try:
+        yield from _load_batches(dataset, size, int(batch_size), order, found)
+    finally:
+        if skipped is not None:
+            skipped.extend(found)
+        found.warn("iter_batches")
 
 
-def select(dataset, model, n, size, seed=0, batch_size=32, progress=False):
+def select(dataset, model, n, size, seed=0, batch_size=32, progress=False, skipped=None):
     """SPEC §6 selection: the first `n` images, in seeded shuffled order, that `model` gets right.
 
     dataset: a Dataset or a folder for `open_dataset`. model: anything with
     `predict(images uint8 NHWC) -> int labels`. The order is `sorted names` permuted by
     `numpy.random.default_rng(seed).permutation(len(dataset))`, so a seed fixes the selection.
     Returns (images uint8 [n, size, size, 3], labels int64 [n], names). If the dataset runs out first,
-    fewer images are returned with a RuntimeWarning.
+    fewer images are returned with a RuntimeWarning. Unreadable files are skipped with one
+    RuntimeWarning giving their count (pass a list as `skipped` to receive (path, reason) of each).
     """
     dataset = _as_dataset(dataset)
     n = int(n)
@@ -288,7 +345,11 @@ def select(dataset, model, n, size, seed=0, batch_size=32, progress=False):
     if progress:
         from tqdm.auto import tqdm
         bar = tqdm(total=n, desc="select", unit="img")
-    for batch, batch_labels, batch_names in iter_batches(dataset, size, batch_size, order):
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size={batch_size}, expected >= 1")
+    unreadable = UnreadableFiles()
+    for batch, batch_labels, batch_names in _load_batches(dataset, size, int(batch_size), order,
+                                                          unreadable):
         correct = np.asarray(model.predict(batch)) == batch_labels
         for i in np.flatnonzero(correct)[:capacity - len(names)]:
             images[len(names)], labels[len(names)] = batch[i], batch_labels[i]
@@ -299,6 +360,9 @@ def select(dataset, model, n, size, seed=0, batch_size=32, progress=False):
             break
     if bar is not None:
         bar.close()
+    if skipped is not None:
+        skipped.extend(unreadable)
+    unreadable.warn("select")
     if len(names) < n:
         warnings.warn(f"select: only {len(names)} of {len(dataset)} images are classified correctly, "
                       f"fewer than n={n}", RuntimeWarning, stacklevel=2)

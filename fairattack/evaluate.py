@@ -1,15 +1,28 @@
 """Transferability (SPEC §5): the error rate of victim models on adversarial images.
 
     import fairattack as fa
-    asr = fa.evaluate({"lite1": victim1, "lite2": victim2}, res.images[res.attacked],
-                      res.labels[res.attacked])
+    res = fa.attack(surrogate, images, labels)
+    asr = fa.evaluate({"lite1": victim1, "lite2": victim2}, res)
     asr["mean"]   # the paper's figure: the mean over victims
 
-Victims see what would be saved: uint8 images (float input is rounded, then clipped to [0, 255]).
+Given an AttackResult, only the images that were attacked count (`res.attacked`: not skipped
+as misclassified by the surrogate, not failed); the labels come from the result. Given plain
+images and labels, every image counts.
+
+Victims see what would be saved: uint8 images (float input in [0, 255] is rounded first; values
+outside [0, 255], NaN, or a float batch entirely within [0, 1] are errors).
 A victim whose input size differs from the images resizes them inside its own wrapper.
+
+A victim whose logits for an image are not all finite gives no prediction for it: that image is
+a failure for that victim, left out of its error rate (never counted as an error nor as correct),
+counted in `rates.attrs["n_failed"][victim]` and reported with a RuntimeWarning.
 """
 
+import warnings
+
 import numpy as np
+
+from ._validate import check_pixels, positive_int
 
 
 def _victim_dict(victims):
@@ -32,60 +45,84 @@ def _victim_dict(victims):
     return dict(items)
 
 
-def _as_uint8(images):
-    images = np.asarray(images)
-    if images.ndim != 4 or images.shape[-1] != 3:
-        raise ValueError(f"images: expected shape [N, H, W, 3] (NHWC RGB), got {images.shape}")
-    if images.dtype == np.uint8:
-        return images
-    if not np.issubdtype(images.dtype, np.floating) and not np.issubdtype(images.dtype, np.integer):
-        raise TypeError(f"images: expected uint8 or float values, got dtype {images.dtype}")
-    if np.issubdtype(images.dtype, np.floating) and not np.isfinite(images).all():
-        raise ValueError("images: contains NaN or infinite values")
-    return np.clip(np.rint(images), 0, 255).astype(np.uint8)
+def _as_uint8(images, start, stop):
+    chunk = images[start:stop]
+    if chunk.dtype == np.uint8:
+        return chunk
+    return np.rint(chunk).astype(np.uint8)  # checked: values in [0, 255]
 
 
-def evaluate(victims, images, labels, batch_size=64, progress=False):
+def evaluate(victims, images, labels=None, batch_size=64, progress=False):
     """Error rate (prediction != label) of each victim, plus their "mean", as a pandas Series.
 
     victims: dict name -> Model, a list of Models (keyed by model.name), or one Model.
-    images: [N, H, W, 3] uint8, or float in [0, 255] (rounded and clipped to uint8 first).
-    labels: [N] class indices, checked against each victim's number of classes.
+    images: an AttackResult (its attacked images and labels: skipped and failed images do not
+        count), or [N, H, W, 3] uint8 / float in [0, 255] (float is rounded to uint8 first).
+    labels: [N] class indices (only with plain images), checked against each victim's number of
+        classes.
+    Returns the Series of error rates; `.attrs["n_images"]` is the number of images evaluated and
+    `.attrs["n_failed"]` the per-victim number of images with non-finite logits (left out of
+    that victim's rate; its rate is NaN when every image failed).
     """
     import pandas as pd
 
+    from .attack import AttackResult
+
     victims = _victim_dict(victims)
-    images = _as_uint8(images)
+    if isinstance(images, AttackResult):
+        if labels is not None:
+            raise ValueError("labels: give either an AttackResult (its labels are used) or "
+                             "images and labels, not both")
+        attacked = np.asarray(images.attacked)
+        if not attacked.any():
+            raise ValueError("images: the AttackResult has no attacked images (every image was "
+                             "skipped or failed)")
+        labels = np.asarray(images.labels)[attacked]
+        images = images.images[attacked]
+    elif labels is None:
+        raise TypeError("labels: required with plain images (or pass an AttackResult)")
+    images = check_pixels(images)
     labels = np.asarray(labels)
     if labels.ndim != 1 or len(labels) != len(images):
-        raise ValueError(f"labels: expected shape [{len(images)}] (one per image), got {labels.shape}")
+        raise ValueError(f"labels: expected shape [{len(images)}] (one per image), got "
+                         f"{labels.shape}")
     if not np.issubdtype(labels.dtype, np.integer):
         raise TypeError(f"labels: expected integer class indices, got dtype {labels.dtype}")
-    if len(images) == 0:
-        raise ValueError("images: expected at least one image, got N=0")
     if labels.min() < 0:
         bad = int(np.flatnonzero(labels < 0)[0])
         raise ValueError(f"labels[{bad}]={labels[bad]} is negative")
-    if int(batch_size) < 1:
-        raise ValueError(f"batch_size={batch_size}, expected >= 1")
-    batch_size = int(batch_size)
+    batch_size = positive_int(batch_size, "batch_size")
     starts = range(0, len(images), batch_size)
-    rates = {}
+    rates, failures = {}, {}
     for name, victim in victims.items():
         batches = starts
         if progress:
             from tqdm.auto import tqdm
             batches = tqdm(starts, desc=f"evaluate {name}", unit="batch")
-        errors = 0
+        errors = failed = 0
         for start in batches:
-            logits = np.asarray(victim.logits(images[start:start + batch_size], batch_size=batch_size))
+            with warnings.catch_warnings():  # counted and reported below, once per victim
+                warnings.simplefilter("ignore", RuntimeWarning)
+                logits = np.asarray(victim.logits(_as_uint8(images, start, start + batch_size),
+                                                  batch_size=batch_size))
             n_classes = logits.shape[1]
             batch_labels = labels[start:start + batch_size]
             if batch_labels.max() >= n_classes:
                 bad = start + int(np.flatnonzero(batch_labels >= n_classes)[0])
                 raise ValueError(f"labels[{bad}]={labels[bad]} out of range [0, {n_classes}) "
                                  f"of victim {name!r}")
-            errors += int((logits.argmax(axis=1) != batch_labels).sum())
-        rates[name] = errors / len(images)
+            finite = np.isfinite(logits).all(axis=1)
+            failed += int((~finite).sum())
+            errors += int((logits[finite].argmax(axis=1) != batch_labels[finite]).sum())
+        counted = len(images) - failed
+        rates[name] = errors / counted if counted else float("nan")
+        failures[name] = failed
+        if failed:
+            warnings.warn(f"evaluate: victim {name!r} gave non-finite logits for {failed} of "
+                          f"{len(images)} images; they are left out of its error rate "
+                          "(see .attrs['n_failed'])", RuntimeWarning, stacklevel=2)
     rates["mean"] = float(np.mean(list(rates.values())))
-    return pd.Series(rates, name="error_rate", dtype=np.float64)
+    series = pd.Series(rates, name="error_rate", dtype=np.float64)
+    series.attrs["n_images"] = len(images)
+    series.attrs["n_failed"] = failures
+    return series

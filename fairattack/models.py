@@ -13,6 +13,7 @@ Normalisation modes (all in pixel units; mean/std given per RGB channel):
   None:    explicit `mean` and `std` in pixel units, RGB
 """
 
+import copy
 import json
 import os
 import tempfile
@@ -96,9 +97,13 @@ class ImageNetWrapper(torch.nn.Module):
 
 @contextmanager
 def _quiet_jit():
-    """torch >= 2.9 marks torch.jit as deprecated; the C++ shim still needs TorchScript files."""
+    """fairattack's own calls into torch.jit, without warnings for the user: torch >= 2.9 marks
+    torch.jit as deprecated (FutureWarning) but the C++ shim still needs TorchScript files, the
+    frontend may emit DeprecationWarnings, tracing TracerWarnings. Only inside the library."""
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.jit")
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
         yield
 
 
@@ -121,10 +126,17 @@ def export(net, path, input_size, mode: Optional[str] = "torch", mean=None, std=
            metadata=None, check=True):
     """Wrap `net` (ImageNetWrapper) and write it to `path` as TorchScript; returns the path.
 
-    The net is put in eval mode and its parameters stop requiring gradients (only input gradients
-    are needed). With `check`, the saved file is reloaded and must give the same logits as the
-    eager wrapper, at the native size and at another size (which exercises the resize).
+    A copy of the net is put in eval mode and its parameters stop requiring gradients (only input
+    gradients are needed); `net` itself is left as it was. With `check`, the saved file is
+    reloaded and must give the same logits as the eager wrapper, at the native size and at
+    another size (which exercises the resize).
     """
+    if not isinstance(net, torch.nn.Module):
+        raise TypeError(f"net must be a torch.nn.Module, got {type(net).__name__}")
+    try:
+        net = copy.deepcopy(net)
+    except Exception as error:  # noqa: BLE001
+        raise TypeError(f"cannot copy net ({type(net).__name__}): {error}") from error
     net.eval()
     for p in net.parameters():
         p.requires_grad_(False)

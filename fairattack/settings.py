@@ -8,6 +8,7 @@ Losses are cross-entropies in nats (the authors' code printed CE/1000; their 0.0
 import math
 
 from . import _core
+from ._validate import integer, real
 
 OPTIMIZERS = tuple(_core.OPTIMIZERS)
 PAPER_OPTIMIZERS = ("GD", "MGD", "NAGD", "Adam", "LAdam", "MSVAG", "AdaB")
@@ -27,8 +28,17 @@ CONST_RMSE_FIRST_STEP = {"GD": 8.0, "MGD": 2.0, "NAGD": 2.0, "Adam": 4.0, "LAdam
 STOP_LOSS = 30.0
 
 _NESTEROV = {"authors": _core.NESTEROV_AUTHORS, "textbook": _core.NESTEROV_TEXTBOOK}
+#: Which iterate an attack returns (SPEC §2): the max-loss one of an image that hit max_iter, or
+#: always the last one.
 _RETURNS = {"best": _core.RETURNS_BEST, "last": _core.RETURNS_LAST}
-CONFIG_FIELDS = tuple(_core.default_config(0))
+#: The fields of the C core's fa_config and their Python type (int or float).
+_DEFAULT = _core.default_config(0)
+CONFIG_FIELDS = tuple(_DEFAULT)
+_FIELD_TYPES = {key: int if isinstance(value, int) else float for key, value in _DEFAULT.items()}
+#: The DI / SI / TI input transforms (SPEC §3) and their defaults (all off). They are part of a
+#: resolved configuration (make_config returns them), applied by the model's gradient pass.
+TRANSFORM_DEFAULTS = {"di_prob": 0.0, "di_min_scale": 0.9, "si_copies": 0, "ti_kernel": 0}
+TRANSFORM_FIELDS = tuple(TRANSFORM_DEFAULTS)
 
 
 def optimizer_index(optimizer):
@@ -49,6 +59,36 @@ def default_setting(optimizer):
     return "fixed" if OPTIMIZERS[optimizer_index(optimizer)] in SIGN_OPTIMIZERS else "const_loss"
 
 
+def _check_transform(values):
+    """Validated transform values (names as in TRANSFORM_DEFAULTS)."""
+    out = dict(TRANSFORM_DEFAULTS)
+    for key, value in values.items():
+        out[key] = integer(value, key) if isinstance(TRANSFORM_DEFAULTS[key], int) \
+            else real(value, key)
+    if not 0 <= out["di_prob"] <= 1:
+        raise ValueError(f"di_prob must be in [0, 1], got {out['di_prob']:g}")
+    if not 0 < out["di_min_scale"] <= 1:
+        raise ValueError(f"di_min_scale must be in (0, 1], got {out['di_min_scale']:g}")
+    if out["si_copies"] < 0:
+        raise ValueError(f"si_copies must be >= 0 (0 or 1: off), got {out['si_copies']}")
+    if out["ti_kernel"] < 0 or (out["ti_kernel"] and out["ti_kernel"] % 2 == 0):
+        raise ValueError(f"ti_kernel must be 0 (off) or an odd size, got {out['ti_kernel']}")
+    return out
+
+
+def transform_of(cfg):
+    """The core's transform dict of a configuration from make_config (None when all are off)."""
+    t = {key: cfg.get(key, default) for key, default in TRANSFORM_DEFAULTS.items()}
+    if not (t["di_prob"] > 0 or t["si_copies"] > 1 or t["ti_kernel"] > 1):
+        return None
+    return dict(t, seed=int(cfg["seed"]))
+
+
+def core_config(cfg):
+    """The fields of a make_config dict that the C core's fa_config holds."""
+    return {key: value for key, value in cfg.items() if key in _FIELD_TYPES}
+
+
 def make_config(optimizer, setting=None, **overrides):
     """The full, checked configuration of one attack as a dict of the core's fields.
 
@@ -62,11 +102,13 @@ def make_config(optimizer, setting=None, **overrides):
     overrides: any field of the core's fa_config, e.g. eps, max_iter, first_step_rmse, alpha,
       stop_loss, stop_rmse, rmse_weight, momentum, beta1, beta2, delta, ladam_lambda,
       adamw_decay, msvag_beta, rmsprop_rho, nesterov ("authors"/"textbook"), random_start, seed,
-      skip_misclassified, returns ("best": an image that hits max_iter returns its max-CE
-      iterate, the default of the loss-stopped settings; "last": its last iterate, the default
-      of `fixed`, as peer libraries do), max_rmse (> 0: a joint ℓ∞ + RMSE budget, every
-      iterate projected exactly onto it, SPEC §8). Giving `alpha` switches calibration off and
-      vice versa.
+      skip_misclassified, index_offset, returns ("best": an image that hits max_iter returns
+      its max-CE iterate, the default of the loss-stopped settings; "last": its last iterate, the
+      default of `fixed`, as peer libraries do), max_rmse (> 0: a joint ℓ∞ + RMSE budget, every
+      iterate projected exactly onto it, SPEC §8), and the input transforms di_prob,
+      di_min_scale, si_copies, ti_kernel (SPEC §3; a model's gradient pass applies them).
+      Giving `alpha` switches calibration off and vice versa. NumPy scalars are accepted;
+      integer fields (max_iter, si_copies, ...) must be integers.
     """
     index = optimizer_index(optimizer)
     name = OPTIMIZERS[index]
@@ -94,18 +136,21 @@ def make_config(optimizer, setting=None, **overrides):
     # the fixed run returns the last iterate, as every peer library does
     cfg["returns"] = _RETURNS["last" if setting == "fixed" else "best"]
 
-    unknown = sorted(set(overrides) - set(CONFIG_FIELDS) - {"optimizer"})
+    known = set(CONFIG_FIELDS) | set(TRANSFORM_FIELDS)
+    unknown = sorted(set(overrides) - known - {"optimizer"})
     if unknown:
         raise TypeError(f"unknown hyper-parameter {unknown[0]!r}; expected one of "
-                        f"{tuple(f for f in CONFIG_FIELDS if f != 'optimizer')}")
+                        f"{tuple(f for f in CONFIG_FIELDS if f != 'optimizer') + TRANSFORM_FIELDS}")
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if "optimizer" in overrides:
         raise TypeError("give the optimizer as the `optimizer` argument, not as an override")
+    transform = _check_transform({k: overrides.pop(k) for k in TRANSFORM_FIELDS
+                                  if k in overrides})
     if "returns" in overrides:
-        if overrides["returns"] not in _RETURNS:
+        if not isinstance(overrides["returns"], str) or overrides["returns"] not in _RETURNS:
             raise ValueError(f"returns={overrides['returns']!r}; expected 'best' or 'last'")
         overrides["returns"] = _RETURNS[overrides["returns"]]
-    if "nesterov" in overrides and isinstance(overrides["nesterov"], str):
+    if isinstance(overrides.get("nesterov"), str):
         if overrides["nesterov"] not in _NESTEROV:
             raise ValueError(f"nesterov={overrides['nesterov']!r}; expected 'authors' or "
                              "'textbook'")
@@ -115,16 +160,20 @@ def make_config(optimizer, setting=None, **overrides):
     if "first_step_rmse" in overrides and "alpha" not in overrides:
         cfg["alpha"] = 0.0
     for key, value in overrides.items():
-        if isinstance(value, bool):
-            value = int(value)
-        if not isinstance(value, (int, float)):
-            raise TypeError(f"{key} must be a number, got {type(value).__name__}")
-        cfg[key] = value
+        cfg[key] = integer(value, key) if _FIELD_TYPES[key] is int else real(value, key)
+    if name == "FGSM" and setting in ("const_rmse", "const_rmse_authors"):
+        raise ValueError(f"setting={setting!r} does not apply to FGSM, which is one step of eps "
+                         "by definition; use setting='fixed' (or PGD for several steps)")
+    if cfg["stop_rmse"] > 0 and cfg["stop_rmse"] > cfg["eps"]:
+        raise ValueError(f"stop_rmse={cfg['stop_rmse']:g} can never be reached with "
+                         f"eps={cfg['eps']:g} (RMSE <= eps): lower stop_rmse or raise eps")
     if sign and "alpha" not in overrides and "first_step_rmse" not in overrides:
         # the sign attacks' usual step: FGSM one step of eps, the iterative ones eps / steps
         steps = 1 if name == "FGSM" else max(int(cfg["max_iter"]), 1)
         cfg["alpha"] = float(cfg["eps"]) / steps
-    return _core.check_config(cfg)
+    cfg = _core.check_config(cfg)
+    cfg.update(transform)
+    return cfg
 
 
 def describe(cfg):

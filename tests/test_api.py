@@ -106,6 +106,8 @@ def test_batching_never_changes_a_result(tiny):
 
 
 def test_real_surrogate_attack_raises_loss_and_flips_predictions(lite0, samples_dir):
+    # whether Adam reaches CE 30 within its 10 steps depends on the last bits of the gradient
+    # (thread count, BLAS): assert what holds either way
     from fairattack import data
 
     files = sorted(samples_dir.glob("*.JPEG"))[:3]
@@ -114,7 +116,10 @@ def test_real_surrogate_attack_raises_loss_and_flips_predictions(lite0, samples_
     res = fa.attack(lite0, x, y, optimizer="Adam", setting="const_loss")
     ok = res.attacked
     assert ok.sum() >= 2  # Lite0 classifies most samples correctly
-    assert np.all(res.status[ok] == "stop_loss") and np.all(res.loss[ok] >= 30)
+    assert set(res.status[ok]) <= {"stop_loss", "max_iter"}
+    assert np.all(res.loss[ok][res.status[ok] == "stop_loss"] >= 30)
+    assert np.all(res.iterations[ok][res.status[ok] == "max_iter"] == res.config["max_iter"])
+    assert np.all(res.loss[ok] > res.clean_loss[ok] + 10)  # far past any decision boundary
     assert np.all(res.linf[ok] <= 16) and np.all(res.rmse[ok] > 0.5)
     assert np.all(lite0.predict(res.images[ok]) != y[ok])  # the uint8 images still fool it
 
@@ -215,17 +220,29 @@ def test_oracle_errors_and_bad_outputs_are_exceptions():
 
 
 def test_ctrl_c_interrupts_an_attack():
-    calls = []
+    # interrupt_main does nothing where SIGINT is not Python's handler (another test, a plugin
+    # or the runner may have changed it): install the default one for this test
+    import signal
+
+    calls, interrupt_at = [], [3]
 
     def slow(x, labels, want_grad):
         calls.append(len(x))
-        if len(calls) == 3:
+        if len(calls) == interrupt_at[0]:
             _thread.interrupt_main()  # what Ctrl-C in Jupyter does
         n = len(x)
         return (np.ones(n, np.float32), np.zeros(n, np.int64),
                 np.ones(x.shape, np.float32))
 
-    with pytest.raises(KeyboardInterrupt):
-        fa.attack(slow, np.zeros((2, 8, 8, 3), np.uint8), [0, 0], optimizer="GD",
-                  max_iter=1000, stop_loss=math.inf)
-    assert len(calls) < 10
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            fa.attack(slow, np.zeros((2, 8, 8, 3), np.uint8), [0, 0], optimizer="GD",
+                      max_iter=1000, stop_loss=math.inf)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert 3 <= len(calls) < 10
+    interrupt_at[0] = None  # nothing is left pending: the next attack runs to its end
+    res = fa.attack(slow, np.zeros((2, 8, 8, 3), np.uint8), [0, 0], optimizer="GD",
+                    max_iter=5, stop_loss=math.inf)
+    assert list(res.iterations) == [5, 5]

@@ -51,10 +51,10 @@ def test_error_rates_match_hand_count(victims):
     np.testing.assert_array_equal(same.values, rates.values)
 
 
-def test_float_images_are_rounded_and_clipped_like_saved_images(victims):
+def test_float_images_are_rounded_like_saved_images(victims):
     images = uniform_images([0, 0, 0], [0, 0, 0]).astype(np.float32)
     images[0, ..., 0] = 2.6    # rounds to 3 (truncation would give 2)
-    images[1, ..., 0] = -7.0   # clips to 0
+    images[1, ..., 0] = 0.0
     images[2, ..., 0] = 9.4    # rounds to 9
     rates = evaluate({"red": victims["red"]}, images, np.array([3, 0, 9]))
     assert rates["red"] == 0.0
@@ -62,9 +62,18 @@ def test_float_images_are_rounded_and_clipped_like_saved_images(victims):
     assert rates["red"] == pytest.approx(1 / 3)
 
 
+@pytest.mark.parametrize("value, match", [(-7.0, r"\[0, 255\]"), (255.5, r"\[0, 255\]"),
+                                          (300.0, r"\[0, 255\]")])
+def test_values_outside_the_pixel_range_are_errors_not_clipped(victims, value, match):
+    images = uniform_images([3, 3], [3, 3]).astype(np.float32)
+    images[1, 0, 0, 0] = value
+    with pytest.raises(ValueError, match=match):
+        evaluate(victims, images, [3, 3])
+
+
 def test_bad_inputs(victims):
     images = uniform_images([1, 2], [1, 2])
-    with pytest.raises(ValueError, match=r"images: expected shape \[N, H, W, 3\]"):
+    with pytest.raises(ValueError, match=r"images must be RGB images of shape \(N, H, W, 3\)"):
         evaluate(victims, images.transpose(0, 3, 1, 2), [1, 2])
     with pytest.raises(ValueError, match=r"labels: expected shape \[2\]"):
         evaluate(victims, images, [1, 2, 3])
@@ -76,7 +85,7 @@ def test_bad_inputs(victims):
         evaluate(victims, images, [1.0, 2.0])
     with pytest.raises(ValueError, match="NaN"):
         evaluate(victims, np.full((1, 4, 4, 3), np.nan, np.float32), [1])
-    with pytest.raises(ValueError, match="N=0"):
+    with pytest.raises(ValueError, match="empty"):
         evaluate(victims, images[:0], np.array([], np.int64))
     with pytest.raises(ValueError, match="unique"):
         evaluate([victims["red"], victims["red"]], images, [1, 2])

@@ -351,19 +351,52 @@ typedef struct {
     PyObject *error; /* the exception raised by fn, kept to re-raise it unchanged */
 } py_oracle;
 
-static int copy_out(PyObject *obj, int type, npy_intp count, void *dst, const char *what) {
-    if (dst == NULL) /* the core did not ask for this output */
+/* Copy the oracle's output `what` into dst (skipped when dst is NULL: the core does not need
+ * it). The shape must be exactly `want` (ndim values); float outputs of any precision (and
+ * integer ones for loss/grad) are cast to float32, pred must be integers. Every error names the
+ * output. */
+static int copy_out(PyObject *obj, int type, int ndim, const npy_intp *want, void *dst,
+                    const char *what) {
+    if (!dst)
         return 0;
-    PyArrayObject *a = (PyArrayObject *)PyArray_FROMANY(obj, type, 0, 0, NPY_ARRAY_IN_ARRAY);
-    if (!a)
-        return -1;
-    if (PyArray_SIZE(a) != count) {
-        PyErr_Format(PyExc_ValueError, "oracle returned %zd values for %s, expected %zd",
-                     (Py_ssize_t)PyArray_SIZE(a), what, (Py_ssize_t)count);
-        Py_DECREF(a);
+    PyArrayObject *raw = (PyArrayObject *)PyArray_FROM_O(obj);
+    if (!raw) {
+        PyErr_Format(PyExc_TypeError, "oracle output '%s' must be an array, got %s", what,
+                     Py_TYPE(obj)->tp_name);
         return -1;
     }
-    memcpy(dst, PyArray_DATA(a), (size_t)count * PyArray_ITEMSIZE(a));
+    char kind = PyArray_DESCR(raw)->kind;
+    int ok_kind = type == NPY_INT64 ? (kind == 'i' || kind == 'u') : (kind == 'f' || kind == 'i' || kind == 'u');
+    if (!ok_kind) {
+        PyErr_Format(PyExc_TypeError, "oracle output '%s' has dtype %s, expected %s", what,
+                     PyArray_DESCR(raw)->typeobj->tp_name,
+                     type == NPY_INT64 ? "integers (int64)" : "float32 (or another real dtype)");
+        Py_DECREF(raw);
+        return -1;
+    }
+    int same = PyArray_NDIM(raw) == ndim;
+    for (int i = 0; same && i < ndim; i++)
+        same = PyArray_DIM(raw, i) == want[i];
+    if (!same) {
+        char got[160] = "(", expect[160] = "(";
+        for (int i = 0; i < PyArray_NDIM(raw) && strlen(got) < 120; i++)
+            snprintf(got + strlen(got), sizeof got - strlen(got), "%s%zd", i ? ", " : "",
+                     (Py_ssize_t)PyArray_DIM(raw, i));
+        for (int i = 0; i < ndim; i++)
+            snprintf(expect + strlen(expect), sizeof expect - strlen(expect), "%s%zd",
+                     i ? ", " : "", (Py_ssize_t)want[i]);
+        PyErr_Format(PyExc_ValueError, "oracle output '%s' has shape %s%s), expected %s%s)%s",
+                     what, got, PyArray_NDIM(raw) == 1 ? "," : "", expect, ndim == 1 ? "," : "",
+                     ndim == 4 ? " (NHWC, like x)" : "");
+        Py_DECREF(raw);
+        return -1;
+    }
+    PyArrayObject *a = (PyArrayObject *)PyArray_FROM_OTF((PyObject *)raw, type,
+                                                         NPY_ARRAY_IN_ARRAY | NPY_ARRAY_FORCECAST);
+    Py_DECREF(raw);
+    if (!a)
+        return -1;
+    memcpy(dst, PyArray_DATA(a), (size_t)PyArray_NBYTES(a));
     Py_DECREF(a);
     return 0;
 }
@@ -408,11 +441,10 @@ static fa_status py_oracle_grad(void *ctx, int64_t n, const int64_t *index, cons
         PyErr_SetString(PyExc_TypeError, "oracle must return a tuple (loss, pred, grad)");
         goto error;
     }
-    if (copy_out(PyTuple_GET_ITEM(out, 0), NPY_FLOAT32, ln, loss, "loss") < 0 ||
-        copy_out(PyTuple_GET_ITEM(out, 1), NPY_INT64, ln, pred, "pred") < 0)
+    if (copy_out(PyTuple_GET_ITEM(out, 0), NPY_FLOAT32, 1, &ln, loss, "loss") < 0 ||
+        copy_out(PyTuple_GET_ITEM(out, 1), NPY_INT64, 1, &ln, pred, "pred") < 0)
         goto error;
-    if (want_grad && copy_out(PyTuple_GET_ITEM(out, 2), NPY_FLOAT32, ln * o->h * o->w * o->c,
-                              grad, "grad") < 0)
+    if (want_grad && copy_out(PyTuple_GET_ITEM(out, 2), NPY_FLOAT32, 4, shape, grad, "grad") < 0)
         goto error;
     goto done;
 error:
