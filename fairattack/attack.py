@@ -111,6 +111,20 @@ def quantize(adv, clean, eps, rounding="round"):
     return out
 
 
+def _keep_rmse_budget(adv_u8, clean, eps, max_rmse):
+    """Rounding to uint8 can lift an image's RMSE a little above max_rmse (the float iterate is
+    within it): such images are re-quantised to the integers nearest their perturbation whose
+    RMSE is at most max_rmse (the core's MATCH_UINT8_AT_MOST; values move by at most one level).
+    adv_u8 is changed in place."""
+    d = adv_u8.astype(np.float32) - clean
+    over = np.sqrt((d.reshape(len(d), -1) ** 2).mean(axis=1)) > max_rmse
+    if over.any():
+        target = np.full(int(over.sum()), max_rmse, np.float32)
+        fixed = _core.match_rmse(clean[over], adv_u8[over].astype(np.float32), target,
+                                 float(max(eps, 0.5)), _core.MATCH_UINT8_AT_MOST, 0.05)[0]
+        adv_u8[over] = fixed.astype(np.uint8)
+
+
 def measure(adv, clean):
     """ℓ∞, ℓ2, RMSE, ℓ1, ℓ0, PSNR and SSIM of adv against clean (NHWC, uint8 or float)."""
     adv, clean = images_f32(adv, "adv"), images_f32(clean, "clean")
@@ -237,6 +251,7 @@ def attack(model, images, labels, optimizer="Adam", setting=None, *, batch_size=
     per_image.update(clean_pred=np.empty(n, np.int64), iterations=np.empty(n, np.int32),
                      status=np.empty(n, np.int32))
     failed_code = STATUS.index("nan")
+    max_rmse = float(cfg["max_rmse"])
     base = core_config(cfg)
     offset = int(cfg["index_offset"])
     starts = range(0, n, batch_size)
@@ -254,6 +269,8 @@ def attack(model, images, labels, optimizer="Adam", setting=None, *, batch_size=
         failed = out["status"] == failed_code
         result[failed] = clean[failed]  # a failed (NaN) image is returned unchanged
         adv[start:stop] = quantize(result, clean, eps, rounding)
+        if max_rmse > 0:  # the joint budget holds on the uint8 images too, not only the floats
+            _keep_rmse_budget(adv[start:stop], clean, eps, max_rmse)
         del result, out["adv"]
         metrics = _core.metrics(adv[start:stop].astype(np.float32), clean)
         for key, values in list(metrics.items()) + list(out.items()):

@@ -223,6 +223,10 @@ def test_joint_budget_holds_on_every_iterate(optimizer, setting, eps, max_rmse, 
     x0, y = _budget_images(oracle)
     if optimizer in SIGN_OPTIMIZERS and setting != "fixed":
         extra = dict(extra, first_step_rmse=1.0)
+    if optimizer == "FGSM" and setting == "const_rmse":  # one step by definition: refused
+        with pytest.raises(ValueError, match="FGSM"):
+            fa.attack(oracle, x0, y, optimizer, setting, eps=eps, max_rmse=max_rmse, **extra)
+        return
     res = fa.attack(oracle, x0, y, optimizer, setting, eps=eps, max_rmse=max_rmse,
                     stop_loss=math.inf, **extra)
     assert (res.status != "nan").all()
@@ -240,8 +244,9 @@ def test_joint_budget_holds_on_every_iterate(optimizer, setting, eps, max_rmse, 
         assert np.abs(d).max() <= eps + 1e-3
         assert rmse(d) <= max_rmse + 1e-3
         assert x.min() >= 0 and x.max() <= 255
-    # what the victims see: the uint8 image is within rounding (0.5 per value) of the budget
-    assert (res.rmse <= max_rmse + 0.5).all() and (res.linf <= eps).all()
+    # what the victims see: the budget holds on the uint8 images too (fa.attack re-quantises an
+    # image that rounding lifted above max_rmse)
+    assert (res.rmse <= max_rmse * (1 + 1e-6)).all() and (res.linf <= eps).all()
 
 
 def test_fgsm_under_a_joint_budget_is_the_projected_sign_step():
@@ -251,8 +256,9 @@ def test_fgsm_under_a_joint_budget_is_the_projected_sign_step():
     for img, clean, label in zip(res.images, x0.astype(np.float64), y):
         _, _, g = oracle.one(clean, int(label))
         ref = project(clean[None], (clean + 16 * np.sign(g))[None], 16, 3.0)[0]
-        assert np.abs(img - ref).max() <= 0.5 + 1e-3
-    assert np.all(np.abs(res.rmse - 3.0) < 0.3)
+        # rounding, and at most one level more where rounding lifted the RMSE above 3
+        assert np.abs(img - ref).max() <= 1.5 + 1e-3
+    assert np.all(res.rmse <= 3.0 * (1 + 1e-6)) and np.all(res.rmse > 2.7)
 
 
 def test_stop_rmse_above_max_rmse_is_rejected():
