@@ -23,6 +23,7 @@ import pytest
 import torch
 
 import fairattack as fa
+from tiny import SmallNet
 
 torchattacks = pytest.importorskip("torchattacks")
 
@@ -33,21 +34,6 @@ parity = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(parity)
 
 DETERMINISTIC = ("FGSM", "PGD", "MI-FGSM", "NI-FGSM", "TI")
-
-
-class SmallNet(torch.nn.Module):
-    """A small conv classifier on [0, 255] NCHW input (10 classes)."""
-
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
-        self.head = torch.nn.Linear(8 * 4 * 4, 10)
-
-    def forward(self, x):
-        h = torch.relu(self.conv(x / 127.5 - 1.0))
-        h = torch.nn.functional.adaptive_avg_pool2d(h, 4)
-        return self.head(h.flatten(1)) * 4.0
 
 
 @pytest.fixture(scope="module")

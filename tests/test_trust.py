@@ -12,21 +12,7 @@ from PIL import Image
 
 import fairattack as fa
 from fairattack import data, models
-
-
-class SmallNet(torch.nn.Module):
-    """A small convolutional classifier on [0, 255] NCHW input (10 classes), any input size."""
-
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
-        self.head = torch.nn.Linear(8 * 4 * 4, 10)
-
-    def forward(self, x):
-        h = torch.relu(self.conv(x / 127.5 - 1.0))
-        h = torch.nn.functional.adaptive_avg_pool2d(h, 4)
-        return self.head(h.flatten(1)) * 4.0
+from tiny import SmallNet
 
 
 class FixedSize(torch.nn.Module):

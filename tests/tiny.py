@@ -18,6 +18,22 @@ class TinyImageNet(torch.nn.Module):
         return self.head(h.flatten(1)) * 3.0
 
 
+class SmallNet(torch.nn.Module):
+    """A small convolutional classifier on [0, 255] NCHW input (10 classes), any input size:
+    the API, trust and parity tests' model (seeded: the same weights every time)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.head = torch.nn.Linear(8 * 4 * 4, 10)
+
+    def forward(self, x):
+        h = torch.relu(self.conv(x / 127.5 - 1.0))
+        h = torch.nn.functional.adaptive_avg_pool2d(h, 4)
+        return self.head(h.flatten(1)) * 4.0
+
+
 def save_tiny(path, seed):
     """A TorchScript file of a tiny classifier; returns its path."""
     from fairattack.models import _quiet_jit
