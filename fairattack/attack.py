@@ -52,12 +52,23 @@ class AttackResult:
     def __len__(self):
         return len(self.images)
 
+    @property
+    def target_not_reached(self):
+        """Images of an RMSE-stopped run (stop_rmse > 0) that hit the step cap below the target
+        RMSE (the box and ε kept them there): attacked, but not at the protocol's RMSE."""
+        if self.config.get("stop_rmse", 0) > 0:
+            return self.status == "max_iter"
+        return np.zeros(len(self.status), bool)
+
     def summary(self):
-        """Counts and the means over attacked images of every measurement."""
+        """Counts (per outcome) and the means over attacked images of every measurement."""
         ok = self.attacked
         out = {"optimizer": self.optimizer, "setting": self.setting,
                "n_images": int(ok.sum()), "n_skipped": int((self.status == "skipped").sum()),
                "n_failed": int((self.status == "nan").sum())}
+        for status in ("stop_loss", "stop_rmse", "max_iter"):
+            out[f"n_{status}"] = int((self.status == status).sum())
+        out["n_target_not_reached"] = int(self.target_not_reached.sum())
         for key in METRICS + ("loss", "iterations"):
             values = getattr(self, key)[ok].astype(np.float64)
             out[key] = float(values.mean()) if values.size else float("nan")

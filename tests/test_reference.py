@@ -160,6 +160,21 @@ def test_stop_rmse_lands_on_target():
         assert np.all(np.abs(res.rmse - target) <= 0.01 * target + 0.3)
 
 
+def test_images_the_box_keeps_below_the_target_are_counted():
+    x, y, oracle = make_batch(4, seed=9)
+    x[1] = 255  # every value at the top of the box: only downward moves, RMSE well below 15
+    y[1] = oracle.predict(x[1])
+    res = fa.attack(oracle, x, y, optimizer="Adam", setting="const_rmse", max_iter=8)
+    blocked = res.status == "max_iter"
+    assert blocked[1] and res.rmse[1] < 15
+    np.testing.assert_array_equal(res.target_not_reached, blocked)
+    summary = res.summary()
+    assert summary["n_target_not_reached"] == blocked.sum() >= 1
+    assert summary["n_stop_rmse"] + summary["n_max_iter"] == summary["n_images"]
+    # without an RMSE stop nothing is "not reached"
+    assert not fa.attack(oracle, x, y, optimizer="Adam", max_iter=2).target_not_reached.any()
+
+
 def test_misclassified_images_are_skipped():
     x, y, oracle = make_batch(4, seed=6)
     y = y.copy()
