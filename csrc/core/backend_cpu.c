@@ -189,7 +189,7 @@ static fa_status cpu_fetch_rows(const float *buf, int64_t dim, int64_t count, co
 static const fa_backend cpu_backend = {
     "cpu",          cpu_alloc,      cpu_free,     cpu_copy,         cpu_direction,
     cpu_step,       cpu_step_rmse,  cpu_rmse,     cpu_abs_sum,      cpu_random_start,
-    cpu_compact,    cpu_copy_rows,  cpu_fetch_rows,
+    cpu_compact,    cpu_copy_rows,  cpu_fetch_rows, NULL, /* calibrate: fa_calibrate's loop */
 };
 
 const fa_backend *fa_backend_cpu(void) { return &cpu_backend; }

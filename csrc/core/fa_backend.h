@@ -91,6 +91,11 @@ typedef struct fa_backend {
      * the images that finish in one step, in one call. */
     fa_status (*fetch_rows)(const float *buf, int64_t dim, int64_t count, const int64_t *rows,
                             float *const *dst);
+
+    /* Optional (NULL: fa_calibrate drives the search with step_rmse): the whole calibration of
+     * fa_calibrate without a joint budget, on the backend, alpha_out on the host. */
+    fa_status (*calibrate)(int64_t n, int64_t dim, const float *x, const float *x0,
+                           const float *d, float eps, float r1, float *alpha_out);
 } fa_backend;
 
 const fa_backend *fa_backend_cpu(void);

@@ -187,4 +187,68 @@ static inline FA_HD float fa_direction_value(const fa_direction_consts *c, int o
     }
 }
 
+/* ---------------------------------------------------------------- the step-size search
+ *
+ * SPEC 4's calibration and stop_rmse's shortened step solve f(s) = target for one image, f(s) =
+ * RMSE(P(x + s * d) - ref) non-decreasing in s, by a bracketing search whose every trial is one
+ * evaluation of f. The search itself is this per-image state machine, so that the host loop
+ * (calibrate.c, one batched step_rmse per round) and the CUDA kernel (one block per image) run
+ * the same decisions. Deterministic: no clock, a fixed budget of trials.
+ */
+#define FA_REL_TOL 1e-4    /* |f(s) - target| <= target * FA_REL_TOL ends the search      */
+#define FA_MAX_DOUBLING 64 /* bracket growth (f flat: the target cannot be reached)          */
+#define FA_MAX_BISECT 60
+
+typedef struct fa_bracket {
+    double lo, hi;   /* f(lo) <= target; hi < 0: no upper bracket yet                      */
+    float fprev;     /* f at the last doubling (a flat f means the target is out of reach) */
+    int grow_left, bisect_left;
+} fa_bracket;
+
+static inline FA_HD void fa_bracket_init(fa_bracket *b, double lo, double hi) {
+    b->lo = lo, b->hi = hi, b->fprev = -1.0f;
+    b->grow_left = FA_MAX_DOUBLING, b->bisect_left = FA_MAX_BISECT;
+}
+
+/* 1 with *s the next scale to try; 0 when the search is over (the answer is b->lo: the
+ * bracket's lower end when the tolerance was not met, so it never passes the target by more
+ * than the tolerance). */
+static inline FA_HD int fa_bracket_next(fa_bracket *b, float *s) {
+    if (b->hi < 0.0) {
+        if (b->grow_left > 0) {
+            *s = (float)(2.0 * b->lo);
+            return 1;
+        }
+        b->hi = b->lo; /* never reached the target: the largest RMSE is reached at lo */
+    }
+    if (b->bisect_left > 0 && b->hi > b->lo && (float)b->hi != (float)b->lo) {
+        *s = (float)(0.5 * (b->lo + b->hi));
+        return 1;
+    }
+    return 0;
+}
+
+/* f = f(s) for the s fa_bracket_next gave. */
+static inline FA_HD void fa_bracket_update(fa_bracket *b, float s, float f, float target,
+                                           double tol) {
+    if (b->hi < 0.0) { /* growing: double lo until f reaches the target or stops growing */
+        b->grow_left--;
+        if ((double)f >= (double)target - tol)
+            b->hi = 2.0 * b->lo;
+        else if (!(f > b->fprev))
+            b->hi = b->lo; /* flat (or NaN): keep lo */
+        else
+            b->fprev = f, b->lo = 2.0 * b->lo;
+        return;
+    }
+    b->bisect_left--;
+    const double fi = (double)f;
+    if (fabs(fi - (double)target) <= tol)
+        b->lo = b->hi = (double)s; /* done */
+    else if (fi < (double)target)
+        b->lo = (double)s;
+    else
+        b->hi = (double)s;
+}
+
 #endif /* FA_MATH_H */

@@ -767,10 +767,71 @@ fa_status cuda_fetch_rows(const float *buf, int64_t dim, int64_t count, const in
     return status;
 }
 
+/*
+ * SPEC 4's calibration for every row in one launch (one block per row): the same fa_bracket
+ * search as calibrate.c's host loop, each trial's RMSE a block-wide double sum, so there is no
+ * round trip to the host per trial. Every thread keeps its own copy of the row's bracket; all
+ * copies see the same sums and stay equal.
+ */
+__global__ void fa_k_calibrate(int64_t n, int64_t dim, const float *x, const float *x0,
+                               const float *d, float eps, float r1, float *alpha) {
+    __shared__ double shared[kThreads];
+    const double tol = (double)r1 * FA_REL_TOL;
+    for (int64_t i = blockIdx.x; i < n; i += gridDim.x) { /* uniform in the block */
+        const float *xi = x + i * dim, *x0i = x0 + i * dim, *di = d + i * dim;
+        double part = 0.0;
+        for (int64_t j = threadIdx.x; j < dim; j += kThreads)
+            part += dmul((double)di[j], (double)di[j]);
+        const double rms = (double)(float)sqrt(block_sum(part, shared) / (double)dim);
+        const int active = rms > 0.0 && isfinite(rms);
+        fa_bracket b;
+        fa_bracket_init(&b, active ? (double)r1 / rms : 0.0, -1.0);
+        float s = (float)b.lo;
+        int first = active; /* alpha0 = r1 / rms(d) first: exact when nothing clips */
+        while (first || (active && fa_bracket_next(&b, &s))) {
+            part = 0.0;
+            for (int64_t j = threadIdx.x; j < dim; j += kThreads) {
+                const double e = (double)(fa_project(xi[j] + fa_mul(s, di[j]), x0i[j], eps) - xi[j]);
+                part += dmul(e, e);
+            }
+            const float f = (float)sqrt(block_sum(part, shared) / (double)dim);
+            if (first) {
+                first = 0;
+                if (fabs((double)f - (double)r1) <= tol)
+                    break;
+                continue;
+            }
+            fa_bracket_update(&b, s, f, r1, tol);
+        }
+        if (threadIdx.x == 0)
+            alpha[i] = (float)b.lo;
+    }
+}
+
+fa_status cuda_calibrate(int64_t n, int64_t dim, const float *x, const float *x0, const float *d,
+                         float eps, float r1, float *alpha_out) {
+    std::lock_guard<std::mutex> lock(scratch_mutex);
+    fa_status status = check_sizes("calibrate", n, dim);
+    if (status != FA_OK || n == 0 || dim == 0)
+        return status;
+    if ((status = enter()) != FA_OK)
+        return status;
+    scratch_view view;
+    if ((status = scratch_get(n, 0, &view)) != FA_OK)
+        return status;
+    const int64_t blocks = n < kMaxReduceBlocks ? n : kMaxReduceBlocks;
+    fa_k_calibrate<<<(unsigned)blocks, kThreads, 0, stream()>>>(n, dim, x, x0, d, eps, r1,
+                                                               view.out);
+    if ((status = check_launch("fa_k_calibrate launch")) != FA_OK)
+        return status;
+    return to_host(alpha_out, view.out, (size_t)n * sizeof(float),
+                   "cudaMemcpyAsync of the calibrated step sizes (device to host)");
+}
+
 const fa_backend table = {
     "cuda",          cuda_alloc,     cuda_free,    cuda_copy,         cuda_direction,
     cuda_step,       cuda_step_rmse, cuda_rmse,    cuda_abs_sum,      cuda_random_start,
-    cuda_compact,    cuda_copy_rows, cuda_fetch_rows,
+    cuda_compact,    cuda_copy_rows, cuda_fetch_rows, cuda_calibrate,
 };
 
 } /* namespace */
