@@ -122,6 +122,10 @@ static fa_status cpu_step_rmse(int64_t n, int64_t dim, const float *x, const flo
     for (int64_t i = 0; i < n; i++) {
         const int64_t o = i * dim;
         const float a = alpha[i];
+        if (isnan(a)) { /* a row the caller does not ask about (calibration's finished images) */
+            out_host[i] = NAN;
+            continue;
+        }
         const double mu = joint_scale(dim, x + o, x0 + o, d + o, a, eps, max_rmse, scratch);
         double s = 0.0;
         for (int64_t j = o; j < o + dim; j++) {

@@ -26,7 +26,7 @@ static fa_status solve(const fa_backend *be, int64_t n, int64_t dim, const float
         for (int64_t i = 0; i < n; i++) {
             pending[i] = active[i] && fa_bracket_next(&b[i], &s[i]);
             if (!pending[i])
-                s[i] = (float)b[i].lo;
+                s[i] = NAN; /* nothing to evaluate: step_rmse may skip the row */
             open += pending[i];
         }
         if (open == 0)

@@ -61,7 +61,8 @@ typedef struct fa_backend {
                       const float *alpha, float scale, float eps, float max_rmse, float *out);
 
     /* out_host[i] = RMSE(P(x + alpha[i] * d) - ref) without writing anything (calibration and
-     * the shortened last step of stop_rmse); P as in step, around x0. */
+     * the shortened last step of stop_rmse); P as in step, around x0. alpha[i] NaN: the row is
+     * not asked about (out_host[i] NaN; a backend may skip its work). */
     fa_status (*step_rmse)(int64_t n, int64_t dim, const float *x, const float *x0,
                            const float *ref, const float *d, const float *alpha, float eps,
                            float max_rmse, float *out_host);
