@@ -6,14 +6,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
 
 import fairattack as fa
-from fairattack import data
-from tiny import save_tiny
+from tiny import user_folder
 
 PACKAGE_ROOT = str(Path(fa.__file__).resolve().parents[1])
 
@@ -38,18 +35,7 @@ def one_error_line(out, message):
 @pytest.fixture(scope="module")
 def user_files(tmp_path_factory):
     """Tiny TorchScript models and a flat folder of SYNSET_name.png images."""
-    root = tmp_path_factory.mktemp("user")
-    s = save_tiny(root / "surrogate.pt", 0)
-    v = save_tiny(root / "victim.pt", 1)
-    folder = root / "images"
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    model = fa.load_model(s)
-    for i in range(12):
-        x = rng.integers(0, 256, (20, 24, 3)).astype(np.uint8)
-        label = int(model.predict(x[2:18, 4:20][None])[0])  # what the centre crop shows it
-        Image.fromarray(x).save(folder / f"{data.synset_of(label)}_img{i}.png")
-    return root, s, v, folder
+    return user_folder(tmp_path_factory.mktemp("user"))
 
 
 def test_models_lists_the_registry():

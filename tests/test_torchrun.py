@@ -16,8 +16,8 @@ import pytest
 from PIL import Image
 
 import fairattack as fa
-from fairattack import cli, data
-from tiny import save_tiny
+from fairattack import cli
+from tiny import user_folder
 
 PACKAGE_ROOT = str(Path(fa.__file__).resolve().parents[1])
 SIZE = 16
@@ -63,19 +63,8 @@ def test_the_old_n_spelling_does_not_pass_through_torchrun(capsys):
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    """Tiny TorchScript surrogate and victim, and a flat folder of images."""
-    root = tmp_path_factory.mktemp("torchrun")
-    s = save_tiny(root / "s.pt", 0)
-    v = save_tiny(root / "v.pt", 1)
-    folder = root / "images"
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    model = fa.load_model(s)
-    for i in range(12):
-        x = rng.integers(0, 256, (20, 24, 3)).astype(np.uint8)
-        label = int(model.predict(x[2:18, 4:20][None])[0])  # what the centre crop shows it
-        Image.fromarray(x).save(folder / f"{data.synset_of(label)}_img{i}.png")
-    return root, s, v, folder
+    """Tiny TorchScript models and a flat folder of SYNSET_name.png images."""
+    return user_folder(tmp_path_factory.mktemp("torchrun"))
 
 
 def env():

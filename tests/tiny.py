@@ -47,3 +47,24 @@ def images_it_gets_right(model, n=4, size=16, seed=0):
     """Random uint8 images labelled with the model's own predictions (so all are attacked)."""
     x = np.random.default_rng(seed).integers(0, 256, (n, size, size, 3)).astype(np.uint8)
     return x, model.predict(x), [f"img{i}" for i in range(n)]
+
+
+def user_folder(root, n=12):
+    """Tiny TorchScript surrogate (seed 0) and victim (seed 1) and a flat folder of n
+    SYNSET_name.png images (20x24) labelled with what the surrogate sees in their 16x16 centre
+    crop. Returns (root, surrogate path, victim path, folder)."""
+    import fairattack as fa
+    from fairattack import data
+    from PIL import Image
+
+    s = save_tiny(root / "surrogate.pt", 0)
+    v = save_tiny(root / "victim.pt", 1)
+    folder = root / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    model = fa.load_model(s)
+    for i in range(n):
+        x = rng.integers(0, 256, (20, 24, 3)).astype(np.uint8)
+        label = int(model.predict(x[2:18, 4:20][None])[0])  # what the centre crop shows it
+        Image.fromarray(x).save(folder / f"{data.synset_of(label)}_img{i}.png")
+    return root, s, v, folder
