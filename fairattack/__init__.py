@@ -9,11 +9,12 @@
 import torch  # noqa: F401  (loads LibTorch's shared libraries before the extension)
 
 from . import _core
-from ._model import Model, load_model
+from ._model import Model, get_model, load_model
 from .attack import AttackResult, attack, measure, to_uint8
 # compare: the function binds over the submodule's name (fairattack.compare.* stays importable)
-from .compare import compare, comparison_table, match_rmse, paired_test
+from .compare import compare, comparison_table, match_rmse
 from .evaluate import evaluate  # binds the function over the submodule's name
+from .outcome import paired_test
 from .settings import OPTIMIZERS, PAPER_OPTIMIZERS, SETTINGS, SIGN_OPTIMIZERS, make_config
 from .study import run_study
 
@@ -36,6 +37,6 @@ def __getattr__(name):
 
 __all__ = ["AttackResult", "Model", "OPTIMIZERS", "PAPER_OPTIMIZERS", "SETTINGS",
            "SIGN_OPTIMIZERS", "attack", "compare", "comparison_table", "cuda_available",
-           "evaluate", "load_model", "make_config", "match_rmse", "measure", "paired_test",
+           "evaluate", "get_model", "load_model", "make_config", "match_rmse", "measure", "paired_test",
            "run_study",
            "to_uint8", "__version__"]

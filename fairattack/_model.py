@@ -1,5 +1,10 @@
 """Models: TorchScript classifiers run by the C++ LibTorch shim (float NCHW RGB in [0, 255] ->
-logits). NumPy in, NumPy out."""
+logits). NumPy in, NumPy out.
+
+Also the one place that turns what a user names a model by (a registry name, a TorchScript path,
+a fairattack Model, a dict name -> any of those) into loaded models (`model_specs`, `load_spec`,
+`victims_of`), tells what a model is made of (`model_digest`: its content) and its input size.
+"""
 
 import copy
 import io
@@ -8,8 +13,9 @@ import warnings
 
 import numpy as np
 
-from . import _core
+from . import _core, models
 from ._validate import check_pixels, images_f32, labels_i64, positive_int
+from .store import digest_bytes, digest_file, digest_json
 
 _DEVICES = {"cpu": _core.DEVICE_CPU, "cuda": _core.DEVICE_CUDA}
 
@@ -41,7 +47,7 @@ def _parse_device(device):
     return _DEVICES["cuda"], index, f"cuda:{index}"
 
 
-def _device_index(device):
+def device_kind(device):
     """The device kind (_core.DEVICE_CPU or DEVICE_CUDA) of a device name; see _parse_device."""
     return _parse_device(device)[0]
 
@@ -194,3 +200,183 @@ def load_model(source, device="cpu", name=None):
         core = _core.Model(buffer.getvalue(), kind, index)
         default_name = type(source).__name__
     return Model(core, name or default_name, device_name, source)
+
+
+def get_model(name, device="cpu", cache_dir=None):
+    """A registered model as a fairattack Model (built once into the cache folder)."""
+    return load_model(str(models.export_registered(name, cache_dir)), device=device, name=name)
+
+
+models.set_loader(get_model)  # models.get_model, without models importing this module
+
+
+# ----------------------------------------------------------------------------- naming models
+
+def registry_name(name):
+    """The registered name of `name` (any case), or None."""
+    by_lower = {n.lower(): n for n in models.available_models()}
+    return by_lower.get(str(name).lower())
+
+
+def is_file_spec(spec):
+    """A model named by its TorchScript file (a path, or a str that looks like one)."""
+    return isinstance(spec, os.PathLike) or (isinstance(spec, str) and (
+        spec.endswith((".pt", ".pth", ".ts")) or os.sep in spec or os.path.isfile(spec)))
+
+
+def model_specs(specs, what):
+    """names / paths / Models / a dict name -> any of those -> ordered {name: spec}; registry
+    names are canonical, unknown names and missing files raise before any work."""
+    if isinstance(specs, (str, os.PathLike, Model)):
+        specs = [specs]
+    if isinstance(specs, dict):
+        items = list(specs.items())
+    else:
+        items = []
+        for m in specs:
+            if isinstance(m, Model):
+                items.append((m.name, m))
+            elif isinstance(m, (str, os.PathLike)):
+                name = os.fspath(m)
+                if is_file_spec(m):
+                    name = os.path.splitext(os.path.basename(name))[0]
+                else:
+                    name = registry_name(name) or name
+                items.append((name, m))
+            else:
+                raise TypeError(f"{what}: expected model names, TorchScript paths or "
+                                f"fairattack Models, got {type(m).__name__}")
+    if not items:
+        raise ValueError(f"{what}: expected at least one model")
+    out = {}
+    for name, spec in items:
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"{what}: every model needs a non-empty str name, got {name!r}")
+        if name in out:
+            raise ValueError(f"{what}: the name {name!r} appears twice")
+        if isinstance(spec, (str, os.PathLike)) and not isinstance(spec, Model):
+            if is_file_spec(spec):
+                if not os.path.isfile(spec):
+                    raise FileNotFoundError(f"{what}: model file {os.fspath(spec)!r} does not "
+                                            "exist")
+            elif registry_name(spec) is None:
+                raise ValueError(f"{what}: unknown model {spec!r}; expected a registered name "
+                                 f"({', '.join(models.available_models())}) or a TorchScript "
+                                 "file")
+            else:
+                spec = registry_name(spec)
+        elif not isinstance(spec, Model):
+            raise TypeError(f"{what}[{name!r}]: expected a model name, a TorchScript path or a "
+                            f"fairattack Model, got {type(spec).__name__}")
+        out[name] = spec
+    return out
+
+
+def load_spec(name, spec, device):
+    """A fairattack Model from a registry name, a TorchScript path or a Model."""
+    if isinstance(spec, Model):
+        return spec
+    if is_file_spec(spec):
+        return load_model(os.fspath(spec), device=device, name=name)
+    return get_model(spec, device=device)
+
+
+def victims_of(victims, need="predict"):
+    """Victims as {name: model}: a dict name -> model, one model, or a list of models (named by
+    their .name). A model is anything with the method `need` (predict for compare, logits for
+    evaluate); names are unique non-empty strs other than "mean"."""
+    if isinstance(victims, dict):
+        items = list(victims.items())
+    elif hasattr(victims, "predict"):
+        items = [(getattr(victims, "name", None), victims)]
+    else:
+        items = [(getattr(v, "name", None), v) for v in victims]
+    if not items:
+        raise ValueError("victims: expected at least one model")
+    names = [n for n, _ in items]
+    for name, victim in items:
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"victims: every victim needs a non-empty str name, got {name!r}")
+        if not callable(getattr(victim, need, None)):
+            raise TypeError(f"victims[{name!r}]: expected a fairattack Model (or an object with "
+                            f"{need}(images uint8)), got {type(victim).__name__}")
+    if "mean" in names or len(set(names)) != len(names):
+        raise ValueError(f"victims: names must be unique and not 'mean', got {names}")
+    return dict(items)
+
+
+def predict_any(model, images, batch_size):
+    """Predicted labels [n] of a Model, any object with predict(images), or a callable oracle
+    fn(x, labels, want_grad) -> (loss, pred, grad)."""
+    if isinstance(model, Model) or not callable(model):
+        pred = np.concatenate([np.asarray(model.predict(images[s:s + batch_size]))
+                               for s in range(0, len(images), batch_size)])
+    else:
+        pred = np.concatenate([
+            np.asarray(model(images[s:s + batch_size].astype(np.float32),
+                             np.zeros(len(images[s:s + batch_size]), np.int64), False)[1])
+            for s in range(0, len(images), batch_size)])
+    return pred.astype(np.int64).reshape(-1)
+
+
+# ----------------------------------------------------------------------------- identity
+
+def model_digest(spec):
+    """The content digest of a model: its TorchScript file's bytes (a registered model's exported
+    file), the bytes it was loaded from, or the weights of the torch module it was loaded from."""
+    if isinstance(spec, Model):
+        source = spec.source
+        if isinstance(source, (str, os.PathLike)):
+            return digest_file(source)
+        if isinstance(source, (bytes, bytearray)):
+            return digest_bytes(bytes(source))
+        import torch
+
+        if isinstance(source, torch.nn.Module):
+            digest = [type(source).__qualname__]
+            for key, value in source.state_dict().items():
+                value = value.detach().cpu().contiguous()
+                digest.append([key, str(value.dtype), list(value.shape),
+                               digest_bytes(value.numpy().tobytes()
+                                            if value.dtype != torch.bfloat16
+                                            else value.float().numpy().tobytes())])
+            return digest_json(digest)
+        raise ValueError(f"model {spec.name!r}: cannot tell what it is made of (no file, bytes "
+                         "or torch module); pass its TorchScript path")
+    if is_file_spec(spec):
+        return digest_file(spec)
+    return digest_file(models.export_registered(spec))
+
+
+def file_stamp(model):
+    """compare's cache identity of a model: [name, path, size, mtime] of its file, or None."""
+    source = getattr(model, "source", None)
+    if isinstance(source, (str, os.PathLike)) and os.path.isfile(source):
+        st = os.stat(source)
+        return [getattr(model, "name", ""), os.path.abspath(source), st.st_size, st.st_mtime_ns]
+    return None
+
+
+def input_size(spec):
+    """Square input size (pixels) of a registry name, an exported .pt file or a Model from one;
+    None when unknown."""
+    if isinstance(spec, Model):
+        spec = spec.source if isinstance(spec.source, (str, os.PathLike)) else None
+    if spec is None:
+        return None
+    size = None
+    if is_file_spec(spec):
+        try:
+            size = models.read_metadata(os.fspath(spec)).get("input_size")
+        except Exception:  # noqa: BLE001 - not an exported file: size unknown
+            return None
+    elif registry_name(spec) is not None:
+        size = models.input_size(registry_name(spec))
+    if size is None:
+        return None
+    if isinstance(size, int):
+        return size
+    height, width = (int(s) for s in size)
+    if height != width:
+        raise ValueError(f"input size {height}x{width} is not square; pass image_size=...")
+    return height

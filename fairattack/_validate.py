@@ -112,8 +112,28 @@ def real(value, name):
     raise TypeError(f"{name} must be a number, got {_describe(value)}")
 
 
-def positive_int(value, name):
+def int_at_least(value, name, low, optional=False):
+    """A Python or NumPy integer >= low -> int (None when optional and None): the one check of
+    an integer argument. TypeError for a non-integer, ValueError below low; both name it."""
+    if optional and value is None:
+        return None
     value = integer(value, name)
-    if value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if value < low:
+        what = "a positive integer" if low == 1 else f"an integer >= {low}"
+        raise ValueError(f"{name} must be {what}" + (" or None" if optional else "")
+                         + f", got {value!r}")
     return value
+
+
+def positive_int(value, name):
+    """int_at_least(value, name, 1)."""
+    return int_at_least(value, name, 1)
+
+
+def round_to_uint8(images):
+    """Float (or integer) pixel values -> uint8: rounded to the nearest integer, clipped to
+    [0, 255]. The one rounding of float images to what victims see."""
+    images = np.asarray(images)
+    if images.dtype == np.uint8:
+        return images
+    return np.clip(np.rint(images), 0, 255).astype(np.uint8)

@@ -8,7 +8,9 @@ import numpy as np
 
 from . import _core
 from ._model import Model
-from ._validate import check_pixels, images_f32, is_integral, labels_i64, positive_int
+from ._validate import (check_pixels, images_f32, is_integral, labels_i64, positive_int,
+                        round_to_uint8)
+from .outcome import attacked_mask
 from .settings import OPTIMIZERS, core_config, default_setting, make_config, transform_of
 
 STATUS = tuple(_core.IMAGE_STATUS)
@@ -45,9 +47,10 @@ class AttackResult:
     config: dict
 
     @property
-    def attacked(self):
-        """Images that count: attacked (not skipped as misclassified) and not failed (NaN)."""
-        return (self.status != "skipped") & (self.status != "nan")
+    def attacked_mask(self):
+        """Boolean mask [N] of the images that count: attacked (not skipped as misclassified)
+        and not failed (NaN); `fairattack.outcome.attacked_mask`."""
+        return attacked_mask(self.status)
 
     def __len__(self):
         return len(self.images)
@@ -62,7 +65,7 @@ class AttackResult:
 
     def summary(self):
         """Counts (per outcome) and the means over attacked images of every measurement."""
-        ok = self.attacked
+        ok = self.attacked_mask
         out = {"optimizer": self.optimizer, "setting": self.setting,
                "n_images": int(ok.sum()), "n_skipped": int((self.status == "skipped").sum()),
                "n_failed": int((self.status == "nan").sum())}
@@ -94,7 +97,7 @@ def to_uint8(images, rounding="round"):
     """Float images in [0, 255] -> uint8, by rounding (default) or by truncation (the authors'
     `astype(uint8)`)."""
     if rounding == "round":
-        return np.clip(np.rint(images), 0, 255).astype(np.uint8)
+        return round_to_uint8(images)
     if rounding == "truncate":
         return np.clip(images, 0, 255).astype(np.uint8)
     raise ValueError(f"rounding must be 'round' or 'truncate', got {rounding!r}")

@@ -44,27 +44,25 @@ Rules that keep the numbers comparable:
   the same resamples, and "mean" is the bootstrap of the per-image mean over victims.
 """
 
-import hashlib
-import json
 import math
-import os
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from . import _core
-from ._model import Model
-from ._validate import images_f32, labels_i64, positive_int
-from .settings import OPTIMIZERS, make_config, optimizer_index
+from ._model import Model, file_stamp, predict_any, victims_of
+from ._validate import images_f32, int_at_least, labels_i64, positive_int, round_to_uint8
+from .outcome import bootstrap_ci, fooled_mask
+from .peers import peer_by_name, run_peer
+from .settings import make_config
+from .spec import CONFIG_KEYS, TRANSFORMS, coerce
+from .store import CompareCache, digest_parts
 
 #: Matched images are within this many pixels (RMSE) of their target where reachable.
 RMSE_TOL = 0.05
 MODES = ("rescale", "budget")
-PEERS_HINT = "pip install fairattack[peers]"
 #: fa.attack keywords that compare() sets itself (one ε for all attacks, the budget in budget mode)
 _RESERVED = ("eps", "max_rmse", "batch_size", "progress", "model", "images", "labels")
-_ATTACK_KWARGS = ("setting", "di_prob", "si_copies", "ti_kernel", "rounding")
 
 
 # ----------------------------------------------------------------------------- matching
@@ -113,7 +111,7 @@ def match_rmse(clean, adv, target, eps=16):
 
 def _match(clean_f32, adv_f32, target_f32, eps, mode):
     matched, reached, _, _ = _core.match_rmse(clean_f32, adv_f32, target_f32, eps, mode, RMSE_TOL)
-    return np.clip(np.rint(matched), 0, 255).astype(np.uint8), np.asarray(reached, bool)
+    return round_to_uint8(matched), np.asarray(reached, bool)
 
 
 def _round_to_budget(adv, x, x_f, r, eps):
@@ -138,87 +136,9 @@ def _image_rmse(adv_u8, clean):
 
 # ----------------------------------------------------------------------------- attacks
 
-def _is_torchattacks(obj):
-    """A torchattacks Attack, or an object shaped like one (get_logits, set_model_training_mode)."""
-    module = type(obj).__module__ or ""
-    return module.split(".")[0] == "torchattacks" or all(
-        hasattr(obj, a) for a in ("get_logits", "set_model_training_mode"))
-
-
-def _import_torchattacks(what):
-    try:
-        import torchattacks
-    except ModuleNotFoundError:
-        raise ModuleNotFoundError(f"{what} needs torchattacks, an optional peer library: "
-                                  f"{PEERS_HINT}") from None
-    return torchattacks
-
-
-class _Attack:
-    """One attack of a comparison, normalised: kind is "fairattack", "callable", "torch" or
-    "images"."""
-
-    def __init__(self, name, kind, optimizer=None, kwargs=None, fn=None, images=None):
-        self.name, self.kind, self.optimizer = name, kind, optimizer
-        self.kwargs, self.fn, self.images = dict(kwargs or {}), fn, images
-
-    @property
-    def reruns(self):
-        return self.kind == "fairattack"
-
-    def spec(self):
-        if self.kind == "fairattack":
-            return {"optimizer": self.optimizer, **self.kwargs}
-        return {"kind": self.kind}
-
-
-class _UnitModel:
-    """A fairattack surrogate seen as a torch module on [0, 1] NCHW (for torchattacks)."""
-
-    @staticmethod
-    def build(surrogate):
-        import io
-
-        import torch
-
-        source = getattr(surrogate, "source", None)
-        if isinstance(source, torch.nn.Module):
-            net = source
-        elif isinstance(source, (str, os.PathLike)):
-            net = torch.jit.load(os.fspath(source), map_location="cpu")
-        elif isinstance(source, (bytes, bytearray)):
-            net = torch.jit.load(io.BytesIO(bytes(source)), map_location="cpu")
-        else:
-            raise TypeError("a 'ta:NAME' attack needs the surrogate as a fairattack Model made "
-                            "from a torch module or TorchScript file; pass (name, "
-                            "torchattacks.NAME(your_model_in_0_1, ...)) instead")
-
-        class Unit(torch.nn.Module):
-            def __init__(self, inner):
-                super().__init__()
-                self.inner = inner
-
-            def forward(self, x):
-                return self.inner(x * 255.0)
-
-        return Unit(net).eval()
-
-
-def _torchattacks_by_name(name, surrogate, eps):
-    ta = _import_torchattacks(f"attack {name!r}")
-    cls_name = name.split(":", 1)[1] if name.startswith("ta:") else name.split(".", 1)[1]
-    cls = getattr(ta, cls_name, None)
-    if cls is None:
-        raise ValueError(f"attacks: torchattacks has no attack {cls_name!r}")
-    if surrogate is None:
-        raise ValueError(f"attacks: {name!r} runs on the surrogate; pass a surrogate model")
-    import inspect
-
-    kwargs = {"eps": eps / 255.0} if "eps" in inspect.signature(cls).parameters else {}
-    return cls(_UnitModel.build(surrogate), **kwargs)
-
-
 def _parse_attacks(attacks, surrogate, eps, shape):
+    """compare's attacks as AttackSpecs (spec.coerce), peers named by text built on the
+    surrogate, fairattack configs checked before any work."""
     if isinstance(attacks, (str, dict, tuple)):
         attacks = [attacks]
     try:
@@ -231,71 +151,23 @@ def _parse_attacks(attacks, surrogate, eps, shape):
     out = []
     for i, item in enumerate(attacks):
         where = f"attacks[{i}]"
-        if isinstance(item, str):
-            if item.startswith(("ta:", "torchattacks.")):
-                out.append(_Attack(item, "torch", fn=_torchattacks_by_name(item, surrogate,
-                                                                           eps)))
-            else:
-                name = OPTIMIZERS[optimizer_index(item)]
-                out.append(_Attack(name, "fairattack", optimizer=name))
-        elif isinstance(item, dict):
-            spec = dict(item)
-            if "optimizer" not in spec:
-                raise ValueError(f"{where}: a dict attack needs 'optimizer' (one of "
-                                 f"{OPTIMIZERS}), got keys {sorted(spec)}")
-            optimizer = OPTIMIZERS[optimizer_index(spec.pop("optimizer"))]
-            name = spec.pop("name", optimizer)
-            if not isinstance(name, str) or not name:
-                raise ValueError(f"{where}: 'name' must be a non-empty str, got {name!r}")
-            reserved = sorted(set(spec) & set(_RESERVED))
-            if reserved:
-                raise ValueError(f"{where} ({name!r}): {reserved} are set by compare() (one ε "
-                                 "for every attack; max_rmse in budget mode); remove them")
-            overrides = {k: v for k, v in spec.items() if k not in _ATTACK_KWARGS}
-            make_config(optimizer, spec.get("setting"), **overrides)  # fails early, names it
-            out.append(_Attack(name, "fairattack", optimizer=optimizer, kwargs=spec))
-        elif isinstance(item, (tuple, list)) and len(item) == 2:
-            name, obj = item
-            if not isinstance(name, str) or not name:
-                raise ValueError(f"{where}: the name must be a non-empty str, got {name!r}")
-            if isinstance(obj, np.ndarray):
-                if obj.shape != shape:
-                    raise ValueError(f"{where} ({name!r}): adversarial images of shape "
-                                     f"{obj.shape}, expected the images' shape {shape}")
-                images_f32(obj, f"{where} ({name!r})")
-                out.append(_Attack(name, "images", images=obj))
-            elif _is_torchattacks(obj):
-                out.append(_Attack(name, "torch", fn=obj))
-            elif callable(obj):
-                out.append(_Attack(name, "callable", fn=obj))
-            else:
-                raise TypeError(f"{where} ({name!r}): expected fn(images, labels) -> adv uint8, "
-                                f"a torchattacks attack or an array of adversarial images, got "
-                                f"{type(obj).__name__}")
-        else:
-            raise TypeError(f"{where}: expected an optimizer name, a dict spec, or a tuple "
-                            f"(name, fn | torchattacks attack | images), got {item!r}")
+        attack = coerce(item, where, shape=shape, reserved=_RESERVED,
+                        allowed=CONFIG_KEYS + TRANSFORMS + ("rounding",))
+        if attack.kind == "peer" and attack.fn is None:
+            attack.fn = peer_by_name(attack.name, surrogate, eps)
+        if attack.kind == "fairattack":  # fails early, naming the attack
+            params = {k: v for k, v in attack.params.items() if k != "rounding"}
+            try:
+                make_config(attack.optimizer, attack.setting, **params)
+            except (TypeError, ValueError) as error:
+                raise type(error)(f"{where} ({attack.name!r}): {error}") from None
+        out.append(attack)
     names = [a.name for a in out]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise ValueError(f"attacks: names must be unique; {duplicates} appear more than once "
                          "(give dict attacks a 'name')")
     return out
-
-
-def _run_torch(obj, x, y, batch_size, seed):
-    import torch
-
-    torch.manual_seed(seed)
-    device = getattr(obj, "device", None) or "cpu"
-    parts = []
-    for start in range(0, len(x), batch_size):
-        xb = torch.from_numpy(np.ascontiguousarray(x[start:start + batch_size]))
-        xb = xb.permute(0, 3, 1, 2).float().div(255.0).to(device)
-        yb = torch.from_numpy(np.ascontiguousarray(y[start:start + batch_size])).long().to(device)
-        adv = obj(xb, yb)
-        parts.append(adv.detach().float().cpu().permute(0, 2, 3, 1).numpy() * 255.0)
-    return np.concatenate(parts)
 
 
 def _native(attack, surrogate, x, y, kept, eps, batch_size, progress, seed, max_rmse=None):
@@ -305,19 +177,19 @@ def _native(attack, surrogate, x, y, kept, eps, batch_size, progress, seed, max_
     elif attack.kind == "fairattack":
         from .attack import attack as run_attack
 
-        kwargs = dict(attack.kwargs)
+        kwargs = attack.attack_kwargs()
         kwargs.setdefault("seed", seed)
         if max_rmse is not None:
-            overrides = {k: v for k, v in kwargs.items() if k not in _ATTACK_KWARGS}
-            cfg = make_config(attack.optimizer, kwargs.get("setting"), eps=eps, **overrides)
+            overrides = {k: v for k, v in kwargs.items() if k not in ("setting", "rounding")}
+            cfg = make_config(attack.optimizer, attack.setting, eps=eps, **overrides)
             kwargs["max_rmse"] = float(max_rmse)
             if cfg["stop_rmse"] > max_rmse:  # stop at the budget, not above it (core rejects)
                 kwargs["stop_rmse"] = float(max_rmse)
         res = run_attack(surrogate, x, y, attack.optimizer, batch_size=batch_size,
                          progress=progress, eps=eps, **kwargs)
         return res.images
-    elif attack.kind == "torch":
-        out = _run_torch(attack.fn, x, y, batch_size, seed)
+    elif attack.kind == "peer":
+        out = run_peer(attack.fn, x, y, batch_size, seed)
     else:
         out = attack.fn(x.copy(), y.copy())
     where = f"attack {attack.name!r} returned"
@@ -327,111 +199,7 @@ def _native(attack, surrogate, x, y, kept, eps, batch_size, progress, seed, max_
     if out.shape != x.shape:
         raise ValueError(f"{where} shape {out.shape}, expected the images' shape {x.shape} "
                          "(uint8 NHWC)")
-    return np.clip(np.rint(images_f32(out, where)), 0, 255).astype(np.uint8)
-
-
-# ----------------------------------------------------------------------------- models
-
-def _victims(victims):
-    if isinstance(victims, Model) or hasattr(victims, "predict") and not isinstance(victims, dict):
-        victims = [victims]
-    if isinstance(victims, dict):
-        items = list(victims.items())
-    else:
-        items = [(getattr(v, "name", None), v) for v in victims]
-    if not items:
-        raise ValueError("victims: expected at least one model")
-    names = [n for n, _ in items]
-    for name, victim in items:
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"victims: every victim needs a non-empty str name, got {name!r}")
-        if not callable(getattr(victim, "predict", None)):
-            raise TypeError(f"victims[{name!r}]: expected a fairattack Model (or an object with "
-                            f"predict(images uint8) -> labels), got {type(victim).__name__}")
-    if "mean" in names or len(set(names)) != len(names):
-        raise ValueError(f"victims: names must be unique and not 'mean', got {names}")
-    return dict(items)
-
-
-def _predict(model, images, batch_size):
-    """Predicted labels of a Model, a callable oracle, or any object with predict(images)."""
-    if isinstance(model, Model) or not callable(model):
-        pred = np.concatenate([np.asarray(model.predict(images[s:s + batch_size]))
-                               for s in range(0, len(images), batch_size)])
-    else:  # a callable oracle fn(x, labels, want_grad) -> (loss, pred, grad)
-        pred = np.concatenate([
-            np.asarray(model(images[s:s + batch_size].astype(np.float32),
-                             np.zeros(len(images[s:s + batch_size]), np.int64), False)[1])
-            for s in range(0, len(images), batch_size)])
-    return pred.astype(np.int64).reshape(-1)
-
-
-def _identity(model):
-    """What identifies a model on disk (for the cache), or None when nothing does."""
-    source = getattr(model, "source", None)
-    if isinstance(source, (str, os.PathLike)) and os.path.isfile(source):
-        st = os.stat(source)
-        return [getattr(model, "name", ""), os.path.abspath(source), st.st_size, st.st_mtime_ns]
-    return None
-
-
-# ----------------------------------------------------------------------------- cache
-
-def _digest(*parts):
-    h = hashlib.sha256()
-    for part in parts:
-        if isinstance(part, np.ndarray):
-            h.update(str((part.dtype, part.shape)).encode())
-            h.update(np.ascontiguousarray(part).tobytes())
-        else:
-            h.update(json.dumps(part, sort_keys=True, default=str).encode())
-        h.update(b"\0")
-    return h.hexdigest()
-
-
-class _Cache:
-    """Per (attack, budget) outcomes and native images on disk, keyed by what determines them."""
-
-    def __init__(self, folder):
-        self.folder = None if folder is None else Path(folder)
-
-    def _path(self, kind, label, key):
-        from .store import safe_name
-
-        return self.folder / kind / f"{safe_name(label)}__{key[:20]}.npz"
-
-    def get(self, kind, label, key):
-        if self.folder is None or key is None:
-            return None
-        path = self._path(kind, label, key)
-        if not path.is_file():
-            return None
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                if str(z["key"]) != key:
-                    return None
-                return {k: z[k] for k in z.files if k != "key"}
-        except (OSError, ValueError, KeyError):
-            return None  # unreadable: compute again
-
-    def put(self, kind, label, key, **arrays):
-        if self.folder is None or key is None:
-            return
-        from .store import write_atomic
-
-        write_atomic(self._path(kind, label, key),
-                     lambda f: np.savez(f, key=np.array(key), **arrays))
-
-
-# ----------------------------------------------------------------------------- statistics
-
-def _bootstrap_ci(outcome, resamples):
-    """Percentile 95% interval of the mean of `outcome` [n] over resampled image indices."""
-    if resamples is None:
-        return float("nan"), float("nan")
-    means = outcome[resamples].mean(axis=1)
-    low, high = np.percentile(means, [2.5, 97.5])
-    return float(low), float(high)
+    return round_to_uint8(images_f32(out, where))
 
 
 def _budgets(rmse):
@@ -446,12 +214,6 @@ def _budgets(rmse):
     if len(set(out)) != len(out):
         raise ValueError(f"rmse: budgets must be distinct, got {out}")
     return sorted(out)
-
-
-def _check_int(value, name, low):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    return int(value)
 
 
 # ----------------------------------------------------------------------------- compare
@@ -508,12 +270,12 @@ def compare(surrogate, images, labels, attacks, victims, rmse=(2, 4, 6, 8, 10, 1
     eps = _eps(eps)
     budgets = _budgets(rmse)
     batch_size = positive_int(batch_size, "batch_size")
-    seed = _check_int(seed, "seed", 0)
-    n_boot = _check_int(n_boot, "n_boot", 0)
+    seed = int_at_least(seed, "seed", 0)
+    n_boot = int_at_least(n_boot, "n_boot", 0)
     x_all = images_f32(images)
-    x_u8 = np.clip(np.rint(x_all), 0, 255).astype(np.uint8)
+    x_u8 = round_to_uint8(x_all)
     y_all = labels_i64(labels, x_all.shape[0])
-    victims = _victims(victims)
+    victims = victims_of(victims)
     attack_list = _parse_attacks(attacks, surrogate, eps, x_all.shape)
 
     # the images that count, once for every attack (the paired test needs the same images)
@@ -527,36 +289,35 @@ def compare(surrogate, images, labels, attacks, victims, rmse=(2, 4, 6, 8, 10, 1
                 or hasattr(surrogate, "predict")):
             raise TypeError("surrogate must be a fairattack Model, a callable oracle or None, "
                             f"got {type(surrogate).__name__}")
-        kept = np.flatnonzero(_predict(surrogate, x_u8, batch_size) == y_all)
+        kept = np.flatnonzero(predict_any(surrogate, x_u8, batch_size) == y_all)
     if kept.size == 0:
         raise ValueError("no image counts: the surrogate classifies none of the images "
                          "correctly")
     x, x_f, y = x_u8[kept], x_all[kept], y_all[kept]
     n = len(kept)
-    resamples = (np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
-                 if n_boot else None)
 
-    cache = _Cache(cache_dir)
-    victim_ids = [[name, _identity(v)] for name, v in victims.items()]
+    cache = CompareCache(cache_dir)
+    victim_ids = [[name, file_stamp(v)] for name, v in victims.items()]
     victims_key = None if any(i is None for _, i in victim_ids) else victim_ids
-    surrogate_id = None if surrogate is None else _identity(surrogate)
-    images_key = _digest(x_f, y, kept)
+    surrogate_id = None if surrogate is None else file_stamp(surrogate)
+    images_key = digest_parts(x_f, y, kept)
 
     def attack_key(attack):
         if attack.kind == "images":
-            return _digest(attack.images[kept])
+            return digest_parts(attack.images[kept])
         if attack.kind == "fairattack" and surrogate_id is not None:
-            return _digest(attack.spec(), surrogate_id, seed, _core.VERSION)
+            return digest_parts(attack.identity(), surrogate_id, seed, _core.VERSION)
         return None
 
     def cell_key(attack, how, r):
         a = attack_key(attack)
         if a is None or victims_key is None:
             return None
-        return _digest(images_key, a, how, r, eps, victims_key, RMSE_TOL, _core.VERSION)
+        return digest_parts(images_key, a, how, r, eps, victims_key, RMSE_TOL, _core.VERSION)
 
     def evaluate(adv, reached):
-        fooled = np.stack([_predict(v, adv, batch_size) != y for v in victims.values()])
+        fooled = np.stack([fooled_mask(predict_any(v, adv, batch_size), y)
+                           for v in victims.values()])
         rmse_img, linf_img = _image_rmse(adv, x_f)
         return {"fooled": fooled, "reached": np.asarray(reached, bool), "rmse_image": rmse_img,
                 "linf_image": linf_img}
@@ -575,7 +336,7 @@ def compare(surrogate, images, labels, attacks, victims, rmse=(2, 4, 6, 8, 10, 1
             if native is None:
                 key = attack_key(attack)
                 if key is not None and attack.kind != "images":  # arrays need no cache
-                    key = _digest(images_key, key, eps, "native")
+                    key = digest_parts(images_key, key, eps, "native")
                 else:
                     key = None
                 hit = cache.get("native", attack.name, key)
@@ -604,7 +365,7 @@ def compare(surrogate, images, labels, attacks, victims, rmse=(2, 4, 6, 8, 10, 1
                     adv, rmse_img = _round_to_budget(adv, x, x_f, r, eps)
                     result = evaluate(adv, rmse_img >= r - RMSE_TOL)
                 cache.put("cells", f"{attack.name}__{r}", key, **result)
-            rows += _rows(attack.name, how, r, list(victims), result, resamples)
+            rows += _rows(attack.name, how, r, list(victims), result, seed, n_boot)
             per_image.append(_per_image(attack.name, how, r, list(victims), kept, result))
 
     df = ComparisonFrame(rows)
@@ -614,7 +375,7 @@ def compare(surrogate, images, labels, attacks, victims, rmse=(2, 4, 6, 8, 10, 1
     return df
 
 
-def _rows(attack, how, r, victim_names, result, resamples):
+def _rows(attack, how, r, victim_names, result, seed, n_boot):
     fooled = result["fooled"].astype(np.float64)  # [V, n]
     n = fooled.shape[1]
     common = {"attack": attack, "how": how, "rmse": r, "n_images": n,
@@ -623,7 +384,7 @@ def _rows(attack, how, r, victim_names, result, resamples):
               "linf_mean": float(result["linf_image"].mean())}
     rows = []
     for name, outcome in list(zip(victim_names, fooled)) + [("mean", fooled.mean(axis=0))]:
-        low, high = _bootstrap_ci(outcome, resamples)
+        low, high = bootstrap_ci(outcome, seed, n_boot)
         rows.append({**common, "victim": name, "asr": float(outcome.mean()), "ci_low": low,
                      "ci_high": high})
     order = ("attack", "how", "rmse", "victim", "asr", "ci_low", "ci_high", "n_images",
@@ -643,90 +404,6 @@ def _per_image(attack, how, r, victim_names, kept, result):
         "reached": np.tile(result["reached"], v),
         "rmse_image": np.tile(result["rmse_image"], v),
         "linf_image": np.tile(result["linf_image"], v)})
-
-
-# ----------------------------------------------------------------------------- paired test
-
-def _same_rmse(column, rmse):
-    if isinstance(rmse, str):
-        return column.map(lambda v: isinstance(v, str) and v == rmse).to_numpy(bool)
-    return column.map(lambda v: not isinstance(v, str) and abs(float(v) - float(rmse)) < 1e-9
-                      ).to_numpy(bool)
-
-
-def mcnemar(b, c):
-    """McNemar's test on the discordant counts b (A fooled, B not) and c (B fooled, A not):
-    exact two-sided binomial when b + c < 25, else chi-square with continuity correction (1 df).
-    Returns (statistic, p_value, method)."""
-    b, c = int(b), int(c)
-    if b < 0 or c < 0:
-        raise ValueError(f"b and c must be counts >= 0, got {b}, {c}")
-    n = b + c
-    if n == 0:
-        return 0.0, 1.0, "exact"
-    if n < 25:
-        k = min(b, c)
-        tail = sum(math.comb(n, i) for i in range(k + 1)) / 2.0 ** n
-        return float(k), min(1.0, 2.0 * tail), "exact"
-    stat = (abs(b - c) - 1.0) ** 2 / n
-    return stat, math.erfc(math.sqrt(stat / 2.0)), "chi2"
-
-
-def paired_test(df_or_records, attack_a, attack_b, rmse, victim, exclude_unreachable=False):
-    """McNemar's test between two attacks at one budget, on the same images, for one victim.
-
-    df_or_records: a `compare` DataFrame (its `per_image`) or that per-image table
-        itself (e.g. read back from per_image.csv).
-    rmse: a budget of the table, or "native". victim: one victim's name (the test needs a
-        binary outcome per image; "mean" is not one).
-    exclude_unreachable: keep only images reached by both attacks (default: every image, as
-        compare evaluates them).
-    Returns a dict: attack_a, attack_b, rmse, victim, n_images, asr_a, asr_b, b (A fools the
-    victim and B does not), c (B fools, A not), statistic, p_value, method ("exact" or "chi2").
-    """
-    records = df_or_records
-    if isinstance(records, ComparisonFrame) and getattr(records, "per_image", None) is not None:
-        records = records.per_image
-    if not isinstance(records, pd.DataFrame):
-        raise TypeError("df_or_records: expected a compare() DataFrame or its per-image table, "
-                        f"got {type(df_or_records).__name__}")
-    needed = ("attack", "rmse", "victim", "image", "fooled", "reached")
-    missing = [c for c in needed if c not in records.columns]
-    if missing:
-        raise ValueError(f"df_or_records: missing per-image columns {missing}; pass the "
-                         "DataFrame compare() returned (or its per_image)")
-    if victim == "mean" or victim not in set(records["victim"]):
-        raise ValueError(f"victim must be one of {sorted(set(records['victim']))} (the test "
-                         f"needs one victim's per-image outcome), got {victim!r}")
-    if isinstance(rmse, str) and rmse != "native":
-        raise ValueError(f"rmse must be a budget or 'native', got {rmse!r}")
-    sides = []
-    for which, attack in (("attack_a", attack_a), ("attack_b", attack_b)):
-        sel = records[(records["attack"] == attack) & (records["victim"] == victim)]
-        if sel.empty:
-            raise ValueError(f"{which}: {attack!r} is not in the table (it has "
-                             f"{sorted(set(records['attack']))})")
-        sel = sel[_same_rmse(sel["rmse"], rmse)]
-        if sel.empty:
-            raise ValueError(f"rmse: {rmse!r} is not a budget of {attack!r} in the table")
-        sides.append(sel.set_index("image"))
-    a, b = sides
-    if set(a.index) != set(b.index):
-        raise ValueError("the two attacks were evaluated on different images; compare them "
-                         "from one compare() call")
-    b = b.loc[a.index]
-    keep = np.ones(len(a), bool)
-    if exclude_unreachable:
-        keep = a["reached"].to_numpy(bool) & b["reached"].to_numpy(bool)
-    fa_ = a["fooled"].to_numpy(bool)[keep]
-    fb_ = b["fooled"].to_numpy(bool)[keep]
-    count_b, count_c = int((fa_ & ~fb_).sum()), int((fb_ & ~fa_).sum())
-    stat, p, method = mcnemar(count_b, count_c)
-    return {"attack_a": attack_a, "attack_b": attack_b, "rmse": rmse, "victim": victim,
-            "n_images": int(keep.sum()),
-            "asr_a": float(fa_.mean()) if keep.any() else float("nan"),
-            "asr_b": float(fb_.mean()) if keep.any() else float("nan"),
-            "b": count_b, "c": count_c, "statistic": stat, "p_value": p, "method": method}
 
 
 # ----------------------------------------------------------------------------- summaries

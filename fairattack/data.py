@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ._validate import int_at_least, round_to_uint8
+
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
 LABEL_FILE_NAMES = ("val.txt", "labels.txt", "val_labels.txt")
 _SYNSET = re.compile(r"n\d{8}")
@@ -93,13 +95,18 @@ def _to_rgb(img):
     convert would clip every value above 255 to white."""
     if img.mode in _WIDE_MODES:
         values = np.asarray(img, dtype=np.float64)
-        img = Image.fromarray(np.clip(np.rint(values / 257.0), 0, 255).astype(np.uint8), "L")
+        img = Image.fromarray(round_to_uint8(values / 257.0), "L")
     elif img.mode == "F":
         values = np.asarray(img, dtype=np.float64)
         high = 1.0 if values.size and values.max() <= 1.0 else 255.0
-        img = Image.fromarray(np.clip(np.rint(values * 255.0 / high), 0, 255).astype(np.uint8),
-                              "L")
+        img = Image.fromarray(round_to_uint8(values * 255.0 / high), "L")
     return img.convert("RGB")
+
+
+def read_rgb(path):
+    """A file's pixels as they are: uint8 HWC RGB (no resize), e.g. a stored adversarial PNG."""
+    with Image.open(path) as img:
+        return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
 
 
 def load_image(path, size):
@@ -108,9 +115,7 @@ def load_image(path, size):
     16-bit greyscale PNGs are scaled to 8 bits. A file that cannot be read (missing, truncated,
     not an image) raises OSError naming it.
     """
-    size = int(size)
-    if size < 1:
-        raise ValueError(f"size={size}, expected a positive integer")
+    size = int_at_least(size, "size", 1)
     try:
         with Image.open(path) as img:
             img = _to_rgb(img)
@@ -177,6 +182,72 @@ class Dataset:
 def _image_files(folder):
     return sorted(p.name for p in folder.iterdir()
                   if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+# ----------------------------------------------------------------------------- folders of PNGs
+
+def list_images(folder, what):
+    """The image files of a folder (sorted Paths); ValueError naming `what` when it is no folder
+    or holds none."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"{what} {str(folder)!r} is not a folder")
+    files = [folder / n for n in _image_files(folder)]
+    if not files:
+        raise ValueError(f"{what} {str(folder)!r} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    return files
+
+
+def read_image_folder(folder, what):
+    """(files, uint8 [N, H, W, 3]) of every image of a folder as it is (no resize); they must
+    share one size."""
+    files = list_images(folder, what)
+    images = [read_rgb(f) for f in files]
+    shapes = {im.shape for im in images}
+    if len(shapes) != 1:
+        raise ValueError(f"{what}: images of different sizes {sorted(shapes)}; compare needs "
+                         "one size (resize and crop them first)")
+    return files, np.stack(images)
+
+
+def read_matching_folder(folder, files, clean, what):
+    """uint8 images of `folder` with the stems of `files` (e.g. an attack's adversarial PNGs of
+    the clean images `clean`), in their order, each of its clean image's shape."""
+    found = {p.stem: p for p in list_images(folder, what)}
+    missing = [f.name for f in files if f.stem not in found]
+    if missing:
+        raise ValueError(f"{what}: no image for {missing[0]!r} ({len(missing)} of {len(files)} "
+                         "clean images missing)")
+    out = []
+    for f, c in zip(files, clean):
+        image = read_rgb(found[f.stem])
+        if image.shape != c.shape:
+            raise ValueError(f"{what}: {found[f.stem].name} has shape {image.shape}, its clean "
+                             f"image {c.shape}")
+        out.append(image)
+    return np.stack(out)
+
+
+def labels_of_files(files, label_file=None, what="--clean"):
+    """Class indices of image files: from a label file (lines 'FILE INDEX', matched by name or
+    stem), else from SYNSET_name file names."""
+    if label_file:
+        table = read_label_file(label_file)
+        by_stem = {Path(k).stem: v for k, v in table.items()}
+        out = []
+        for f in files:
+            if f.name not in table and f.stem not in by_stem:
+                raise ValueError(f"--labels {label_file}: no label for {f.name!r}")
+            out.append(table.get(f.name, by_stem.get(f.stem)))
+        return np.array(out, np.int64)
+    out = []
+    for f in files:
+        match = _SYNSET.match(f.name)
+        if not match:
+            raise ValueError(f"{what}: {f.name!r} is not named SYNSET_name (n01440764_x.png); "
+                             "pass --labels FILE")
+        out.append(index_of(match.group(0)))
+    return np.array(out, np.int64)
 
 
 def read_label_file(path):
@@ -310,12 +381,11 @@ def iter_batches(dataset, size, batch_size=32, order=None, skipped=None):
     count and the first file. Pass a list as `skipped` to receive (path, reason) of each.
     """
     dataset = _as_dataset(dataset)
-    if int(batch_size) < 1:
-        raise ValueError(f"batch_size={batch_size}, expected >= 1")
+    batch_size = int_at_least(batch_size, "batch_size", 1)
     order = np.arange(len(dataset)) if order is None else np.asarray(order)
     found = UnreadableFiles()
     try:
-        yield from _load_batches(dataset, size, int(batch_size), order, found)
+        yield from _load_batches(dataset, size, batch_size, order, found)
     finally:
         if skipped is not None:
             skipped.extend(found)
@@ -333,9 +403,9 @@ def select(dataset, model, n, size, seed=0, batch_size=32, progress=False, skipp
     RuntimeWarning giving their count (pass a list as `skipped` to receive (path, reason) of each).
     """
     dataset = _as_dataset(dataset)
-    n = int(n)
-    if n < 1:
-        raise ValueError(f"n={n}, expected >= 1")
+    n = int_at_least(n, "n", 1)
+    size = int_at_least(size, "size", 1)
+    batch_size = int_at_least(batch_size, "batch_size", 1)
     order = np.random.default_rng(seed).permutation(len(dataset))
     capacity = min(n, len(dataset))  # n may exceed the dataset: never allocate more than it holds
     images = np.empty((capacity, size, size, 3), np.uint8)
@@ -345,10 +415,8 @@ def select(dataset, model, n, size, seed=0, batch_size=32, progress=False, skipp
     if progress:
         from tqdm.auto import tqdm
         bar = tqdm(total=n, desc="select", unit="img")
-    if int(batch_size) < 1:
-        raise ValueError(f"batch_size={batch_size}, expected >= 1")
     unreadable = UnreadableFiles()
-    for batch, batch_labels, batch_names in _load_batches(dataset, size, int(batch_size), order,
+    for batch, batch_labels, batch_names in _load_batches(dataset, size, batch_size, order,
                                                           unreadable):
         correct = np.asarray(model.predict(batch)) == batch_labels
         for i in np.flatnonzero(correct)[:capacity - len(names)]:

@@ -5,7 +5,7 @@
     asr = fa.evaluate({"lite1": victim1, "lite2": victim2}, res)
     asr["mean"]   # the paper's figure: the mean over victims
 
-Given an AttackResult, only the images that were attacked count (`res.attacked`: not skipped
+Given an AttackResult, only the images that were attacked count (`res.attacked_mask`: not skipped
 as misclassified by the surrogate, not failed); the labels come from the result. Given plain
 images and labels, every image counts.
 
@@ -22,34 +22,9 @@ import warnings
 
 import numpy as np
 
-from ._validate import check_pixels, positive_int
-
-
-def _victim_dict(victims):
-    if isinstance(victims, dict):
-        items = list(victims.items())
-    elif hasattr(victims, "predict"):
-        items = [(victims.name, victims)]
-    else:
-        items = [(getattr(v, "name", None), v) for v in victims]
-    if not items:
-        raise ValueError("victims: expected at least one model")
-    names = [name for name, _ in items]
-    for name, victim in items:
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"victims: every victim needs a non-empty str name, got {name!r}")
-        if not hasattr(victim, "logits"):
-            raise TypeError(f"victims[{name!r}]: expected a fairattack Model, got {type(victim)}")
-    if "mean" in names or len(set(names)) != len(names):
-        raise ValueError(f"victims: names must be unique and not 'mean', got {names}")
-    return dict(items)
-
-
-def _as_uint8(images, start, stop):
-    chunk = images[start:stop]
-    if chunk.dtype == np.uint8:
-        return chunk
-    return np.rint(chunk).astype(np.uint8)  # checked: values in [0, 255]
+from ._model import victims_of
+from ._validate import check_pixels, labels_i64, positive_int, round_to_uint8
+from .outcome import fooled_mask
 
 
 def evaluate(victims, images, labels=None, batch_size=64, progress=False):
@@ -68,12 +43,12 @@ def evaluate(victims, images, labels=None, batch_size=64, progress=False):
 
     from .attack import AttackResult
 
-    victims = _victim_dict(victims)
+    victims = victims_of(victims, need="logits")
     if isinstance(images, AttackResult):
         if labels is not None:
             raise ValueError("labels: give either an AttackResult (its labels are used) or "
                              "images and labels, not both")
-        attacked = np.asarray(images.attacked)
+        attacked = np.asarray(images.attacked_mask)
         if not attacked.any():
             raise ValueError("images: the AttackResult has no attacked images (every image was "
                              "skipped or failed)")
@@ -82,15 +57,7 @@ def evaluate(victims, images, labels=None, batch_size=64, progress=False):
     elif labels is None:
         raise TypeError("labels: required with plain images (or pass an AttackResult)")
     images = check_pixels(images)
-    labels = np.asarray(labels)
-    if labels.ndim != 1 or len(labels) != len(images):
-        raise ValueError(f"labels: expected shape [{len(images)}] (one per image), got "
-                         f"{labels.shape}")
-    if not np.issubdtype(labels.dtype, np.integer):
-        raise TypeError(f"labels: expected integer class indices, got dtype {labels.dtype}")
-    if labels.min() < 0:
-        bad = int(np.flatnonzero(labels < 0)[0])
-        raise ValueError(f"labels[{bad}]={labels[bad]} is negative")
+    labels = labels_i64(labels, len(images))
     batch_size = positive_int(batch_size, "batch_size")
     starts = range(0, len(images), batch_size)
     rates, failures = {}, {}
@@ -103,7 +70,7 @@ def evaluate(victims, images, labels=None, batch_size=64, progress=False):
         for start in batches:
             with warnings.catch_warnings():  # counted and reported below, once per victim
                 warnings.simplefilter("ignore", RuntimeWarning)
-                logits = np.asarray(victim.logits(_as_uint8(images, start, start + batch_size),
+                logits = np.asarray(victim.logits(round_to_uint8(images[start:start + batch_size]),
                                                   batch_size=batch_size))
             n_classes = logits.shape[1]
             batch_labels = labels[start:start + batch_size]
@@ -113,7 +80,7 @@ def evaluate(victims, images, labels=None, batch_size=64, progress=False):
                                  f"of victim {name!r}")
             finite = np.isfinite(logits).all(axis=1)
             failed += int((~finite).sum())
-            errors += int((logits[finite].argmax(axis=1) != batch_labels[finite]).sum())
+            errors += int(fooled_mask(logits[finite].argmax(axis=1), batch_labels[finite]).sum())
         counted = len(images) - failed
         rates[name] = errors / counted if counted else float("nan")
         failures[name] = failed

@@ -310,11 +310,21 @@ def export_registered(name, folder=None):
     return path
 
 
-def get_model(name, device="cpu", cache_dir=None):
-    """A registered model as a fairattack Model (built once into the cache folder)."""
-    from . import load_model
+_LOADER = []  # fairattack._model.get_model, set when it is imported (it imports this module)
 
-    return load_model(str(export_registered(name, cache_dir)), device=device, name=name)
+
+def set_loader(loader):
+    """Called once by fairattack._model: `get_model` loads through it, so that this module never
+    imports the one that loads models."""
+    _LOADER[:] = [loader]
+
+
+def get_model(name, device="cpu", cache_dir=None):
+    """A registered model as a fairattack Model (built once into the cache folder); the same as
+    fairattack.get_model."""
+    if not _LOADER:  # only when this file is run outside its package
+        raise RuntimeError("fairattack.models.get_model: import fairattack first")
+    return _LOADER[0](name, device=device, cache_dir=cache_dir)
 
 
 # ----------------------------------------------------------------------------- EfficientNet-Lite

@@ -59,7 +59,7 @@ def default_setting(optimizer):
     return "fixed" if OPTIMIZERS[optimizer_index(optimizer)] in SIGN_OPTIMIZERS else "const_loss"
 
 
-def _check_transform(values):
+def check_transforms(values):
     """Validated transform values (names as in TRANSFORM_DEFAULTS)."""
     out = dict(TRANSFORM_DEFAULTS)
     for key, value in values.items():
@@ -144,7 +144,7 @@ def make_config(optimizer, setting=None, **overrides):
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if "optimizer" in overrides:
         raise TypeError("give the optimizer as the `optimizer` argument, not as an override")
-    transform = _check_transform({k: overrides.pop(k) for k in TRANSFORM_FIELDS
+    transform = check_transforms({k: overrides.pop(k) for k in TRANSFORM_FIELDS
                                   if k in overrides})
     if "returns" in overrides:
         if not isinstance(overrides["returns"], str) or overrides["returns"] not in _RETURNS:

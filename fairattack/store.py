@@ -1,4 +1,5 @@
-"""On-disk records of a study: content digests, atomic writes, locks and the per-cell layout.
+"""Every on-disk record: content digests, atomic writes, locks, a study folder's layout and its
+cell records, compare's cache and output files.
 
 A study folder holds, per cell (surrogate x setting x attack), everything that determines and
 everything that was measured, so that a run can be resumed, sharded over processes and machines
@@ -40,6 +41,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .data import read_rgb
+
 TEMP_SUFFIX = ".tmp"
 
 
@@ -76,6 +79,19 @@ def digest_images(images, block=256):
 def digest_json(obj):
     """SHA-256 of an object's canonical JSON (sorted keys)."""
     return digest_bytes(json.dumps(_plain(obj), sort_keys=True).encode())
+
+
+def digest_parts(*parts):
+    """SHA-256 of a sequence of arrays (dtype, shape, values) and JSON-able values."""
+    h = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, np.ndarray):
+            h.update(str((part.dtype, part.shape)).encode())
+            h.update(np.ascontiguousarray(part).tobytes())
+        else:
+            h.update(json.dumps(part, sort_keys=True, default=str).encode())
+        h.update(b"\0")
+    return h.hexdigest()
 
 
 def digest_files(root, names, cache_path=None):
@@ -128,6 +144,11 @@ def _plain(value):
 def to_json(obj):
     """The bytes of obj as indented JSON (NaN/inf as strings)."""
     return (json.dumps(_plain(obj), indent=1) + "\n").encode()
+
+
+def as_stored(obj):
+    """obj as it reads back from JSON (so that stored and fresh key parts compare equal)."""
+    return json.loads(to_json(obj))
 
 
 def write_atomic(path, data):
@@ -237,11 +258,6 @@ def write_png(path, image):
                  .save(f, format="PNG"))
 
 
-def read_png(path):
-    from PIL import Image
-
-    with Image.open(path) as img:
-        return np.asarray(img.convert("RGB"), dtype=np.uint8)
 
 
 # ----------------------------------------------------------------------------- the study folder
@@ -360,7 +376,7 @@ class StudyFolder:
     @staticmethod
     def read_adv(cell_dir, pngs):
         """The stored adversarial images (uint8 NHWC) of the given PNG names."""
-        return np.stack([read_png(Path(cell_dir) / "adv" / png) for png in pngs])
+        return np.stack([read_rgb(Path(cell_dir) / "adv" / png) for png in pngs])
 
     def has_chunk(self, cell_dir, start):
         return self.chunk_path(cell_dir, start).is_file()
@@ -431,3 +447,113 @@ class StudyFolder:
             write_atomic(self.root / "results.json",
                          df.to_json(orient="records", indent=1).encode())
         return df
+
+    # -- the cell record (cell.json)
+    def new_cell(self, cell_dir, key, names, parts, n):
+        """Write a fresh, incomplete cell.json: its key, names (surrogate, attack, optimizer,
+        setting), the key parts it hashes and its number of images; returns the record."""
+        record = {"key": key, **names, "parts": parts, "n": n, "complete": False}
+        self.write_cell(cell_dir, record)
+        return record
+
+    def complete_cell(self, cell_dir, record, victims, row, seconds):
+        """Mark a cell complete with its table row, the victims evaluated on it and its
+        crafting time."""
+        record.update(complete=True, victims=sorted(victims), row=row, seconds=seconds)
+        self.write_cell(cell_dir, record)
+
+    def stored_selection(self, surrogate):
+        """(images memmap, names) of a surrogate's stored selection, whatever its key; None when
+        there is none."""
+        folder = self.selection_dir(surrogate)
+        names = read_json(folder / "names.json")
+        if not (folder / "images.npy").is_file() or not isinstance(names, list):
+            return None
+        return np.load(folder / "images.npy", mmap_mode="r"), [str(n) for n in names]
+
+
+def victim_key(cell_key, victim_digest):
+    """The key of a victim's predictions on a cell."""
+    return digest_json({"cell": cell_key, "victim": victim_digest})
+
+
+# ----------------------------------------------------------------------------- why a record is stale
+
+_CHANGED = {"surrogate": "the surrogate's file changed", "images": "the images changed",
+            "labels": "the labels changed", "names": "the image names changed",
+            "files": "the data files changed", "n": "n_images changed",
+            "seed": "the seed changed", "size": "the input size changed"}
+
+
+def explain_change(old, new):
+    """Which key parts differ between a stored record's and a fresh one's, in words."""
+    reasons = []
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) == new.get(key):
+            continue
+        if key == "config" and isinstance(old.get(key), dict) and isinstance(new.get(key), dict):
+            reasons.append("the configuration changed (" + _diff(old[key], new[key]) + ")")
+        elif key == "version":
+            reasons.append(f"fairattack {old.get(key)} -> {new.get(key)}")
+        else:
+            reasons.append(_CHANGED.get(key, f"{key} changed"))
+    return "; ".join(reasons) or "its record is incomplete"
+
+
+def _diff(old, new, prefix=""):
+    changes = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            changes.append(_diff(a, b, f"{prefix}{key}."))
+        else:
+            changes.append(f"{prefix}{key}: {a} -> {b}")
+    return ", ".join(changes)
+
+
+# ----------------------------------------------------------------------------- compare's cache
+
+class CompareCache:
+    """fa.compare's per (attack, budget) outcomes and native images on disk (one .npz each),
+    keyed by what determines them; a None folder or key caches nothing."""
+
+    def __init__(self, folder):
+        self.folder = None if folder is None else Path(folder)
+
+    def _path(self, kind, label, key):
+        return self.folder / kind / f"{safe_name(label)}__{key[:20]}.npz"
+
+    def get(self, kind, label, key):
+        if self.folder is None or key is None:
+            return None
+        path = self._path(kind, label, key)
+        if not path.is_file():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                if str(z["key"]) != key:
+                    return None
+                return {k: z[k] for k in z.files if k != "key"}
+        except (OSError, ValueError, KeyError):
+            return None  # unreadable: compute again
+
+    def put(self, kind, label, key, **arrays):
+        if self.folder is None or key is None:
+            return
+        write_atomic(self._path(kind, label, key),
+                     lambda f: np.savez(f, key=np.array(key), **arrays))
+
+
+# ----------------------------------------------------------------------------- compare's outputs
+
+def write_comparison(out, df, per_image, meta):
+    """compare.csv (the tidy table), per_image.csv and compare.json ({meta, rows}) into out."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(out / "compare.csv", df.to_csv(index=False).encode())
+    write_atomic(out / "per_image.csv", per_image.to_csv(index=False).encode())
+    records = json.loads(df.to_json(orient="records"))
+    write_atomic(out / "compare.json",
+                 (json.dumps({"meta": meta, "rows": records}, indent=1) + "\n").encode())

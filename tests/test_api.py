@@ -100,7 +100,7 @@ def test_real_surrogate_attack_raises_loss_and_flips_predictions(lite0, samples_
     x = np.stack([data.load_image(f, 224) for f in files])
     y = np.array([data.index_of(f.name.split("_")[0]) for f in files])
     res = fa.attack(lite0, x, y, optimizer="Adam", setting="const_loss")
-    ok = res.attacked
+    ok = res.attacked_mask
     assert ok.sum() >= 2  # Lite0 classifies most samples correctly
     assert set(res.status[ok]) <= {"stop_loss", "max_iter"}
     assert np.all(res.loss[ok][res.status[ok] == "stop_loss"] >= 30)

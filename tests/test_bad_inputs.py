@@ -140,10 +140,10 @@ ERRORS = {
     "evaluate result and labels": (lambda: fa.evaluate(MODEL, fa.attack(MODEL, X, Y, "FGSM"), Y), ValueError, "give either an AttackResult"),
     "evaluate batch_size 0": (lambda: fa.evaluate(MODEL, X, Y, batch_size=0), ValueError, "batch_size"),
     # data
-    "load_image size 0": (lambda: data.load_image("x.png", 0), ValueError, "size=0"),
+    "load_image size 0": (lambda: data.load_image("x.png", 0), ValueError, "size must be a positive integer, got 0"),
     "open_dataset missing": (lambda: data.open_dataset("/nonexistent/folder"), FileNotFoundError, "root="),
-    "select n 0": (lambda: data.select(data.Dataset(None, (), np.zeros(0, np.int64), "flat"), MODEL, 0, 8), ValueError, "n=0"),
-    "iter_batches batch_size 0": (lambda: next(data.iter_batches(data.Dataset(None, (), np.zeros(0, np.int64), "flat"), 8, batch_size=0)), ValueError, "batch_size=0"),
+    "select n 0": (lambda: data.select(data.Dataset(None, (), np.zeros(0, np.int64), "flat"), MODEL, 0, 8), ValueError, "n must be a positive integer, got 0"),
+    "iter_batches batch_size 0": (lambda: next(data.iter_batches(data.Dataset(None, (), np.zeros(0, np.int64), "flat"), 8, batch_size=0)), ValueError, "batch_size must be a positive integer, got 0"),
     # models
     "export not a module": (lambda: models.export(lambda x: x, "/tmp/never.pt", 8), TypeError, "net must be a torch.nn.Module"),
     "export mode": (lambda: models.export(Net(), "/tmp/never.pt", 8, mode="keras"), ValueError, "mode"),

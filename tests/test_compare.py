@@ -393,7 +393,7 @@ def test_compare_is_seeded_and_ordered():
 
 
 def test_mcnemar_against_the_exact_sum_and_chi_square():
-    from fairattack.compare import mcnemar
+    from fairattack.outcome import mcnemar
 
     for b, c in [(0, 0), (3, 0), (7, 2), (12, 12), (1, 20)]:
         stat, p, method = mcnemar(b, c)

@@ -127,14 +127,17 @@ def test_compare_user_errors_are_one_line_and_exit_2(folders, tmp_path, extra, m
 
 
 def test_attack_specs_on_the_command_line():
-    from fairattack.cli import UsageError
-    from fairattack.compare_cmd import _attack_spec
+    """compare --attacks and run --attack read one grammar (fairattack.spec)."""
+    from fairattack import spec
 
-    assert _attack_spec("PGD") == "PGD"
-    assert _attack_spec("ta:PGD") == "ta:PGD"
-    assert _attack_spec("DI=PGD,di_prob=0.5,max-iter=5") == {
-        "name": "DI", "optimizer": "PGD", "di_prob": 0.5, "max_iter": 5}
-    assert _attack_spec("adam-rl=Adam:rmse_loss") == {
-        "name": "adam-rl", "optimizer": "Adam", "setting": "rmse_loss"}
-    with pytest.raises(UsageError, match="key=value"):
-        _attack_spec("x=PGD,di_prob")
+    assert spec.coerce("PGD", "a") == spec.AttackSpec("PGD", "fairattack", optimizer="PGD")
+    assert spec.coerce("ta:PGD", "a").kind == "peer"
+    assert spec.parse_text("DI=PGD,di_prob=0.5,max-iter=5") == (
+        "DI", {"optimizer": "PGD", "di_prob": 0.5, "max_iter": 5})
+    assert spec.parse_text("adam-rl=Adam:rmse_loss") == (
+        "adam-rl", {"optimizer": "Adam", "setting": "rmse_loss"})
+    got = spec.coerce("DI=PGD:fixed,di_min_scale=0.8", "a")
+    assert (got.name, got.optimizer, got.setting, got.params) == (
+        "DI", "PGD", "fixed", {"di_min_scale": 0.8})
+    with pytest.raises(ValueError, match="key=value"):
+        spec.parse_text("x=PGD,di_prob")

@@ -275,7 +275,7 @@ def test_select_runs_out_with_warning(tmp_path, shared_dir):
     with pytest.warns(RuntimeWarning, match="only 3 of 10"):
         images, labels, names = data.select(ds, stub, n=5, size=SIZE)
     assert len(images) == len(labels) == len(names) == 3
-    with pytest.raises(ValueError, match="n=0"):
+    with pytest.raises(ValueError, match="n must be a positive integer, got 0"):
         data.select(ds, stub, n=0, size=SIZE)
 
 

@@ -75,14 +75,14 @@ def test_bad_inputs(victims):
     images = uniform_images([1, 2], [1, 2])
     with pytest.raises(ValueError, match=r"images must be RGB images of shape \(N, H, W, 3\)"):
         evaluate(victims, images.transpose(0, 3, 1, 2), [1, 2])
-    with pytest.raises(ValueError, match=r"labels: expected shape \[2\]"):
+    with pytest.raises(ValueError, match=r"labels has 3 entries but there are 2 images"):
         evaluate(victims, images, [1, 2, 3])
     with pytest.raises(ValueError, match=r"labels\[1\]=12 out of range \[0, 10\)"):
         evaluate(victims, images, [1, 12])
     with pytest.raises(ValueError, match=r"labels\[0\]=-1"):
         evaluate(victims, images, [-1, 2])
     with pytest.raises(TypeError, match="labels"):
-        evaluate(victims, images, [1.0, 2.0])
+        evaluate(victims, images, [1.5, 2.0])
     with pytest.raises(ValueError, match="NaN"):
         evaluate(victims, np.full((1, 4, 4, 3), np.nan, np.float32), [1])
     with pytest.raises(ValueError, match="empty"):

@@ -182,7 +182,7 @@ def test_misclassified_images_are_skipped():
     res = fa.attack(oracle, x, y, optimizer="Adam")
     assert res.status[1] == "skipped"
     np.testing.assert_array_equal(res.images[1], x[1])
-    assert res.attacked.sum() == 3 and res.summary()["n_skipped"] == 1
+    assert res.attacked_mask.sum() == 3 and res.summary()["n_skipped"] == 1
     res = fa.attack(oracle, x, y, optimizer="Adam", skip_misclassified=False)
     assert res.status[1] != "skipped"
 

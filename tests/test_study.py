@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 import fairattack as fa
-from fairattack import data, models, study
+from fairattack import _model, data, models, study
 from fairattack._model import Model
 from fairattack.attack import attack as real_attack
 from fairattack.study import RecomputeWarning
@@ -109,7 +109,7 @@ def count_attacks(monkeypatch, fail_at=None):
             raise KeyboardInterrupt
         return real_attack(*args, **kwargs)
 
-    monkeypatch.setattr(study, "attack", counting)
+    monkeypatch.setattr(study.grid, "attack", counting)
     return calls
 
 
@@ -533,7 +533,7 @@ def test_bad_override_type(tiny, tmp_path):
 
 
 def test_registry_names_are_case_insensitive():
-    assert study._model_dict(["EfficientNet-Lite0"], "victims") == {
+    assert _model.model_specs(["EfficientNet-Lite0"], "victims") == {
         "efficientnet-lite0": "efficientnet-lite0"}
 
 

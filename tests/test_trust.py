@@ -325,10 +325,10 @@ def test_evaluate_an_attack_result_counts_attacked_images_only(small):
     y = y.copy()
     y[[1, 4]] = (y[[1, 4]] + 1) % 10  # the surrogate gets these wrong: skipped
     res = fa.attack(model, x, y, "PGD", max_iter=3)
-    assert list(np.flatnonzero(~res.attacked)) == [1, 4]
+    assert list(np.flatnonzero(~res.attacked_mask)) == [1, 4]
     victims = {"v": fa.load_model(SmallNet().eval(), name="v")}
     rates = fa.evaluate(victims, res)
-    want = fa.evaluate(victims, res.images[res.attacked], res.labels[res.attacked])
+    want = fa.evaluate(victims, res.images[res.attacked_mask], res.labels[res.attacked_mask])
     assert rates["v"] == want["v"] and rates.attrs["n_images"] == 6
     everything = fa.evaluate(victims, res.images, res.labels)
     assert everything.attrs["n_images"] == 8

@@ -12,17 +12,13 @@ per_image.csv (every image's outcome, for `fairattack.paired_test`) and asr_at_r
 (images, model files, attack, budget), so the same command resumes where it stopped.
 """
 
-import json
-import re
 from pathlib import Path
 
-import numpy as np
-
-from .compare import MODES
+from ..compare import MODES
 
 
 def add_parser(sub):
-    """Register the `compare` sub-command on the CLI's sub-parsers."""
+    """Register the `compare` sub-command."""
     c = sub.add_parser("compare", help="ASR of attacks at matched l-inf AND RMSE (SPEC 8)",
                        description=__doc__.splitlines()[0])
     c.add_argument("--clean", help="folder of clean images (PNG); with --adv")
@@ -58,88 +54,20 @@ def add_parser(sub):
     return c
 
 
-def _load_rgb(path):
-    from PIL import Image
-
-    with Image.open(path) as img:
-        return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
-
-
-def _image_files(folder, what):
-    from .data import IMAGE_SUFFIXES
-
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise ValueError(f"{what} {str(folder)!r} is not a folder")
-    files = sorted(p for p in folder.iterdir()
-                   if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise ValueError(f"{what} {str(folder)!r} holds no images ({', '.join(IMAGE_SUFFIXES)})")
-    return files
-
-
-def _labels_of(files, label_file):
-    from . import data
-
-    if label_file:
-        table = data.read_label_file(label_file)
-        by_stem = {Path(k).stem: v for k, v in table.items()}
-        out = []
-        for f in files:
-            if f.name not in table and f.stem not in by_stem:
-                raise ValueError(f"--labels {label_file}: no label for {f.name!r}")
-            out.append(table.get(f.name, by_stem.get(f.stem)))
-        return np.array(out, np.int64)
-    out = []
-    for f in files:
-        match = re.match(r"(n\d{8})", f.name)
-        if not match:
-            raise ValueError(f"--clean: {f.name!r} is not named SYNSET_name (n01440764_x.png); "
-                             "pass --labels FILE")
-        out.append(data.index_of(match.group(1)))
-    return np.array(out, np.int64)
-
-
 def _folders(args):
     """(clean uint8, labels, names, [(attack name, adv uint8)]) from --clean and --adv."""
-    files = _image_files(args.clean, "--clean")
-    clean = [_load_rgb(f) for f in files]
-    shapes = {im.shape for im in clean}
-    if len(shapes) != 1:
-        raise ValueError(f"--clean: images of different sizes {sorted(shapes)}; compare needs "
-                         "one size (resize and crop them first)")
-    clean = np.stack(clean)
-    labels = _labels_of(files, args.labels)
+    from .. import data
+
+    files, clean = data.read_image_folder(args.clean, "--clean")
+    labels = data.labels_of_files(files, args.labels)
     attacks = []
     for item in args.adv:
         name, sep, folder = item.partition("=")
         if not sep or not name or not folder:
             raise ValueError(f"--adv {item!r}: expected NAME=DIR")
-        found = {p.stem: p for p in _image_files(folder, f"--adv {name}=")}
-        missing = [f.name for f in files if f.stem not in found]
-        if missing:
-            raise ValueError(f"--adv {name}={folder}: no image for {missing[0]!r} "
-                             f"({len(missing)} of {len(files)} clean images missing)")
-        adv = []
-        for f, c in zip(files, clean):
-            im = _load_rgb(found[f.stem])
-            if im.shape != c.shape:
-                raise ValueError(f"--adv {name}={folder}: {found[f.stem].name} has shape "
-                                 f"{im.shape}, its clean image {c.shape}")
-            adv.append(im)
-        attacks.append((name, np.stack(adv)))
+        attacks.append((name, data.read_matching_folder(folder, files, clean,
+                                                         f"--adv {name}={folder}")))
     return clean, labels, [f.name for f in files], attacks
-
-
-def _attack_spec(item):
-    """"PGD", "ta:PGD", or NAME=OPTIMIZER[:SETTING][,key=value...] as `fairattack run --attack`
-    reads it (e.g. DI=PGD,di_prob=0.5)."""
-    if item.startswith(("ta:", "torchattacks.")) or "=" not in item:
-        return item
-    from .cli import parse_attack
-
-    name, spec = parse_attack(item)
-    return {"name": name, **spec}
 
 
 def _markdown(df, table, path, meta):
@@ -166,10 +94,10 @@ def _markdown(df, table, path, meta):
 def cmd_compare(args):
     import pandas as pd
 
-    from . import data, figures
-    from .compare import compare, comparison_table
-    from .store import write_atomic
-    from .study import _load, _model_dict, input_size
+    from .. import data, figures
+    from .._model import input_size, load_spec, model_specs
+    from ..compare import compare, comparison_table
+    from ..store import write_comparison
 
     if bool(args.clean) == bool(args.data):
         raise ValueError("give the images either as --clean DIR (with --adv NAME=DIR ...) or as "
@@ -185,10 +113,10 @@ def cmd_compare(args):
             raise ValueError(f"model file {spec!r} does not exist")
     surrogate = None
     if args.surrogate:
-        (name, spec), = _model_dict([args.surrogate], "--surrogate").items()
-        surrogate = _load(name, spec, args.device)
-    victims = {name: _load(name, spec, args.device)
-               for name, spec in _model_dict(args.victims, "--victims").items()}
+        (name, spec), = model_specs([args.surrogate], "--surrogate").items()
+        surrogate = load_spec(name, spec, args.device)
+    victims = {name: load_spec(name, spec, args.device)
+               for name, spec in model_specs(args.victims, "--victims").items()}
 
     if args.clean:
         images, labels, names, attacks = _folders(args)
@@ -208,9 +136,9 @@ def cmd_compare(args):
                                             progress=not args.quiet)
         attacks = []
         source = f"{args.data}, the first {len(names)} images the surrogate gets right"
-    attacks += [_attack_spec(a) for a in args.attacks]
-    attack_names = [a if isinstance(a, str) else a["name"] if isinstance(a, dict) else a[0]
-                 for a in attacks]
+    # optimizer names, ta:NAME and NAME=OPTIMIZER[:SETTING][,k=v] texts: fairattack.spec reads them
+    attacks += list(args.attacks)
+    attack_names = [a.partition("=")[0] if isinstance(a, str) else a[0] for a in attacks]
     print(f"data: {source}; attacks: {', '.join(attack_names)}; victims: {', '.join(victims)}; "
           f"mode {args.mode}, eps {args.eps:g}")
 
@@ -226,12 +154,7 @@ def cmd_compare(args):
             "n_given": len(names), "rmse": sorted(args.rmse), "victims": list(victims),
             "surrogate": args.surrogate}
 
-    out.mkdir(parents=True, exist_ok=True)
-    write_atomic(out / "compare.csv", df.to_csv(index=False).encode())
-    write_atomic(out / "per_image.csv", per_image.to_csv(index=False).encode())
-    records = json.loads(df.to_json(orient="records"))
-    write_atomic(out / "compare.json",
-                 (json.dumps({"meta": meta, "rows": records}, indent=1) + "\n").encode())
+    write_comparison(out, df, per_image, meta)
     _markdown(df, table, out / "compare.md", meta)
     figures.plot_asr_at_rmse(df, out / "asr_at_rmse.png")
     with pd.option_context("display.width", 200, "display.max_columns", None,
