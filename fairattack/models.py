@@ -1,10 +1,11 @@
 """ImageNet classifiers as TorchScript files that follow the fairattack model convention.
 
 Convention: input float NCHW RGB in [0, 255] at any size, output logits [N, K]. `ImageNetWrapper`
-turns a network that expects normalised input at a fixed size into such a model: it resizes bilinearly
-(align_corners=False, no antialiasing) to the network's input size when the size differs (SPEC §5),
-then normalises, then calls the network. `export` writes the wrapped network as a TorchScript file;
-`get_model` builds a registered model once into a cache folder and loads it with `fa.load_model`.
+turns a network that expects normalised input at a fixed size into such a model: it resizes
+bilinearly (align_corners=False, no antialiasing) to the network's input size when the size differs,
+then normalises, then calls the network (docs/protocol.md#models). `export` writes the wrapped
+network as a TorchScript file; `get_model` builds a registered model once into a cache folder and
+loads it with `fa.load_model`.
 
 Normalisation modes (all in pixel units; mean/std given per RGB channel):
   "caffe": RGB -> BGR, subtract [103.939, 116.779, 123.68] (BGR order), std 1
