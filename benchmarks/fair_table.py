@@ -1,9 +1,11 @@
-"""The fair-comparison table of issue 7 on the shared ImageNet samples: FGSM, PGD, MI-FGSM,
+"""The fair-comparison table of issue 7 on a folder of ImageNet samples: FGSM, PGD, MI-FGSM,
 NI-FGSM, DI, TI and the paper's seven optimizers on EfficientNet-Lite0 -> Lite1/Lite2, each
 attack's own l-inf, RMSE and ASR per victim, and its ASR at matched RMSE (rescale mode) with
 bootstrap 95% CIs, plus McNemar tests of the sign attacks at each budget.
 
-    python benchmarks/fair_table.py --data ../shared/imagenet-samples --n 100 --out fair-table
+    python benchmarks/fair_table.py --data IMAGENET_SAMPLES --n 100 --out fair-table
+
+IMAGENET_SAMPLES is a folder of SYNSET_name.JPEG files (e.g. 500, one per class).
 
 Images are processed in chunks (each a `fa.compare` call with its own cache under --out), so an
 interrupted run resumes; the table is computed from every finished chunk's per-image outcomes.

@@ -1,6 +1,6 @@
 """Parity with torchattacks: the same sign attacks through fairattack and torchattacks 3.5.1.
 
-    python benchmarks/parity_torchattacks.py [--data ../shared/imagenet-samples] [--n 16]
+    python benchmarks/parity_torchattacks.py [--data FOLDER] [--n 16]
         [--batch-size 8] [--steps 10] [--eps 8] [--alpha 2]
 
 EfficientNet-Lite0 is the surrogate, Lite1 and Lite2 the victims. For FGSM, PGD (no random start),

@@ -217,7 +217,8 @@ def attack(model, images, labels, optimizer="Adam", setting=None, *, batch_size=
     rounding: "round" (default) or "truncate" (the authors' code) to uint8. Either way every
         returned value stays within eps of the clean image (see `quantize`).
     di_prob / di_min_scale / si_copies / ti_kernel: the DI, SI and TI input transforms of the
-        gradient (SPEC §3), applied by a Model's gradient pass; a Python callable cannot take them.
+        gradient (docs/protocol.md#input-transforms), applied by a Model's gradient pass; a Python
+        callable cannot take them.
     Memory: the output is one preallocated uint8 array and metrics are measured per batch, so
     the attack holds about one uint8 copy of the input plus a batch of floats.
     The core runs without the GIL; Ctrl-C stops it with KeyboardInterrupt.

@@ -1,4 +1,4 @@
-"""Fair comparison (SPEC §8): put any attack on the same ℓ∞ AND ℓ2 (RMSE) footing.
+"""Fair comparison: put any attack on the same ℓ∞ AND ℓ2 (RMSE) footing (docs/fair-comparison.md).
 
     import fairattack as fa
     matched, reached = fa.match_rmse(clean, adv, 6.0, eps=16)      # any attack's uint8 images
@@ -39,9 +39,10 @@ Rules that keep the numbers comparable:
   budget: the attack ended more than 0.05 px below r) is evaluated at the largest RMSE it
   reaches within the budget (≤ r), exactly as a budget "RMSE ≤ r" means. `n_unreachable`
   counts them per (attack, budget); the per-image table has `reached` for any other choice.
-- ASR is the victim's error rate on the uint8 images (SPEC §5); "mean" averages the victims
-  per image. The 95% interval is a seeded percentile bootstrap over images; every cell uses
-  the same resamples, and "mean" is the bootstrap of the per-image mean over victims.
+- ASR is the victim's error rate on the uint8 images (docs/protocol.md#transferability); "mean"
+  averages the victims per image. The 95% interval is a seeded percentile bootstrap over images;
+  every cell uses the same resamples, and "mean" is the bootstrap of the per-image mean over
+  victims.
 """
 
 import math
@@ -91,7 +92,8 @@ def _targets(target, n, name="target"):
 
 
 def match_rmse(clean, adv, target, eps=16):
-    """Rescale each adversarial perturbation to a target RMSE (SPEC §8), on uint8 images.
+    """Rescale each adversarial perturbation to a target RMSE, on uint8 images
+    (docs/fair-comparison.md#matching-after-the-fact).
 
     clean, adv: uint8 or float NHWC RGB in [0, 255], the same shape (adv from any attack).
     target: an RMSE in pixels, or one per image. eps: the ℓ∞ budget the output must respect.

@@ -1,11 +1,11 @@
 """ImageNet data: class table, image loading, datasets of (path, label) and the selection protocol.
 
-Preprocessing (SPEC §6): resize so that the shorter side equals `size`, keeping the aspect ratio, then
-centre-crop `size` x `size`. The resize uses Pillow's bilinear filter, which (like Keras' PIL-based
-loader) widens its support when shrinking, i.e. it antialiases; the longer side is rounded to the
-nearest integer. Images are returned as uint8 HWC RGB.
+Preprocessing (docs/protocol.md#data): resize so that the shorter side equals `size`, keeping the
+aspect ratio, then centre-crop `size` x `size`. The resize uses Pillow's bilinear filter, which
+(like Keras' PIL-based loader) widens its support when shrinking, i.e. it antialiases; the longer
+side is rounded to the nearest integer. Images are returned as uint8 HWC RGB.
 
-Selection (SPEC §6): `select` sorts the dataset's file names, shuffles them with
+Selection (docs/protocol.md#data): `select` sorts the dataset's file names, shuffles them with
 `numpy.random.default_rng(seed).permutation`, walks that order in batches and keeps the first `n`
 images that the surrogate classifies correctly. It streams: at most the kept images plus one batch are
 held in memory.
@@ -393,7 +393,7 @@ def iter_batches(dataset, size, batch_size=32, order=None, skipped=None):
 
 
 def select(dataset, model, n, size, seed=0, batch_size=32, progress=False, skipped=None):
-    """SPEC §6 selection: the first `n` images, in seeded shuffled order, that `model` gets right.
+    """The first `n` images, in seeded shuffled order, that `model` gets right (docs/protocol.md).
 
     dataset: a Dataset or a folder for `open_dataset`. model: anything with
     `predict(images uint8 NHWC) -> int labels`. The order is `sorted names` permuted by
@@ -449,7 +449,8 @@ DEMO_PHOTOS = (("chelsea.png", 285), ("coffee.png", 967), ("rocket.jpg", 657),
 
 def demo_photos(size=224):
     """(images uint8 [N, size, size, 3], labels, names) of the photos scikit-image ships, resized
-    and centre-cropped like ImageNet (SPEC §6). The demo's default data: nothing is downloaded."""
+    and centre-cropped like ImageNet (docs/protocol.md#data). The demo's default data: nothing is
+    downloaded."""
     try:
         import skimage
     except ImportError as error:

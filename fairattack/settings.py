@@ -1,4 +1,4 @@
-"""The paper's settings (SPEC §2) as presets of the C core's configuration.
+"""The paper's settings (docs/protocol.md#settings) as presets of the C core's configuration.
 
 Every value can be overridden by keyword. Defaults come from the compiled core
 (`fa_config_default`): one source of truth for the per-optimizer caps and first-step RMSEs.
@@ -28,14 +28,14 @@ CONST_RMSE_FIRST_STEP = {"GD": 8.0, "MGD": 2.0, "NAGD": 2.0, "Adam": 4.0, "LAdam
 STOP_LOSS = 30.0
 
 _NESTEROV = {"authors": _core.NESTEROV_AUTHORS, "textbook": _core.NESTEROV_TEXTBOOK}
-#: Which iterate an attack returns (SPEC §2): the max-loss one of an image that hit max_iter, or
-#: always the last one.
+#: Which iterate an attack returns: the max-loss one of an image that hit max_iter, or always
+#: the last one (docs/protocol.md#the-attack-loop).
 _RETURNS = {"best": _core.RETURNS_BEST, "last": _core.RETURNS_LAST}
 #: The fields of the C core's fa_config and their Python type (int or float).
 _DEFAULT = _core.default_config(0)
 CONFIG_FIELDS = tuple(_DEFAULT)
 _FIELD_TYPES = {key: int if isinstance(value, int) else float for key, value in _DEFAULT.items()}
-#: The DI / SI / TI input transforms (SPEC §3) and their defaults (all off). They are part of a
+#: The DI / SI / TI input transforms and their defaults (all off; docs/protocol.md). Part of a
 #: resolved configuration (make_config returns them), applied by the model's gradient pass.
 TRANSFORM_DEFAULTS = {"di_prob": 0.0, "di_min_scale": 0.9, "si_copies": 0, "ti_kernel": 0}
 TRANSFORM_FIELDS = tuple(TRANSFORM_DEFAULTS)
@@ -105,8 +105,9 @@ def make_config(optimizer, setting=None, **overrides):
       skip_misclassified, index_offset, returns ("best": an image that hits max_iter returns
       its max-CE iterate, the default of the loss-stopped settings; "last": its last iterate, the
       default of `fixed`, as peer libraries do), max_rmse (> 0: a joint ℓ∞ + RMSE budget, every
-      iterate projected exactly onto it, SPEC §8), and the input transforms di_prob,
-      di_min_scale, si_copies, ti_kernel (SPEC §3; a model's gradient pass applies them).
+      iterate projected exactly onto it: docs/fair-comparison.md#the-joint-budget), and the input
+      transforms di_prob, di_min_scale, si_copies, ti_kernel (docs/protocol.md#input-transforms; a
+      model's gradient pass applies them).
       Giving `alpha` switches calibration off and vice versa. NumPy scalars are accepted;
       integer fields (max_iter, si_copies, ...) must be integers.
     """
@@ -132,8 +133,8 @@ def make_config(optimizer, setting=None, **overrides):
             cfg["max_iter"] = 10
     else:  # fixed
         cfg["stop_loss"] = math.inf
-    # SPEC 2: the loss-stopped protocols return an image's max-CE iterate when it hits the cap;
-    # the fixed run returns the last iterate, as every peer library does
+    # the loss-stopped protocols return an image's max-CE iterate when it hits the cap; the fixed
+    # run returns the last iterate, as every peer library does (docs/protocol.md#the-attack-loop)
     cfg["returns"] = _RETURNS["last" if setting == "fixed" else "best"]
 
     known = set(CONFIG_FIELDS) | set(TRANSFORM_FIELDS)

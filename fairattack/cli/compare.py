@@ -1,9 +1,9 @@
-"""`fairattack compare`: the fair comparison (SPEC §8) from the command line.
+"""`fairattack compare`: the fair comparison (docs/fair-comparison.md) from the command line.
 
     fairattack compare --clean clean/ --adv pgd=pgd_pngs/ mi=mi_pngs/ \\
         --victims efficientnet-lite1 --rmse 4 8 12 --out cmp
     fairattack compare --attacks FGSM PGD MI-FGSM DI=PGD,di_prob=0.5 Adam \\
-        --surrogate efficientnet-lite0 --data shared/imagenet-samples --n-images 100 \\
+        --surrogate efficientnet-lite0 --data my-imagenet-photos/ --n-images 100 \\
         --victims efficientnet-lite1 --mode budget
 
 Writes compare.csv (the tidy table), compare.json, compare.md (one row per attack),
@@ -19,7 +19,7 @@ from ..compare import MODES
 
 def add_parser(sub):
     """Register the `compare` sub-command."""
-    c = sub.add_parser("compare", help="ASR of attacks at matched l-inf AND RMSE (SPEC 8)",
+    c = sub.add_parser("compare", help="ASR of attacks at matched l-inf AND RMSE (docs/fair-comparison.md)",
                        description=__doc__.splitlines()[0])
     c.add_argument("--clean", help="folder of clean images (PNG); with --adv")
     c.add_argument("--adv", nargs="+", default=[], metavar="NAME=DIR",

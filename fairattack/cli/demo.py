@@ -1,4 +1,4 @@
-"""`fairattack demo`: EfficientNet-Lite0 -> Lite1/Lite2, end to end (photos scikit-image ships, or
+"""`fairattack demo`: EfficientNet-Lite0 -> Lite1/Lite2 and MobileNetV2 (another family), end to end (photos scikit-image ships, or
 a folder)."""
 
 import time
@@ -9,7 +9,7 @@ from ._common import UsageError, check_names, common_options
 from .report import report
 
 DEMO_SURROGATE = "efficientnet-lite0"
-DEMO_VICTIMS = ("efficientnet-lite1", "efficientnet-lite2")
+DEMO_VICTIMS = ("efficientnet-lite1", "efficientnet-lite2", "mobilenet-v2")
 
 
 def _gallery(out_dir, surrogate, setting, optimizers, clean, names):
@@ -33,7 +33,7 @@ def _gallery(out_dir, surrogate, setting, optimizers, clean, names):
 
 
 def add_parser(sub):
-    d = sub.add_parser("demo", help="EfficientNet-Lite0 -> Lite1/Lite2, end to end")
+    d = sub.add_parser("demo", help="EfficientNet-Lite0 -> Lite1/Lite2/MobileNetV2, end to end")
     d.add_argument("--data", help="a folder of images (default: photos scikit-image ships)")
     d.add_argument("--n", type=int, default=None,
                    help="images to select from --data (default 16)")

@@ -1,7 +1,7 @@
 """The `fairattack` command: demo, run, report, compare, models.
 
-    fairattack demo                      # Lite0 -> Lite1/Lite2 on photos scikit-image ships
-    fairattack demo --data ../shared/imagenet-samples --n 32
+    fairattack demo                      # Lite0 -> Lite1/Lite2/MobileNetV2 on photos scikit-image ships
+    fairattack demo --data my-imagenet-photos/ --n 32
     fairattack run --surrogates efficientnet-lite0 my_resnet.pt --victims efficientnet-lite2 \\
         --data /data/imagenet/val --labels val.txt --n-images 1000 --settings const_loss rmse_loss \\
         --attack pgd-di=PGD:fixed,di_prob=0.5 --attack adam8=Adam,eps=8

@@ -1,4 +1,4 @@
-"""The study's images: a folder selected per surrogate by the paper's protocol (SPEC §6) and
+"""The study's images: a folder selected per surrogate by the paper's protocol (docs/protocol.md#data) and
 cached under a content key in the study folder, or explicit arrays used as given."""
 
 import warnings
