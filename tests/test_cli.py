@@ -139,5 +139,6 @@ def test_demo_on_the_shipped_photos(tmp_path):
     assert out.returncode == 0, out.stderr
     df = pd.read_csv(tmp_path / "demo" / "results.csv")
     assert df.loc[0, "optimizer"] == "Adam" and df.loc[0, "n_images"] >= 3
-    assert {"err_efficientnet-lite1", "err_efficientnet-lite2", "asr"} <= set(df.columns)
+    assert {"err_efficientnet-lite1", "err_efficientnet-lite2", "err_mobilenet-v2",
+            "asr"} <= set(df.columns)
     assert (tmp_path / "demo" / "gallery.png").is_file()
