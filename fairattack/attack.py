@@ -15,6 +15,8 @@ from .settings import OPTIMIZERS, core_config, default_setting, make_config, tra
 
 STATUS = tuple(_core.IMAGE_STATUS)
 METRICS = ("rmse", "linf", "l2", "l1", "l0", "psnr", "ssim")
+#: What an attack spends per image (SPEC 12): gradient passes and loss-only forwards.
+SPENT = ("grad_evals", "forward_evals")
 
 
 @dataclasses.dataclass
@@ -25,6 +27,11 @@ class AttackResult:
     rmse = sqrt(mean(δ²)) in pixels, linf = max|δ|, l2 = ‖δ‖₂, l1 = mean|δ|, l0 = share of values
     changed by more than 0.5, psnr in dB, ssim. loss / clean_loss are the surrogate's
     cross-entropy in nats at the returned (float) iterate and at the clean image.
+    What the attack spent on each image (SPEC 12, docs/protocol.md#what-an-attack-spends):
+    grad_evals = gradient passes through the surrogate (one per transformed copy: SI's
+    si_copies; the step-size calibration reuses the first gradient and adds none; a callable
+    oracle counts the rows it was asked a gradient for), forward_evals = forwards that only
+    served the loss or the prediction (the best-iterate rule, the final loss, DI's plain loss).
     """
 
     images: np.ndarray
@@ -42,6 +49,8 @@ class AttackResult:
     iterations: np.ndarray
     alpha: np.ndarray
     status: np.ndarray
+    grad_evals: np.ndarray
+    forward_evals: np.ndarray
     optimizer: str
     setting: str
     config: dict
@@ -72,7 +81,7 @@ class AttackResult:
         for status in ("stop_loss", "stop_rmse", "max_iter"):
             out[f"n_{status}"] = int((self.status == status).sum())
         out["n_target_not_reached"] = int(self.target_not_reached.sum())
-        for key in METRICS + ("loss", "iterations"):
+        for key in METRICS + ("loss", "iterations") + SPENT:
             values = getattr(self, key)[ok].astype(np.float64)
             out[key] = float(values.mean()) if values.size else float("nan")
         return out
@@ -82,7 +91,7 @@ class AttackResult:
         import pandas as pd
 
         columns = {"label": self.labels, "status": self.status}
-        for key in METRICS + ("loss", "clean_loss", "clean_pred", "iterations", "alpha"):
+        for key in METRICS + ("loss", "clean_loss", "clean_pred", "iterations", "alpha") + SPENT:
             columns[key] = getattr(self, key)
         return pd.DataFrame(columns)
 
@@ -264,7 +273,8 @@ def attack(model, images, labels, optimizer="Adam", setting=None, *, batch_size=
     per_image = {key: np.empty(n, np.float32) for key in METRICS + ("loss", "clean_loss",
                                                                     "alpha")}
     per_image.update(clean_pred=np.empty(n, np.int64), iterations=np.empty(n, np.int32),
-                     status=np.empty(n, np.int32))
+                     status=np.empty(n, np.int32), grad_evals=np.empty(n, np.int64),
+                     forward_evals=np.empty(n, np.int64))
     failed_code = STATUS.index("nan")
     max_rmse = float(cfg["max_rmse"])
     base = core_config(cfg)

@@ -53,6 +53,7 @@ import pandas as pd
 from . import _core
 from ._model import Model, file_stamp, predict_any, victims_of
 from ._validate import images_f32, int_at_least, labels_i64, positive_int, round_to_uint8
+from .attack import SPENT
 from .outcome import bootstrap_ci, fooled_mask
 from .peers import peer_by_name, run_peer
 from .settings import make_config
@@ -172,8 +173,14 @@ def _parse_attacks(attacks, surrogate, eps, shape):
     return out
 
 
+def _unknown_spend(n):
+    """What an attack spent where fairattack did not run it: unknown (NaN) per image."""
+    return {key: np.full(n, np.nan) for key in SPENT}
+
+
 def _native(attack, surrogate, x, y, kept, eps, batch_size, progress, seed, max_rmse=None):
-    """uint8 adversarial images of the kept images (attack.kind decides how)."""
+    """(uint8 adversarial images of the kept images, {grad_evals, forward_evals: [n]} what the
+    attack spent per image, NaN where fairattack did not run it); attack.kind decides how."""
     if attack.kind == "images":
         out = attack.images[kept]
     elif attack.kind == "fairattack":
@@ -189,7 +196,7 @@ def _native(attack, surrogate, x, y, kept, eps, batch_size, progress, seed, max_
                 kwargs["stop_rmse"] = float(max_rmse)
         res = run_attack(surrogate, x, y, attack.optimizer, batch_size=batch_size,
                          progress=progress, eps=eps, **kwargs)
-        return res.images
+        return res.images, {key: getattr(res, key).astype(np.float64) for key in SPENT}
     elif attack.kind == "peer":
         out = run_peer(attack.fn, x, y, batch_size, seed)
     else:
@@ -201,7 +208,7 @@ def _native(attack, surrogate, x, y, kept, eps, batch_size, progress, seed, max_
     if out.shape != x.shape:
         raise ValueError(f"{where} shape {out.shape}, expected the images' shape {x.shape} "
                          "(uint8 NHWC)")
-    return round_to_uint8(images_f32(out, where))
+    return round_to_uint8(images_f32(out, where)), _unknown_spend(len(x))
 
 
 def _budgets(rmse):
@@ -263,7 +270,9 @@ def compare(surrogate, images, labels, attacks, victims, rmse=(2, 4, 6, 8, 10, 1
     "rescale" or "budget"), rmse (the budget, or "native" for the attack's own output), victim
     (each and "mean"), asr, ci_low, ci_high (bootstrap 95%), n_images, n_unreachable,
     rmse_mean and linf_mean (of the evaluated uint8 images: the native row carries the
-    attack's own RMSE and ℓ∞). df.per_image holds every image's outcome (columns
+    attack's own RMSE and ℓ∞), grad_evals_mean and forward_evals_mean (what the attack spent
+    per image on the surrogate, `AttackResult.grad_evals`: a rescaled row spends what its
+    native run did, a budget row its own run; NaN for attacks fairattack did not run). df.per_image holds every image's outcome (columns
     attack, rmse, how, image (index into `images`), victim, fooled, reached, rmse_image,
     linf_image) for `paired_test`.
     """
@@ -317,12 +326,12 @@ def compare(surrogate, images, labels, attacks, victims, rmse=(2, 4, 6, 8, 10, 1
             return None
         return digest_parts(images_key, a, how, r, eps, victims_key, RMSE_TOL, _core.VERSION)
 
-    def evaluate(adv, reached):
+    def evaluate(adv, reached, spent):
         fooled = np.stack([fooled_mask(predict_any(v, adv, batch_size), y)
                            for v in victims.values()])
         rmse_img, linf_img = _image_rmse(adv, x_f)
         return {"fooled": fooled, "reached": np.asarray(reached, bool), "rmse_image": rmse_img,
-                "linf_image": linf_img}
+                "linf_image": linf_img, **spent}
 
     rows, per_image, hits = [], [], 0
     attacks_iter = attack_list
@@ -331,10 +340,10 @@ def compare(surrogate, images, labels, attacks, victims, rmse=(2, 4, 6, 8, 10, 1
 
         attacks_iter = tqdm(attack_list, desc="compare", unit="attack")
     for attack in attacks_iter:
-        native = None
+        native, native_spent = None, None
 
         def native_images(attack=attack):
-            nonlocal native
+            nonlocal native, native_spent
             if native is None:
                 key = attack_key(attack)
                 if key is not None and attack.kind != "images":  # arrays need no cache
@@ -344,10 +353,11 @@ def compare(surrogate, images, labels, attacks, victims, rmse=(2, 4, 6, 8, 10, 1
                 hit = cache.get("native", attack.name, key)
                 if hit is not None:
                     native = hit["adv"]
+                    native_spent = {k: hit.get(k, np.full(n, np.nan)) for k in SPENT}
                 else:
-                    native = _native(attack, surrogate, x, y, kept, eps, batch_size, progress,
-                                     seed)
-                    cache.put("native", attack.name, key, adv=native)
+                    native, native_spent = _native(attack, surrogate, x, y, kept, eps,
+                                                   batch_size, progress, seed)
+                    cache.put("native", attack.name, key, adv=native, **native_spent)
             return native
 
         cells = [("native", "native")] + [
@@ -358,14 +368,15 @@ def compare(surrogate, images, labels, attacks, victims, rmse=(2, 4, 6, 8, 10, 1
             hits += result is not None
             if result is None:
                 if how == "native":
-                    result = evaluate(native_images(), np.ones(n, bool))
-                elif how == "rescale":
-                    result = evaluate(*match_rmse(x, native_images(), r, eps))
+                    result = evaluate(native_images(), np.ones(n, bool), native_spent)
+                elif how == "rescale":  # rescaling spends nothing on the surrogate
+                    matched = match_rmse(x, native_images(), r, eps)
+                    result = evaluate(*matched, native_spent)
                 else:
-                    adv = _native(attack, surrogate, x, y, kept, eps, batch_size, progress,
-                                  seed, max_rmse=r)
+                    adv, spent = _native(attack, surrogate, x, y, kept, eps, batch_size,
+                                         progress, seed, max_rmse=r)
                     adv, rmse_img = _round_to_budget(adv, x, x_f, r, eps)
-                    result = evaluate(adv, rmse_img >= r - RMSE_TOL)
+                    result = evaluate(adv, rmse_img >= r - RMSE_TOL, spent)
                 cache.put("cells", f"{attack.name}__{r}", key, **result)
             rows += _rows(attack.name, how, r, list(victims), result, seed, n_boot)
             per_image.append(_per_image(attack.name, how, r, list(victims), kept, result))
@@ -384,13 +395,16 @@ def _rows(attack, how, r, victim_names, result, seed, n_boot):
               "n_unreachable": int((~result["reached"]).sum()),
               "rmse_mean": float(result["rmse_image"].mean()),
               "linf_mean": float(result["linf_image"].mean())}
+    for key in SPENT:  # what the attack spent per image (NaN: not run by fairattack, or unknown)
+        values = np.asarray(result.get(key, np.full(n, np.nan)), np.float64)
+        common[f"{key}_mean"] = float(values.mean()) if n else float("nan")
     rows = []
     for name, outcome in list(zip(victim_names, fooled)) + [("mean", fooled.mean(axis=0))]:
         low, high = bootstrap_ci(outcome, seed, n_boot)
         rows.append({**common, "victim": name, "asr": float(outcome.mean()), "ci_low": low,
                      "ci_high": high})
     order = ("attack", "how", "rmse", "victim", "asr", "ci_low", "ci_high", "n_images",
-             "n_unreachable", "rmse_mean", "linf_mean")
+             "n_unreachable", "rmse_mean", "linf_mean", "grad_evals_mean", "forward_evals_mean")
     return [{k: row[k] for k in order} for row in rows]
 
 

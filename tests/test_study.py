@@ -121,9 +121,12 @@ def test_results_csv_rows_columns_and_files(tiny, tmp_path):
     expected = ["surrogate", "attack", "optimizer", "setting", "n_images", "n_skipped",
                 "n_failed", "n_stop_loss", "n_stop_rmse", "n_max_iter", "n_target_not_reached",
                 "rmse", "linf", "l2", "l1", "l0", "psnr", "ssim", "loss", "iterations",
-                "surrogate_fooling_rate", "err_v1", "err_v2", "asr", "asr_ci_low",
-                "asr_ci_high", "seconds"]
+                "grad_evals", "forward_evals", "surrogate_fooling_rate", "err_v1", "err_v2",
+                "asr", "asr_ci_low", "asr_ci_high", "seconds"]
     assert list(df.columns) == expected
+    capped = df["n_max_iter"] == df["n_images"]  # no early stop: one gradient per step
+    assert (df.loc[capped, "grad_evals"] >= df.loc[capped, "iterations"]).all()
+    assert (df["grad_evals"] > 0).all()
     assert list(df[["setting", "optimizer"]].itertuples(index=False, name=None)) == [
         (st, o) for st in SETTINGS for o in OPTIMIZERS]
     assert (df["attack"] == df["optimizer"]).all()

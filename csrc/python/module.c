@@ -349,6 +349,10 @@ typedef struct {
     PyObject *fn;
     npy_intp h, w, c;
     PyObject *error; /* the exception raised by fn, kept to re-raise it unchanged */
+    /* what the attack spends (SPEC 12), per image index - index_base: the rows asked for a
+     * gradient, and the rows asked for loss or prediction only */
+    int64_t index_base;
+    int64_t *grad_evals, *forward_evals;
 } py_oracle;
 
 /* Copy the oracle's output `what` into dst (skipped when dst is NULL: the core does not need
@@ -421,7 +425,6 @@ static PyObject *take_exception(void) {
 static fa_status py_oracle_grad(void *ctx, int64_t n, const int64_t *index, const int64_t *labels,
                                 const float *x, int want_grad, float *loss, int64_t *pred,
                                 float *grad) {
-    (void)index;
     py_oracle *o = ctx;
     fa_status status = FA_OK;
     PyGILState_STATE g = PyGILState_Ensure();
@@ -446,6 +449,12 @@ static fa_status py_oracle_grad(void *ctx, int64_t n, const int64_t *index, cons
         goto error;
     if (want_grad && copy_out(PyTuple_GET_ITEM(out, 2), NPY_FLOAT32, 4, shape, grad, "grad") < 0)
         goto error;
+    for (int64_t r = 0; o->grad_evals && r < n; r++) {
+        if (want_grad)
+            o->grad_evals[index[r] - o->index_base]++;
+        else if (loss || pred)
+            o->forward_evals[index[r] - o->index_base]++;
+    }
     goto done;
 error:
     status = fa_set_error(FA_ERR_MODEL, "the oracle raised an exception");
@@ -493,9 +502,9 @@ static PyObject *py_attack(PyObject *self, PyObject *args) {
         return NULL;
     PyArrayObject *x = NULL, *labels = NULL;
     PyArrayObject *adv = NULL, *loss = NULL, *closs = NULL, *cpred = NULL, *iters = NULL,
-                  *alpha = NULL, *status = NULL;
+                  *alpha = NULL, *status = NULL, *gevals = NULL, *fevals = NULL;
     PyObject *result = NULL;
-    py_oracle po = {NULL, 0, 0, 0, NULL};
+    py_oracle po = {NULL, 0, 0, 0, NULL, 0, NULL, NULL};
     fa_model_oracle mo;
     memset(&mo, 0, sizeof mo);
     fa_config cfg;
@@ -511,6 +520,10 @@ static PyObject *py_attack(PyObject *self, PyObject *args) {
         goto done;
     }
     fa_oracle oracle = {NULL, stop_requested, NULL};
+    /* per-image counters of what the attack spends, filled by the oracle (SPEC 12) */
+    if (!(gevals = (PyArrayObject *)PyArray_ZEROS(1, &n, NPY_INT64, 0)) ||
+        !(fevals = (PyArrayObject *)PyArray_ZEROS(1, &n, NPY_INT64, 0)))
+        goto done;
     if (PyObject_TypeCheck(model_obj, &ModelType)) {
         ModelObject *m = (ModelObject *)model_obj;
         if (device == FA_DEVICE_CUDA && m->device != FA_DEVICE_CUDA) {
@@ -521,6 +534,8 @@ static PyObject *py_attack(PyObject *self, PyObject *args) {
         mo.model = m->model;
         mo.device_io = device == FA_DEVICE_CUDA;
         mo.h = shape[1], mo.w = shape[2], mo.c = shape[3];
+        mo.index_base = cfg.index_offset;
+        mo.grad_evals = PyArray_DATA(gevals), mo.forward_evals = PyArray_DATA(fevals);
         if (parse_transform(tr_obj, &mo.transform) < 0)
             goto done;
         oracle.grad = fa_model_oracle_grad;
@@ -532,6 +547,8 @@ static PyObject *py_attack(PyObject *self, PyObject *args) {
         }
         po.fn = model_obj;
         po.h = shape[1], po.w = shape[2], po.c = shape[3];
+        po.index_base = cfg.index_offset;
+        po.grad_evals = PyArray_DATA(gevals), po.forward_evals = PyArray_DATA(fevals);
         oracle.grad = py_oracle_grad;
         oracle.ctx = &po;
     } else {
@@ -568,9 +585,10 @@ static PyObject *py_attack(PyObject *self, PyObject *args) {
         }
         goto done;
     }
-    result = Py_BuildValue("{s:O,s:O,s:O,s:O,s:O,s:O,s:O}", "adv", adv, "loss", loss,
+    result = Py_BuildValue("{s:O,s:O,s:O,s:O,s:O,s:O,s:O,s:O,s:O}", "adv", adv, "loss", loss,
                            "clean_loss", closs, "clean_pred", cpred, "iterations", iters, "alpha",
-                           alpha, "status", status);
+                           alpha, "status", status, "grad_evals", gevals, "forward_evals",
+                           fevals);
 done:
     Py_XDECREF(po.error);
     Py_XDECREF(x);
@@ -582,6 +600,8 @@ done:
     Py_XDECREF(iters);
     Py_XDECREF(alpha);
     Py_XDECREF(status);
+    Py_XDECREF(gevals);
+    Py_XDECREF(fevals);
     return result;
 }
 
@@ -750,7 +770,8 @@ static PyObject *py_cuda_check_device(PyObject *self, PyObject *arg) {
 
 static PyMethodDef module_methods[] = {
     {"attack", py_attack, METH_VARARGS,
-     "attack(model, x0, labels, config, device, transform) -> dict of per-image arrays"},
+     "attack(model, x0, labels, config, device, transform) -> dict of per-image arrays "
+     "(adv, loss, clean_loss, clean_pred, iterations, alpha, status, grad_evals, forward_evals)"},
     {"metrics", py_metrics, METH_VARARGS, "metrics(adv, clean) -> dict of per-image arrays"},
     {"default_config", py_default_config, METH_O, "default_config(optimizer) -> dict"},
     {"check_config", py_check_config, METH_O, "check_config(dict) -> the full checked dict"},

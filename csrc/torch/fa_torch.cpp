@@ -565,11 +565,29 @@ fa_status fa_model_oracle_grad(void *ctx, int64_t n, const int64_t *index, const
         return fa_set_error(FA_ERR_ARGUMENT, "ctx is NULL (expected a fa_model_oracle)");
     const fa_transform *transform = transform_is_off(oracle->transform) ? nullptr
                                                                         : &oracle->transform;
+    const bool counted = oracle->grad_evals != nullptr || oracle->forward_evals != nullptr;
+    if (counted && index == nullptr && n > 0)
+        return fa_set_error(FA_ERR_ARGUMENT, "index is NULL, but the oracle counts evaluations "
+                            "per image (grad_evals / forward_evals)");
     const fa_status status =
         fa_model_run(oracle->model, n, oracle->h, oracle->w, oracle->c, x, labels, want_grad,
                      loss, nullptr, 0, pred, want_grad ? grad : nullptr, oracle->device_io,
                      transform, index, oracle->calls);
     oracle->calls++;
+    if (status != FA_OK || !counted)
+        return status;
+    /* the passes fa_model_run made: see fa_model_oracle in fa_torch.h */
+    const int64_t passes =
+        want_grad ? std::max(transform != nullptr ? transform->si_copies : 1, 1) : 0;
+    const bool di = want_grad && transform != nullptr && transform->di_prob > 0.0f;
+    const int64_t forwards = (loss != nullptr || pred != nullptr) && (!want_grad || di) ? 1 : 0;
+    for (int64_t r = 0; r < n; r++) {
+        const int64_t i = index[r] - oracle->index_base;
+        if (oracle->grad_evals != nullptr)
+            oracle->grad_evals[i] += passes;
+        if (oracle->forward_evals != nullptr)
+            oracle->forward_evals[i] += forwards;
+    }
     return status;
 }
 

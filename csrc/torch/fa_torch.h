@@ -102,13 +102,22 @@ fa_status fa_model_run(fa_model *model, int64_t n, int64_t h, int64_t w, int64_t
                        int64_t call);
 
 /* fa_oracle adapter: ctx is a fa_model_oracle; calls fa_model_run with its shape and transform
- * and counts calls. Matches fa_grad_fn; loss and pred may be NULL (see fa_model_run). */
+ * and counts calls. Matches fa_grad_fn; loss and pred may be NULL (see fa_model_run).
+ *
+ * What an attack spends (SPEC 12), per image, when grad_evals / forward_evals are not NULL:
+ * row r of a call is image index[r] - index_base of the caller's arrays (index must then not be
+ * NULL). A gradient call adds its gradient passes to grad_evals (one per transformed copy: SI's
+ * si_copies, else 1); a forward that only serves loss or pred (a call without gradient, or one
+ * whose gradient pass saw DI-transformed images and so not x itself) adds 1 to forward_evals. */
 typedef struct fa_model_oracle {
     fa_model *model;
     int64_t h, w, c;
     fa_transform transform;
     int device_io; /* x and grad are device memory (an attack running on FA_DEVICE_CUDA)  */
     int64_t calls; /* incremented by each call */
+    int64_t index_base;     /* the index of the first image of the counters' arrays        */
+    int64_t *grad_evals;    /* NULL, or one counter per image: gradient passes             */
+    int64_t *forward_evals; /* NULL, or one counter per image: loss-only forwards          */
 } fa_model_oracle;
 
 fa_status fa_model_oracle_grad(void *ctx, int64_t n, const int64_t *index, const int64_t *labels,

@@ -7,11 +7,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..attack import SPENT
 from ..outcome import attacked_mask, bootstrap_ci, fooled_mask
 from ..settings import OPTIMIZERS, PAPER_OPTIMIZERS, SETTINGS
 from ..store import StudyFolder
 
-METRICS = ("rmse", "linf", "l2", "l1", "l0", "psnr", "ssim", "loss", "iterations")
+#: Means over attacked images; grad_evals / forward_evals: what the attack spent (SPEC 12).
+METRICS = ("rmse", "linf", "l2", "l1", "l0", "psnr", "ssim", "loss", "iterations") + SPENT
 COUNTS = ("n_images", "n_skipped", "n_failed", "n_stop_loss", "n_stop_rmse", "n_max_iter",
           "n_target_not_reached")
 NAME_COLUMNS = ("surrogate", "attack", "optimizer", "setting")
@@ -33,8 +35,8 @@ def summarize(frame, predictions, stop_rmse, seed=0):
     for name in ("stop_loss", "stop_rmse", "max_iter"):
         row[f"n_{name}"] = int((status == name).sum())
     row["n_target_not_reached"] = row["n_max_iter"] if stop_rmse > 0 else 0
-    for key in METRICS:
-        values = frame[key].to_numpy(np.float64)[attacked]
+    for key in METRICS:  # records written before a measurement existed lack its column: NaN
+        values = frame[key].to_numpy(np.float64)[attacked] if key in frame else np.zeros(0)
         row[key] = float(values.mean()) if values.size else float("nan")
     surrogate = frame["surrogate_pred"].to_numpy()[attacked]
     row["surrogate_fooling_rate"] = float(np.mean(surrogate != labels[attacked])) \

@@ -1,0 +1,160 @@
+"""What an attack spends (SPEC 12): AttackResult.grad_evals / forward_evals per image, counted
+where the passes happen (the shim for a Model, the rows a callable oracle was asked), against an
+independent count of the oracle's calls and the loop's own arithmetic."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import fairattack as fa
+from tiny import SmallNet
+
+
+@pytest.fixture(scope="module")
+def net_and_model():
+    net = SmallNet().eval()
+    return net, fa.load_model(net)
+
+
+class CountingOracle:
+    """The network as a Python oracle that records every call: (rows, want_grad)."""
+
+    def __init__(self, net):
+        self.net, self.calls = net, []
+
+    def __call__(self, x, labels, want_grad):
+        self.calls.append((len(x), bool(want_grad)))
+        t = torch.from_numpy(x).permute(0, 3, 1, 2).requires_grad_(bool(want_grad))
+        with torch.set_grad_enabled(bool(want_grad)):
+            logits = self.net(t)
+            loss = torch.nn.functional.cross_entropy(logits, torch.from_numpy(labels),
+                                                     reduction="none")
+        grad = None
+        if want_grad:
+            grad = np.ascontiguousarray(torch.autograd.grad(loss.sum(), t)[0]
+                                        .permute(0, 2, 3, 1).numpy())
+        return loss.detach().numpy(), logits.argmax(1).numpy(), grad
+
+    def rows(self, want_grad):
+        return sum(n for n, g in self.calls if g == want_grad)
+
+
+def batch(model, n=5, size=12, seed=0):
+    x = np.random.default_rng(seed).integers(0, 256, size=(n, size, size, 3)).astype(np.uint8)
+    return x, model.predict(x)
+
+
+CASES = [  # (optimizer, setting, overrides)
+    ("PGD", "fixed", {"max_iter": 4}),
+    ("NI-FGSM", "fixed", {"max_iter": 4}),
+    ("Adam", "const_loss", {"max_iter": 4, "stop_loss": math.inf}),
+    ("NAGD", "const_loss", {"max_iter": 3, "stop_loss": math.inf}),
+    ("GD", "const_loss", {"max_iter": 6, "stop_loss": 1.0}),
+    ("PGD", "fixed", {"max_iter": 3, "random_start": 1}),
+]
+
+
+@pytest.mark.parametrize("optimizer,setting,overrides", CASES)
+def test_callable_counts_are_the_rows_it_was_asked(net_and_model, optimizer, setting, overrides):
+    net, model = net_and_model
+    x, y = batch(model)
+    oracle = CountingOracle(net)
+    res = fa.attack(oracle, x, y, optimizer, setting, batch_size=2, **overrides)
+    assert res.grad_evals.dtype == np.int64 and res.grad_evals.shape == (len(x),)
+    assert res.grad_evals.sum() == oracle.rows(True)
+    assert res.forward_evals.sum() == oracle.rows(False)
+    # the same attack through the shim counts the same passes (no transform: one per row)
+    shim = fa.attack(model, x, y, optimizer, setting, batch_size=3, **overrides)
+    np.testing.assert_array_equal(shim.grad_evals, res.grad_evals)
+    np.testing.assert_array_equal(shim.forward_evals, res.forward_evals)
+
+
+@pytest.mark.parametrize("optimizer,setting,overrides", CASES)
+def test_counts_follow_the_loop(net_and_model, optimizer, setting, overrides):
+    """SPEC 2's loop: a gradient at every step k < max_iter (at x_k, or at the look-ahead point),
+    a loss-only forward at the cap, at x_k before a look-ahead gradient when a rule reads the
+    loss there, and at x0 before a random start."""
+    _, model = net_and_model
+    x, y = batch(model)
+    res = fa.attack(model, x, y, optimizer, setting, **overrides)
+    k, cap = res.iterations.astype(np.int64), overrides["max_iter"]
+    capped = res.status == "max_iter"
+    grads = np.where(capped, cap, k + 1)  # an image stopped at step k had asked for g(x_k)
+    np.testing.assert_array_equal(res.grad_evals, grads)
+    loss_read = setting != "fixed"
+    forwards = capped.astype(np.int64)
+    if optimizer in ("NAGD", "NI-FGSM") and loss_read:
+        forwards += np.maximum(k - 1, 0) + (~capped) * (k >= 1)
+    forwards += overrides.get("random_start", 0)
+    np.testing.assert_array_equal(res.forward_evals, forwards)
+    if optimizer == "GD":
+        assert (res.status == "stop_loss").any()  # the stop rule took part
+
+
+def test_batching_never_changes_the_counts(net_and_model):
+    _, model = net_and_model
+    x, y = batch(model, n=6)
+    kw = dict(max_iter=8, stop_loss=1.5)
+    a = fa.attack(model, x, y, "Adam", batch_size=6, **kw)
+    b = fa.attack(model, x, y, "Adam", batch_size=1, **kw)
+    np.testing.assert_array_equal(a.grad_evals, b.grad_evals)
+    np.testing.assert_array_equal(a.forward_evals, b.forward_evals)
+
+
+def test_si_copies_are_gradient_passes_and_calibration_adds_none(net_and_model):
+    _, model = net_and_model
+    x, y = batch(model)
+    kw = dict(max_iter=3, stop_loss=math.inf)
+    plain = fa.attack(model, x, y, "Adam", **kw)
+    fixed_alpha = fa.attack(model, x, y, "Adam", alpha=1.0, first_step_rmse=0, **kw)
+    np.testing.assert_array_equal(plain.grad_evals, fixed_alpha.grad_evals)
+    si = fa.attack(model, x, y, "Adam", si_copies=3, **kw)
+    np.testing.assert_array_equal(si.grad_evals, 3 * plain.grad_evals)
+    np.testing.assert_array_equal(si.forward_evals, plain.forward_evals)
+    ti = fa.attack(model, x, y, "Adam", ti_kernel=3, **kw)  # TI smooths: no extra pass
+    np.testing.assert_array_equal(ti.grad_evals, plain.grad_evals)
+
+
+def test_di_needs_a_plain_forward_for_the_loss(net_and_model):
+    """Under DI the gradient pass sees transformed images: the loss at x_k is one more forward
+    wherever the loop reads it (every step of const_loss, only k = 0 and the cap of fixed)."""
+    _, model = net_and_model
+    x, y = batch(model)
+    cap = 3
+    loss_stopped = fa.attack(model, x, y, "Adam", max_iter=cap, stop_loss=math.inf, di_prob=1.0)
+    np.testing.assert_array_equal(loss_stopped.grad_evals, np.full(len(x), cap))
+    np.testing.assert_array_equal(loss_stopped.forward_evals, np.full(len(x), cap + 1))
+    fixed = fa.attack(model, x, y, "PGD", "fixed", max_iter=cap, di_prob=1.0)
+    np.testing.assert_array_equal(fixed.forward_evals, np.full(len(x), 2))
+
+
+def test_skipped_images_count_the_clean_pass_and_summaries_carry_means(net_and_model):
+    _, model = net_and_model
+    x, y = batch(model)
+    y = y.copy()
+    y[0] = (y[0] + 1) % 10  # misclassified: skipped after the gradient call at x0
+    res = fa.attack(model, x, y, "PGD", "fixed", max_iter=2)
+    assert res.status[0] == "skipped" and res.grad_evals[0] == 1
+    s = res.summary()
+    assert s["grad_evals"] == pytest.approx(res.grad_evals[1:].mean())
+    assert s["forward_evals"] == pytest.approx(res.forward_evals[1:].mean())
+    frame = res.to_frame()
+    np.testing.assert_array_equal(frame["grad_evals"], res.grad_evals)
+
+
+def test_compare_rows_carry_the_mean_spend(net_and_model):
+    net, model = net_and_model
+    x, y = batch(model, n=4)
+    other = fa.load_model(SmallNet().eval())
+    df = fa.compare(model, x, y, attacks=[{"name": "pgd3", "optimizer": "PGD", "max_iter": 3},
+                                          ("copy", lambda a, b: a)],
+                    victims={"v": other}, rmse=[2], n_boot=0)
+    pgd = df[df["attack"] == "pgd3"]
+    assert (pgd["grad_evals_mean"] == 3).all() and (pgd["forward_evals_mean"] == 1).all()
+    assert df[df["attack"] == "copy"]["grad_evals_mean"].isna().all()  # not run by fairattack
+    budget = fa.compare(model, x, y, attacks=[{"name": "pgd3", "optimizer": "PGD",
+                                               "max_iter": 3}],
+                        victims={"v": other}, rmse=[2], mode="budget", n_boot=0)
+    assert (budget["grad_evals_mean"] == 3).all()
