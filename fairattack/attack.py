@@ -2,21 +2,28 @@
 `AttackResult` that carries images and per-image measurements."""
 
 import dataclasses
+import math
 import os
 
 import numpy as np
 
 from . import _core
 from ._model import Model
-from ._validate import (check_pixels, images_f32, is_integral, labels_i64, positive_int,
+from ._validate import (check_pixels, images_f32, is_integral, labels_i64, positive_int, real,
                         round_to_uint8)
 from .outcome import attacked_mask
-from .settings import OPTIMIZERS, core_config, default_setting, make_config, transform_of
+from .settings import (OPTIMIZERS, STOP_LOSS_TARGETED, core_config, default_setting, make_config,
+                       transform_of)
 
 STATUS = tuple(_core.IMAGE_STATUS)
 METRICS = ("rmse", "linf", "l2", "l1", "l0", "psnr", "ssim")
 #: What an attack spends per image (SPEC 12): gradient passes and loss-only forwards.
 SPENT = ("grad_evals", "forward_evals")
+#: The losses a gradient may ascend (SPEC 10), by (name, targeted): the shim's fa_loss values.
+LOSSES = {("ce", False): "ce", ("margin", False): "margin", ("ce", True): "target_ce",
+          ("logit", True): "logit"}
+#: The named ways of choosing targets; an array of classes is the third.
+TARGET_CHOICES = ("random", "least_likely")
 
 
 @dataclasses.dataclass
@@ -54,6 +61,13 @@ class AttackResult:
     optimizer: str
     setting: str
     config: dict
+    targets: np.ndarray = None
+    loss_name: str = "ce"
+
+    @property
+    def targeted(self):
+        """Whether the attack aimed at target classes (then loss / clean_loss are CE(z, t))."""
+        return self.targets is not None
 
     @property
     def attacked_mask(self):
@@ -76,6 +90,7 @@ class AttackResult:
         """Counts (per outcome) and the means over attacked images of every measurement."""
         ok = self.attacked_mask
         out = {"optimizer": self.optimizer, "setting": self.setting,
+               "targeted": self.targeted, "loss_name": self.loss_name,
                "n_images": int(ok.sum()), "n_skipped": int((self.status == "skipped").sum()),
                "n_failed": int((self.status == "nan").sum())}
         for status in ("stop_loss", "stop_rmse", "max_iter"):
@@ -91,6 +106,8 @@ class AttackResult:
         import pandas as pd
 
         columns = {"label": self.labels, "status": self.status}
+        if self.targeted:
+            columns["target"] = self.targets
         for key in METRICS + ("loss", "clean_loss", "clean_pred", "iterations", "alpha") + SPENT:
             columns[key] = getattr(self, key)
         return pd.DataFrame(columns)
@@ -198,6 +215,51 @@ def _check_memory(model, transform, batch_size, n, height, width):
             f"{free / 2**30:.1f} GiB available on {model.device}: lower batch_size or si_copies")
 
 
+def loss_objective(loss, targeted):
+    """The shim's loss index (fairattack._core.LOSSES) of loss "ce" | "logit" | "margin" for a
+    targeted or untargeted attack; None means "ce"."""
+    loss = "ce" if loss is None else loss
+    if not isinstance(loss, str) or (loss, bool(targeted)) not in LOSSES:
+        allowed = [name for name, t in LOSSES if t == bool(targeted)]
+        kind = "a targeted" if targeted else "an untargeted"
+        raise ValueError(f"loss={loss!r} is not a loss of {kind} attack; expected one of "
+                         f"{allowed}" + ("" if targeted or loss != "logit" else
+                                         " ('logit' needs target=...)"))
+    return list(_core.LOSSES).index(LOSSES[(loss, bool(targeted))])
+
+
+def resolve_targets(target, model, images, labels, num_classes, seed=0, index_offset=0):
+    """One target class per image (SPEC 10), never the image's label.
+
+    target: an array of class indices, "random" (per image uniform over the other classes,
+    drawn from (seed, index_offset + i): batching never changes it) or "least_likely" (the
+    surrogate's least likely class on the clean image; where that is the label, as it can be
+    for a misclassified image, the next least likely). num_classes: K (None for a callable)."""
+    n = len(labels)
+    if isinstance(target, str):
+        if target not in TARGET_CHOICES:
+            raise ValueError(f"target={target!r}; expected an array of classes or one of "
+                             f"{TARGET_CHOICES}")
+        if num_classes is None:
+            raise ValueError(f"target={target!r} needs the model's classes: give a "
+                             "fairattack Model (or an array of targets for a callable)")
+        if num_classes < 2:
+            raise ValueError(f"target={target!r}: the model has one class, no other to aim at")
+        if target == "random":
+            draws = np.array([np.random.default_rng([int(seed), int(index_offset) + i])
+                              .integers(num_classes - 1) for i in range(n)], np.int64)
+            return (labels + 1 + draws) % num_classes
+        order = np.argsort(model.logits(images), axis=1, kind="stable")
+        return np.where(order[:, 0] == labels, order[:, 1], order[:, 0]).astype(np.int64)
+    targets = labels_i64(target, n, num_classes, name="target")
+    same = np.flatnonzero(targets == labels)
+    if same.size:
+        i = int(same[0])
+        raise ValueError(f"target[{i}]={targets[i]} is the label of image {i}: a targeted "
+                         "attack needs another class")
+    return targets
+
+
 def _is_torch_module(model):
     import sys
 
@@ -205,9 +267,9 @@ def _is_torch_module(model):
     return torch is not None and isinstance(model, torch.nn.Module)
 
 
-def attack(model, images, labels, optimizer="Adam", setting=None, *, batch_size=16,
-           rounding="round", progress=False, di_prob=None, di_min_scale=None, si_copies=None,
-           ti_kernel=None, **overrides):
+def attack(model, images, labels, optimizer="Adam", setting=None, *, target=None, loss=None,
+           stop_loss_targeted=None, batch_size=16, rounding="round", progress=False,
+           di_prob=None, di_min_scale=None, si_copies=None, ti_kernel=None, **overrides):
     """Craft adversarial examples of `images` on the surrogate `model`.
 
     model: a `fairattack.Model` (from `load_model`), or a Python callable
@@ -228,6 +290,14 @@ def attack(model, images, labels, optimizer="Adam", setting=None, *, batch_size=
     di_prob / di_min_scale / si_copies / ti_kernel: the DI, SI and TI input transforms of the
         gradient (docs/protocol.md#input-transforms), applied by a Model's gradient pass; a Python
         callable cannot take them.
+    target: None (untargeted), an array of class indices, "random" or "least_likely"
+        (`resolve_targets`; docs/protocol.md#targeted-attacks). A targeted attack makes the
+        surrogate predict the target; res.loss / res.clean_loss are then CE(z, t), the stopping
+        settings stop an image once CE(z, t) <= stop_loss_targeted (default 0.01 nats; the
+        untargeted stop_loss may not be given) and the best iterate is the lowest CE(z, t).
+    loss: the loss the gradient ascends: "ce" (default: CE to the label, or CE to the target
+        descended), "margin" (untargeted: max_{j≠y} z_j − z_y) or "logit" (targeted: the
+        target's logit z_t). A Python callable gives "ce" only.
     Memory: the output is one preallocated uint8 array and metrics are measured per batch, so
     the attack holds about one uint8 copy of the input plus a batch of floats.
     The core runs without the GIL; Ctrl-C stops it with KeyboardInterrupt.
@@ -242,6 +312,18 @@ def attack(model, images, labels, optimizer="Adam", setting=None, *, batch_size=
         raise TypeError("model must be a fairattack.Model (see fairattack.load_model) or a "
                         f"callable oracle, got {type(model).__name__}")
     setting = default_setting(optimizer) if setting is None else setting
+    targeted = target is not None
+    objective = loss_objective(loss, targeted)
+    if targeted and overrides.get("stop_loss") is not None:
+        raise ValueError("stop_loss is the untargeted threshold (CE to the label, ascended); a "
+                         "targeted attack stops at CE(z, t) <= stop_loss_targeted")
+    if not targeted and stop_loss_targeted is not None:
+        raise ValueError("stop_loss_targeted applies to targeted attacks only (give target=...)")
+    if stop_loss_targeted is None:
+        stop_loss_targeted = STOP_LOSS_TARGETED
+    stop_loss_targeted = real(stop_loss_targeted, "stop_loss_targeted")
+    if not stop_loss_targeted >= 0:
+        raise ValueError(f"stop_loss_targeted={stop_loss_targeted!r} must be a CE >= 0 (nats)")
     transform_args = {"di_prob": di_prob, "di_min_scale": di_min_scale, "si_copies": si_copies,
                       "ti_kernel": ti_kernel}
     cfg = make_config(optimizer, setting, **transform_args, **overrides)
@@ -264,6 +346,15 @@ def attack(model, images, labels, optimizer="Adam", setting=None, *, batch_size=
                              "the network with fairattack.load_model")
         core, device = model, _core.DEVICE_CPU
         y = labels_i64(labels, n)
+        if objective not in (list(_core.LOSSES).index("ce"),
+                             list(_core.LOSSES).index("target_ce")):
+            raise ValueError(f"loss={loss!r}: a Python callable oracle gives the cross-entropy "
+                             "only; use loss='ce' or load the network with fairattack.load_model")
+    targets = None
+    if targeted:
+        classes = model.num_classes(height, width) if isinstance(model, Model) else None
+        targets = resolve_targets(target, model, images, y, classes, cfg["seed"],
+                                  cfg["index_offset"])
     eps = float(cfg["eps"])
     if eps < 0.5 and not is_integral(images):
         raise ValueError(f"eps={eps:g} < 0.5 with non-integer clean images: no uint8 image lies "
@@ -278,6 +369,9 @@ def attack(model, images, labels, optimizer="Adam", setting=None, *, batch_size=
     failed_code = STATUS.index("nan")
     max_rmse = float(cfg["max_rmse"])
     base = core_config(cfg)
+    if targeted:  # the core ascends -CE(z, t): stop once -CE >= -threshold (SPEC 10)
+        base["stop_loss"] = -stop_loss_targeted if math.isfinite(cfg["stop_loss"]) else math.inf
+        cfg = dict(cfg, stop_loss_targeted=stop_loss_targeted)
     offset = int(cfg["index_offset"])
     starts = range(0, n, batch_size)
     if progress:
@@ -289,7 +383,10 @@ def attack(model, images, labels, optimizer="Adam", setting=None, *, batch_size=
         clean = np.ascontiguousarray(images[start:stop], dtype=np.float32)
         # index_offset: per-image randomness (random start, DI) follows the image, not the batch
         out = _core.attack(core, clean, y[start:stop], dict(base, index_offset=offset + start),
-                           device, transform)
+                           device, transform, objective,
+                           None if targets is None else targets[start:stop])
+        if targeted:  # the core's measure is -CE(z, t): report CE(z, t)
+            out["loss"], out["clean_loss"] = -out["loss"], -out["clean_loss"]
         result = out["adv"]
         failed = out["status"] == failed_code
         result[failed] = clean[failed]  # a failed (NaN) image is returned unchanged
@@ -302,4 +399,5 @@ def attack(model, images, labels, optimizer="Adam", setting=None, *, batch_size=
             per_image[key][start:stop] = values
     status = np.array(STATUS, dtype=object)[per_image.pop("status")].astype(str)
     return AttackResult(images=adv, labels=y, status=status, **per_image,
-                        optimizer=OPTIMIZERS[cfg["optimizer"]], setting=setting, config=cfg)
+                        optimizer=OPTIMIZERS[cfg["optimizer"]], setting=setting, config=cfg,
+                        targets=targets, loss_name="ce" if loss is None else loss)

@@ -4,8 +4,8 @@ two attacks.
 
 - attacked: an image counts when the surrogate classified it correctly (else "skipped") and the
   attack did not fail on it (non-finite loss: "nan"); `attacked_mask`.
-- fooled: a victim is fooled by an image when its prediction differs from the label;
-  `fooled_mask`.
+- fooled: a victim is fooled by an image when its prediction differs from the label (a
+  targeted attack: when it predicts the target); `fooled_mask`.
 - intervals: a seeded percentile bootstrap of the mean over the image indices. The resamples
   depend only on (seed, n, n_boot), so every cell evaluated on the same n images (every attack,
   budget and victim of a comparison; study cells with the same images) uses the same resamples:
@@ -28,8 +28,11 @@ def attacked_mask(status):
     return (status != "skipped") & (status != "nan")
 
 
-def fooled_mask(pred, labels):
-    """Per image: the victim's prediction differs from the label."""
+def fooled_mask(pred, labels, targets=None):
+    """Per image: the victim's prediction differs from the label; for a targeted attack
+    (targets: one class per image, SPEC 10) it predicts the target."""
+    if targets is not None:
+        return np.asarray(pred) == np.asarray(targets)
     return np.asarray(pred) != np.asarray(labels)
 
 

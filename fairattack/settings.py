@@ -26,6 +26,10 @@ CONST_RMSE_FIRST_STEP = {"GD": 8.0, "MGD": 2.0, "NAGD": 2.0, "Adam": 4.0, "LAdam
                          "MSVAG": 2.0, "AdaB": 4.0, "RMSProp": 4.0, "AdamW": 4.0, "Yogi": 4.0}
 #: Stopping loss of const_loss / rmse_loss, in nats.
 STOP_LOSS = 30.0
+#: Their targeted meaning (docs/protocol.md#targeted-attacks): stop an image once the target's
+#: cross-entropy CE(z, t) falls to this many nats (p_t >= 0.99, the target predicted with
+#: confidence, as CE = 30 is the label's probability e^-30 untargeted).
+STOP_LOSS_TARGETED = 0.01
 
 _NESTEROV = {"authors": _core.NESTEROV_AUTHORS, "textbook": _core.NESTEROV_TEXTBOOK}
 #: Which iterate an attack returns: the max-loss one of an image that hit max_iter, or always

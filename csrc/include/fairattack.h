@@ -117,7 +117,8 @@ typedef struct fa_config {
     int max_iter;           /* step cap, >= 0 (0: only evaluate x0)                         */
     float first_step_rmse;  /* > 0: calibrate alpha per image so the first step has this RMSE */
     float alpha;            /* > 0: fixed step size instead; exactly one of the two is > 0    */
-    float stop_loss;        /* stop an image once CE (nats) >= this; INFINITY: never          */
+    float stop_loss;        /* stop an image once CE (nats) >= this; INFINITY: never
+                               (targeted: the oracle's -CE(z, t) >= this, i.e. -threshold)   */
     float stop_rmse;        /* > 0: stop an image once its RMSE reaches this (last step is
                                shortened to land on it); 0: off                              */
     float rmse_weight;      /* gamma >= 0: from step 1 on, ascend CE + gamma * RMSE(x, x0)    */
@@ -158,7 +159,10 @@ fa_status fa_config_check(const fa_config *cfg);
  *   labels[n]  host; the true label of each image
  *   x          n*dim floats in the run's memory (host for FA_DEVICE_CPU, device for CUDA)
  *   want_grad  0: only loss and pred are needed; grad may be left untouched
- *   loss[n]    host out: per-image cross-entropy in nats (-log p_y)
+ *   loss[n]    host out: per-image cross-entropy in nats (-log p_y). This is the measure the
+ *              stop rules (stop_loss) and the best iterate read, larger being further along:
+ *              the oracle of a targeted attack gives -CE(z, target) instead (SPEC 10), whatever
+ *              loss its gradient ascends, and labels stay the true labels (the skip rule)
  *   pred[n]    host out: argmax class per image
  *   grad       out, n*dim floats in the run's memory: d loss_i / d x_i (pixel units)
  * loss and pred may be NULL: the core does not need them for this call (a gradient-only call

@@ -234,14 +234,15 @@ static PyObject *Model_num_classes(ModelObject *self, PyObject *args) {
     return PyLong_FromLongLong(k);
 }
 
-/* run(x float32 [N,H,W,C], labels int64 [N] or None, want_grad, num_classes or 0)
- * -> (loss or None, logits or None, pred, grad or None). Host memory only: a CUDA model copies
- * its inputs to the GPU inside the shim. */
+/* run(x float32 [N,H,W,C], labels int64 [N] or None, want_grad, num_classes or 0,
+ *     objective=0) -> (loss or None, logits or None, pred, grad or None); grad is that of the
+ * fa_loss `objective` (loss stays CE). Host memory only: a CUDA model copies its inputs to the
+ * GPU inside the shim. */
 static PyObject *Model_run(ModelObject *self, PyObject *args) {
     PyObject *xo, *lo;
-    int want_grad;
+    int want_grad, objective = FA_LOSS_CE;
     long long k;
-    if (!PyArg_ParseTuple(args, "OOpL", &xo, &lo, &want_grad, &k))
+    if (!PyArg_ParseTuple(args, "OOpL|i", &xo, &lo, &want_grad, &k, &objective))
         return NULL;
     PyArrayObject *x = NULL, *labels = NULL, *loss = NULL, *logits = NULL, *pred = NULL,
                   *grad = NULL;
@@ -270,12 +271,12 @@ static PyObject *Model_run(ModelObject *self, PyObject *args) {
     if (want_grad && !(grad = (PyArrayObject *)PyArray_SimpleNew(4, shape, NPY_FLOAT32)))
         goto done;
     fa_status s;
-    Py_BEGIN_ALLOW_THREADS s = fa_model_run(
+    Py_BEGIN_ALLOW_THREADS s = fa_model_run_loss(
         self->model, n, shape[1], shape[2], shape[3], (const float *)PyArray_DATA(x),
         labels ? (const int64_t *)PyArray_DATA(labels) : NULL, want_grad,
         loss ? (float *)PyArray_DATA(loss) : NULL, logits ? (float *)PyArray_DATA(logits) : NULL,
         k, (int64_t *)PyArray_DATA(pred), grad ? (float *)PyArray_DATA(grad) : NULL, 0, NULL,
-        NULL, 0);
+        NULL, 0, objective);
     Py_END_ALLOW_THREADS if (s != FA_OK) {
         raise_status(s);
         goto done;
@@ -307,7 +308,7 @@ static PyMethodDef Model_methods[] = {
     {"num_classes", (PyCFunction)Model_num_classes, METH_VARARGS,
      "num_classes(h, w, c) -> K, from one forward of a zero image"},
     {"run", (PyCFunction)Model_run, METH_VARARGS,
-     "run(x, labels, want_grad, num_classes) -> (loss, logits, pred, grad)"},
+     "run(x, labels, want_grad, num_classes, objective=0) -> (loss, logits, pred, grad)"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -353,6 +354,9 @@ typedef struct {
      * gradient, and the rows asked for loss or prediction only */
     int64_t index_base;
     int64_t *grad_evals, *forward_evals;
+    /* targeted (SPEC 10): fn is asked about each row's target (targets[index - index_base])
+     * and its CE and gradient are negated for the core, which ascends -CE(z, target) */
+    const int64_t *targets;
 } py_oracle;
 
 /* Copy the oracle's output `what` into dst (skipped when dst is NULL: the core does not need
@@ -436,7 +440,11 @@ static fa_status py_oracle_grad(void *ctx, int64_t n, const int64_t *index, cons
     if (!xa || !la)
         goto error;
     memcpy(PyArray_DATA((PyArrayObject *)xa), x, (size_t)(n * o->h * o->w * o->c) * sizeof(float));
-    memcpy(PyArray_DATA((PyArrayObject *)la), labels, (size_t)n * sizeof(int64_t));
+    if (o->targets)
+        for (int64_t r = 0; r < n; r++)
+            ((int64_t *)PyArray_DATA((PyArrayObject *)la))[r] = o->targets[index[r] - o->index_base];
+    else
+        memcpy(PyArray_DATA((PyArrayObject *)la), labels, (size_t)n * sizeof(int64_t));
     out = PyObject_CallFunction(o->fn, "OOO", xa, la, want_grad ? Py_True : Py_False);
     if (!out)
         goto error;
@@ -449,6 +457,12 @@ static fa_status py_oracle_grad(void *ctx, int64_t n, const int64_t *index, cons
         goto error;
     if (want_grad && copy_out(PyTuple_GET_ITEM(out, 2), NPY_FLOAT32, 4, shape, grad, "grad") < 0)
         goto error;
+    if (o->targets) {
+        for (int64_t r = 0; loss && r < n; r++)
+            loss[r] = -loss[r];
+        for (int64_t j = 0; want_grad && j < n * o->h * o->w * o->c; j++)
+            grad[j] = -grad[j];
+    }
     for (int64_t r = 0; o->grad_evals && r < n; r++) {
         if (want_grad)
             o->grad_evals[index[r] - o->index_base]++;
@@ -496,15 +510,17 @@ static int parse_transform(PyObject *d, fa_transform *t) {
  *        transform dict or None) -> dict of result arrays */
 static PyObject *py_attack(PyObject *self, PyObject *args) {
     (void)self;
-    PyObject *model_obj, *xo, *lo, *cfg_obj, *tr_obj;
-    int device;
-    if (!PyArg_ParseTuple(args, "OOOOiO", &model_obj, &xo, &lo, &cfg_obj, &device, &tr_obj))
+    PyObject *model_obj, *xo, *lo, *cfg_obj, *tr_obj, *to = Py_None;
+    int device, objective = FA_LOSS_CE;
+    if (!PyArg_ParseTuple(args, "OOOOiO|iO", &model_obj, &xo, &lo, &cfg_obj, &device, &tr_obj,
+                          &objective, &to))
         return NULL;
     PyArrayObject *x = NULL, *labels = NULL;
     PyArrayObject *adv = NULL, *loss = NULL, *closs = NULL, *cpred = NULL, *iters = NULL,
                   *alpha = NULL, *status = NULL, *gevals = NULL, *fevals = NULL;
     PyObject *result = NULL;
-    py_oracle po = {NULL, 0, 0, 0, NULL, 0, NULL, NULL};
+    py_oracle po = {NULL, 0, 0, 0, NULL, 0, NULL, NULL, NULL};
+    PyArrayObject *targets = NULL;
     fa_model_oracle mo;
     memset(&mo, 0, sizeof mo);
     fa_config cfg;
@@ -518,6 +534,15 @@ static PyObject *py_attack(PyObject *self, PyObject *args) {
     if (PyArray_DIM(labels, 0) != n) {
         PyErr_Format(PyExc_ValueError, "labels has %zd entries, expected %zd", (Py_ssize_t)PyArray_DIM(labels, 0), (Py_ssize_t)n);
         goto done;
+    }
+    if (to != Py_None) {
+        if (!(targets = as_array(to, NPY_INT64, 1, "targets")))
+            goto done;
+        if (PyArray_DIM(targets, 0) != n) {
+            PyErr_Format(PyExc_ValueError, "targets has %zd entries, expected %zd",
+                         (Py_ssize_t)PyArray_DIM(targets, 0), (Py_ssize_t)n);
+            goto done;
+        }
     }
     fa_oracle oracle = {NULL, stop_requested, NULL};
     /* per-image counters of what the attack spends, filled by the oracle (SPEC 12) */
@@ -536,6 +561,8 @@ static PyObject *py_attack(PyObject *self, PyObject *args) {
         mo.h = shape[1], mo.w = shape[2], mo.c = shape[3];
         mo.index_base = cfg.index_offset;
         mo.grad_evals = PyArray_DATA(gevals), mo.forward_evals = PyArray_DATA(fevals);
+        mo.objective = objective;
+        mo.targets = targets ? PyArray_DATA(targets) : NULL;
         if (parse_transform(tr_obj, &mo.transform) < 0)
             goto done;
         oracle.grad = fa_model_oracle_grad;
@@ -549,6 +576,13 @@ static PyObject *py_attack(PyObject *self, PyObject *args) {
         po.h = shape[1], po.w = shape[2], po.c = shape[3];
         po.index_base = cfg.index_offset;
         po.grad_evals = PyArray_DATA(gevals), po.forward_evals = PyArray_DATA(fevals);
+        if (objective != (targets ? FA_LOSS_TARGET_CE : FA_LOSS_CE)) {
+            PyErr_Format(PyExc_ValueError, "loss '%s': a Python callable oracle gives the "
+                         "cross-entropy only (untargeted 'ce', or targeted 'ce' to the target)",
+                         fa_loss_name(objective) ? fa_loss_name(objective) : "?");
+            goto done;
+        }
+        po.targets = targets ? PyArray_DATA(targets) : NULL;
         oracle.grad = py_oracle_grad;
         oracle.ctx = &po;
     } else {
@@ -602,6 +636,7 @@ done:
     Py_XDECREF(status);
     Py_XDECREF(gevals);
     Py_XDECREF(fevals);
+    Py_XDECREF(targets);
     return result;
 }
 
@@ -770,7 +805,8 @@ static PyObject *py_cuda_check_device(PyObject *self, PyObject *arg) {
 
 static PyMethodDef module_methods[] = {
     {"attack", py_attack, METH_VARARGS,
-     "attack(model, x0, labels, config, device, transform) -> dict of per-image arrays "
+     "attack(model, x0, labels, config, device, transform, objective=0, targets=None) -> "
+     "dict of per-image arrays "
      "(adv, loss, clean_loss, clean_pred, iterations, alpha, status, grad_evals, forward_evals)"},
     {"metrics", py_metrics, METH_VARARGS, "metrics(adv, clean) -> dict of per-image arrays"},
     {"default_config", py_default_config, METH_O, "default_config(optimizer) -> dict"},
@@ -820,6 +856,7 @@ PyMODINIT_FUNC PyInit__core(void) {
         PyModule_AddObject(m, "OPTIMIZERS", names_tuple(fa_optimizer_name, FA_OPT_COUNT)) < 0 ||
         PyModule_AddObject(m, "IMAGE_STATUS",
                            names_tuple(fa_image_status_name, FA_IMAGE_STATUS_COUNT)) < 0 ||
+        PyModule_AddObject(m, "LOSSES", names_tuple(fa_loss_name, FA_LOSS_COUNT)) < 0 ||
         PyModule_AddIntConstant(m, "DEVICE_CPU", FA_DEVICE_CPU) < 0 ||
         PyModule_AddIntConstant(m, "DEVICE_CUDA", FA_DEVICE_CUDA) < 0 ||
         PyModule_AddIntConstant(m, "NESTEROV_AUTHORS", FA_NESTEROV_AUTHORS) < 0 ||

@@ -19,6 +19,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <map>
 #include <mutex>
 #include <random>
@@ -167,6 +168,22 @@ at::Tensor cross_entropy(const at::Tensor &logits, const at::Tensor &labels) {
     return -log_p.gather(1, labels.unsqueeze(1)).squeeze(1);
 }
 
+/* The per-row objective of a gradient pass (fa_loss), float32, from logits and classes. */
+at::Tensor objective_of(const at::Tensor &logits, const at::Tensor &classes, int objective) {
+    if (objective == FA_LOSS_CE)
+        return cross_entropy(logits, classes);
+    if (objective == FA_LOSS_TARGET_CE)
+        return -cross_entropy(logits, classes);
+    const at::Tensor z = logits.to(torch::kFloat);
+    const at::Tensor mine = z.gather(1, classes.unsqueeze(1)).squeeze(1);
+    if (objective == FA_LOSS_LOGIT)
+        return mine;
+    /* FA_LOSS_MARGIN: the largest other logit minus the class's own */
+    const at::Tensor others =
+        z.scatter(1, classes.unsqueeze(1), -std::numeric_limits<float>::infinity());
+    return std::get<0>(others.max(1)) - mine;
+}
+
 /* The labels (host) on `device`; a CUDA copy goes through pinned memory without blocking. */
 at::Tensor labels_on(const int64_t *labels, int64_t n, const torch::Device &device) {
     const at::Tensor host = torch::from_blob(const_cast<int64_t *>(labels), {n}, torch::kLong);
@@ -311,7 +328,7 @@ at::Tensor smooth(fa_model *model, const at::Tensor &g, int k) {
 
 /*
  * The gradient pass on x_nhwc (NHWC, on the model's device, possibly the caller's memory):
- * *gradient = d sum_i CE_i / d x over the transformed inputs, as an NCHW tensor whose memory
+ * *gradient = d sum_i objective_i / d x over the transformed inputs (fa_loss; CE by default), as an NCHW tensor whose memory
  * is NHWC (channels_last), and *logits the plain logits at x when the transformed pass gives
  * them (no DI). The model sees x as a channels_last NCHW view of the caller's memory: no copy.
  * Autograd never writes into a leaf, and a model that writes into its input fails (a leaf that
@@ -320,7 +337,7 @@ at::Tensor smooth(fa_model *model, const at::Tensor &g, int k) {
 fa_status gradient_pass(fa_model *model, const at::Tensor &x_nhwc, int64_t n,
                         const int64_t *labels, int64_t k_expected, bool want_k,
                         const fa_transform *transform, const int64_t *index, int64_t call,
-                        at::Tensor *gradient, at::Tensor *logits) {
+                        int objective, at::Tensor *gradient, at::Tensor *logits) {
     const fa_transform none = {};
     const fa_transform &t = transform != nullptr ? *transform : none;
     const int copies = std::max(t.si_copies, 1);
@@ -353,7 +370,7 @@ fa_status gradient_pass(fa_model *model, const at::Tensor &x_nhwc, int64_t n,
     at::Tensor y = labels_on(labels, n, out.device());
     if (copies > 1)
         y = y.repeat({copies});
-    const at::Tensor total = cross_entropy(out, y).sum();
+    const at::Tensor total = objective_of(out, y, objective).sum();
     *gradient = torch::autograd::grad({total}, {leaf})[0].permute({0, 3, 1, 2});
 
     torch::NoGradGuard no_grad;
@@ -488,15 +505,32 @@ fa_status fa_model_num_classes(fa_model *model, int64_t h, int64_t w, int64_t c,
     });
 }
 
+const char *fa_loss_name(int loss) {
+    static const char *const names[FA_LOSS_COUNT] = {"ce", "target_ce", "logit", "margin"};
+    return loss >= 0 && loss < FA_LOSS_COUNT ? names[loss] : nullptr;
+}
+
 fa_status fa_model_run(fa_model *model, int64_t n, int64_t h, int64_t w, int64_t c,
                        const float *x, const int64_t *labels, int want_grad, float *loss,
                        float *logits, int64_t k_expected, int64_t *pred, float *grad,
                        int device_io, const fa_transform *transform, const int64_t *index,
                        int64_t call) {
+    return fa_model_run_loss(model, n, h, w, c, x, labels, want_grad, loss, logits, k_expected,
+                             pred, grad, device_io, transform, index, call, FA_LOSS_CE);
+}
+
+fa_status fa_model_run_loss(fa_model *model, int64_t n, int64_t h, int64_t w, int64_t c,
+                            const float *x, const int64_t *labels, int want_grad, float *loss,
+                            float *logits, int64_t k_expected, int64_t *pred, float *grad,
+                            int device_io, const fa_transform *transform, const int64_t *index,
+                            int64_t call, int objective) {
     return guarded("fa_model_run", [&]() -> fa_status {
         fa_status status = check_run(model, n, h, w, c, x, labels, want_grad, grad, transform);
         if (status != FA_OK || n == 0)
             return status;
+        if (fa_loss_name(objective) == nullptr)
+            return fa_set_error(FA_ERR_ARGUMENT, "objective=%d must be a fa_loss in [0, %d)",
+                                objective, FA_LOSS_COUNT);
         const bool host_reads = loss != nullptr || logits != nullptr || pred != nullptr;
         if (!want_grad && !host_reads)
             return FA_OK; /* nothing asked for */
@@ -516,7 +550,7 @@ fa_status fa_model_run(fa_model *model, int64_t n, int64_t h, int64_t w, int64_t
         if (want_grad) {
             at::Tensor gradient;
             status = gradient_pass(model, x_nhwc, n, labels, k_expected, logits != nullptr,
-                                   transform, index, call, &gradient, &out);
+                                   transform, index, call, objective, &gradient, &out);
             if (status != FA_OK)
                 return status;
             /* NCHW over NHWC memory into the caller's NHWC buffer: a plain copy */
@@ -563,17 +597,36 @@ fa_status fa_model_oracle_grad(void *ctx, int64_t n, const int64_t *index, const
     fa_model_oracle *oracle = static_cast<fa_model_oracle *>(ctx);
     if (oracle == nullptr)
         return fa_set_error(FA_ERR_ARGUMENT, "ctx is NULL (expected a fa_model_oracle)");
+    return guarded("fa_model_oracle_grad", [&]() -> fa_status {
     const fa_transform *transform = transform_is_off(oracle->transform) ? nullptr
                                                                         : &oracle->transform;
     const bool counted = oracle->grad_evals != nullptr || oracle->forward_evals != nullptr;
-    if (counted && index == nullptr && n > 0)
-        return fa_set_error(FA_ERR_ARGUMENT, "index is NULL, but the oracle counts evaluations "
-                            "per image (grad_evals / forward_evals)");
-    const fa_status status =
-        fa_model_run(oracle->model, n, oracle->h, oracle->w, oracle->c, x, labels, want_grad,
-                     loss, nullptr, 0, pred, want_grad ? grad : nullptr, oracle->device_io,
-                     transform, index, oracle->calls);
+    const bool targeted = oracle->targets != nullptr;
+    if ((counted || targeted) && index == nullptr && n > 0)
+        return fa_set_error(FA_ERR_ARGUMENT, "index is NULL, but the oracle reads per-image "
+                            "arrays (grad_evals / forward_evals / targets)");
+    const bool targeted_loss =
+        oracle->objective == FA_LOSS_TARGET_CE || oracle->objective == FA_LOSS_LOGIT;
+    if (targeted != targeted_loss)
+        return fa_set_error(FA_ERR_ARGUMENT, "objective=%s is %s, but targets is %s",
+                            fa_loss_name(oracle->objective) ? fa_loss_name(oracle->objective)
+                                                            : "(out of range)",
+                            targeted_loss ? "a targeted loss" : "an untargeted loss",
+                            targeted ? "given" : "NULL");
+    std::vector<int64_t> classes;
+    if (targeted) { /* the class each row's loss is about: its target */
+        classes.resize(static_cast<size_t>(n));
+        for (int64_t r = 0; r < n; r++)
+            classes[static_cast<size_t>(r)] = oracle->targets[index[r] - oracle->index_base];
+    }
+    const fa_status status = fa_model_run_loss(
+        oracle->model, n, oracle->h, oracle->w, oracle->c, x, targeted ? classes.data() : labels,
+        want_grad, loss, nullptr, 0, pred, want_grad ? grad : nullptr, oracle->device_io,
+        transform, index, oracle->calls, oracle->objective);
     oracle->calls++;
+    if (status == FA_OK && targeted && loss != nullptr)
+        for (int64_t r = 0; r < n; r++) /* the core ascends: -CE(z, target) */
+            loss[r] = -loss[r];
     if (status != FA_OK || !counted)
         return status;
     /* the passes fa_model_run made: see fa_model_oracle in fa_torch.h */
@@ -589,6 +642,7 @@ fa_status fa_model_oracle_grad(void *ctx, int64_t n, const int64_t *index, const
             oracle->forward_evals[i] += forwards;
     }
     return status;
+    });
 }
 
 } // extern "C"

@@ -101,6 +101,28 @@ fa_status fa_model_run(fa_model *model, int64_t n, int64_t h, int64_t w, int64_t
                        int device_io, const fa_transform *transform, const int64_t *index,
                        int64_t call);
 
+/* What a gradient pass differentiates (SPEC 10), per row with logits z and class c = labels[r]
+ * (the true label of an untargeted attack, the target of a targeted one). Every one is
+ * ascended by the attack. */
+typedef enum fa_loss {
+    FA_LOSS_CE = 0,        /* CE(z, c) = -log softmax(z)_c (untargeted)                       */
+    FA_LOSS_TARGET_CE = 1, /* -CE(z, c): the target's cross-entropy, descended (targeted)     */
+    FA_LOSS_LOGIT = 2,     /* z_c: the target's logit (targeted)                              */
+    FA_LOSS_MARGIN = 3,    /* max_{j != c} z_j - z_c: the CW margin (untargeted)              */
+    FA_LOSS_COUNT = 4
+} fa_loss;
+
+/* "ce", "target_ce", "logit", "margin"; NULL out of range. */
+const char *fa_loss_name(int loss);
+
+/* fa_model_run whose gradient is d objective_i / d x_i for `objective` (fa_loss); the loss
+ * output stays CE(z, labels) (fa_model_run is this with FA_LOSS_CE). */
+fa_status fa_model_run_loss(fa_model *model, int64_t n, int64_t h, int64_t w, int64_t c,
+                            const float *x, const int64_t *labels, int want_grad, float *loss,
+                            float *logits, int64_t k_expected, int64_t *pred, float *grad,
+                            int device_io, const fa_transform *transform, const int64_t *index,
+                            int64_t call, int objective);
+
 /* fa_oracle adapter: ctx is a fa_model_oracle; calls fa_model_run with its shape and transform
  * and counts calls. Matches fa_grad_fn; loss and pred may be NULL (see fa_model_run).
  *
@@ -108,7 +130,13 @@ fa_status fa_model_run(fa_model *model, int64_t n, int64_t h, int64_t w, int64_t
  * row r of a call is image index[r] - index_base of the caller's arrays (index must then not be
  * NULL). A gradient call adds its gradient passes to grad_evals (one per transformed copy: SI's
  * si_copies, else 1); a forward that only serves loss or pred (a call without gradient, or one
- * whose gradient pass saw DI-transformed images and so not x itself) adds 1 to forward_evals. */
+ * whose gradient pass saw DI-transformed images and so not x itself) adds 1 to forward_evals.
+ *
+ * Targeted attacks (SPEC 10), when targets is not NULL: row r's class is the target
+ * targets[index[r] - index_base] instead of labels[r] (which stay the true labels: the core's
+ * skip rule reads them), and the loss written for the core is -CE(z, target), the measure the
+ * stop rules and the best iterate read (larger is further along). objective (fa_loss) picks the
+ * gradient: FA_LOSS_CE / FA_LOSS_MARGIN untargeted, FA_LOSS_TARGET_CE / FA_LOSS_LOGIT targeted. */
 typedef struct fa_model_oracle {
     fa_model *model;
     int64_t h, w, c;
@@ -118,6 +146,8 @@ typedef struct fa_model_oracle {
     int64_t index_base;     /* the index of the first image of the counters' arrays        */
     int64_t *grad_evals;    /* NULL, or one counter per image: gradient passes             */
     int64_t *forward_evals; /* NULL, or one counter per image: loss-only forwards          */
+    int objective;          /* fa_loss of the gradient (FA_LOSS_CE: 0)                     */
+    const int64_t *targets; /* NULL: untargeted; else one target class per image           */
 } fa_model_oracle;
 
 fa_status fa_model_oracle_grad(void *ctx, int64_t n, const int64_t *index, const int64_t *labels,
