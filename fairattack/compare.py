@@ -53,7 +53,7 @@ import pandas as pd
 from . import _core
 from ._model import Model, file_stamp, predict_any, victims_of
 from ._validate import images_f32, int_at_least, labels_i64, positive_int, round_to_uint8
-from .attack import SPENT
+from .attack import SPENT, loss_objective, resolve_targets
 from .outcome import bootstrap_ci, fooled_mask
 from .peers import peer_by_name, run_peer
 from .settings import make_config
@@ -178,7 +178,8 @@ def _unknown_spend(n):
     return {key: np.full(n, np.nan) for key in SPENT}
 
 
-def _native(attack, surrogate, x, y, kept, eps, batch_size, progress, seed, max_rmse=None):
+def _native(attack, surrogate, x, y, kept, eps, batch_size, progress, seed, max_rmse=None,
+            aim=None):
     """(uint8 adversarial images of the kept images, {grad_evals, forward_evals: [n]} what the
     attack spent per image, NaN where fairattack did not run it); attack.kind decides how."""
     if attack.kind == "images":
@@ -194,6 +195,7 @@ def _native(attack, surrogate, x, y, kept, eps, batch_size, progress, seed, max_
             kwargs["max_rmse"] = float(max_rmse)
             if cfg["stop_rmse"] > max_rmse:  # stop at the budget, not above it (core rejects)
                 kwargs["stop_rmse"] = float(max_rmse)
+        kwargs.update(aim or {})  # a targeted comparison: target (per kept image) and loss
         res = run_attack(surrogate, x, y, attack.optimizer, batch_size=batch_size,
                          progress=progress, eps=eps, **kwargs)
         return res.images, {key: getattr(res, key).astype(np.float64) for key in SPENT}
@@ -241,7 +243,7 @@ class ComparisonFrame(pd.DataFrame):
 
 def compare(surrogate, images, labels, attacks, victims, rmse=(2, 4, 6, 8, 10, 12),
             mode="rescale", eps=16, batch_size=16, progress=False, seed=0, n_boot=1000,
-            cache_dir=None):
+            cache_dir=None, target=None, loss=None):
     """Every attack's own ℓ∞, RMSE and ASR, and its ASR at each common RMSE budget.
 
     surrogate: the model the attacks run on (a fairattack Model, or a callable oracle for
@@ -265,9 +267,15 @@ def compare(surrogate, images, labels, attacks, victims, rmse=(2, 4, 6, 8, 10, 1
     cache_dir: a folder where per (attack, budget) outcomes and native images are kept, keyed
         by what determines them (images, models' files, attack, budget, eps, fairattack's
         version): a rerun skips finished parts. Callables and peer objects have no such key and always run.
+    target: None (untargeted), an array of classes (one per image), "random" or "least_likely"
+        (`fairattack.attack.resolve_targets`, drawn once per image of `images` and shared by
+        every attack); then ASR is the targeted success rate (the victim predicts the target)
+        and fairattack's attacks run targeted. Callables and peer attacks cannot be told a
+        target (precomputed images can: they are judged against it). loss: as in `fa.attack`.
 
     Returns a tidy pandas DataFrame, one row per (attack, rmse, victim): attack, how ("native",
-    "rescale" or "budget"), rmse (the budget, or "native" for the attack's own output), victim
+    "rescale" or "budget"), rmse (the budget, or "native" for the attack's own output), targeted
+    (whether asr is a targeted success rate), victim
     (each and "mean"), asr, ci_low, ci_high (bootstrap 95%), n_images, n_unreachable,
     rmse_mean and linf_mean (of the evaluated uint8 images: the native row carries the
     attack's own RMSE and ℓ∞), grad_evals_mean and forward_evals_mean (what the attack spent
@@ -288,6 +296,16 @@ def compare(surrogate, images, labels, attacks, victims, rmse=(2, 4, 6, 8, 10, 1
     y_all = labels_i64(labels, x_all.shape[0])
     victims = victims_of(victims)
     attack_list = _parse_attacks(attacks, surrogate, eps, x_all.shape)
+    targeted = target is not None
+    loss_objective(loss, targeted)  # an unknown loss fails before any work
+    if targeted:
+        blind = [a.name for a in attack_list if a.kind not in ("fairattack", "images")]
+        if blind:
+            raise ValueError(f"target: attacks {blind} cannot be told a target (only "
+                             "fairattack's attacks and precomputed images take part in a "
+                             "targeted comparison)")
+        if surrogate is None and isinstance(target, str):
+            raise ValueError(f"target={target!r} needs a surrogate")
 
     # the images that count, once for every attack (the paired test needs the same images)
     if surrogate is None:
@@ -306,12 +324,21 @@ def compare(surrogate, images, labels, attacks, victims, rmse=(2, 4, 6, 8, 10, 1
                          "correctly")
     x, x_f, y = x_u8[kept], x_all[kept], y_all[kept]
     n = len(kept)
+    targets, aim = None, None
+    if targeted:
+        classes = surrogate.num_classes(*x_all.shape[1:3]) if isinstance(surrogate, Model) \
+            else None
+        targets = resolve_targets(target, surrogate, x_u8, y_all, classes, seed)[kept]
+        aim = {"target": targets, "loss": loss}
+    elif loss is not None:
+        aim = {"loss": loss}
 
     cache = CompareCache(cache_dir)
     victim_ids = [[name, file_stamp(v)] for name, v in victims.items()]
     victims_key = None if any(i is None for _, i in victim_ids) else victim_ids
     surrogate_id = None if surrogate is None else file_stamp(surrogate)
-    images_key = digest_parts(x_f, y, kept)
+    images_key = digest_parts(x_f, y, kept) if aim is None else \
+        digest_parts(x_f, y, kept, "untargeted" if targets is None else targets, str(loss))
 
     def attack_key(attack):
         if attack.kind == "images":
@@ -327,7 +354,7 @@ def compare(surrogate, images, labels, attacks, victims, rmse=(2, 4, 6, 8, 10, 1
         return digest_parts(images_key, a, how, r, eps, victims_key, RMSE_TOL, _core.VERSION)
 
     def evaluate(adv, reached, spent):
-        fooled = np.stack([fooled_mask(predict_any(v, adv, batch_size), y)
+        fooled = np.stack([fooled_mask(predict_any(v, adv, batch_size), y, targets)
                            for v in victims.values()])
         rmse_img, linf_img = _image_rmse(adv, x_f)
         return {"fooled": fooled, "reached": np.asarray(reached, bool), "rmse_image": rmse_img,
@@ -356,7 +383,7 @@ def compare(surrogate, images, labels, attacks, victims, rmse=(2, 4, 6, 8, 10, 1
                     native_spent = {k: hit.get(k, np.full(n, np.nan)) for k in SPENT}
                 else:
                     native, native_spent = _native(attack, surrogate, x, y, kept, eps,
-                                                   batch_size, progress, seed)
+                                                   batch_size, progress, seed, aim=aim)
                     cache.put("native", attack.name, key, adv=native, **native_spent)
             return native
 
@@ -374,11 +401,11 @@ def compare(surrogate, images, labels, attacks, victims, rmse=(2, 4, 6, 8, 10, 1
                     result = evaluate(*matched, native_spent)
                 else:
                     adv, spent = _native(attack, surrogate, x, y, kept, eps, batch_size,
-                                         progress, seed, max_rmse=r)
+                                         progress, seed, max_rmse=r, aim=aim)
                     adv, rmse_img = _round_to_budget(adv, x, x_f, r, eps)
                     result = evaluate(adv, rmse_img >= r - RMSE_TOL, spent)
                 cache.put("cells", f"{attack.name}__{r}", key, **result)
-            rows += _rows(attack.name, how, r, list(victims), result, seed, n_boot)
+            rows += _rows(attack.name, how, r, list(victims), result, seed, n_boot, targeted)
             per_image.append(_per_image(attack.name, how, r, list(victims), kept, result))
 
     df = ComparisonFrame(rows)
@@ -388,10 +415,10 @@ def compare(surrogate, images, labels, attacks, victims, rmse=(2, 4, 6, 8, 10, 1
     return df
 
 
-def _rows(attack, how, r, victim_names, result, seed, n_boot):
+def _rows(attack, how, r, victim_names, result, seed, n_boot, targeted=False):
     fooled = result["fooled"].astype(np.float64)  # [V, n]
     n = fooled.shape[1]
-    common = {"attack": attack, "how": how, "rmse": r, "n_images": n,
+    common = {"attack": attack, "how": how, "rmse": r, "targeted": bool(targeted), "n_images": n,
               "n_unreachable": int((~result["reached"]).sum()),
               "rmse_mean": float(result["rmse_image"].mean()),
               "linf_mean": float(result["linf_image"].mean())}
@@ -403,7 +430,7 @@ def _rows(attack, how, r, victim_names, result, seed, n_boot):
         low, high = bootstrap_ci(outcome, seed, n_boot)
         rows.append({**common, "victim": name, "asr": float(outcome.mean()), "ci_low": low,
                      "ci_high": high})
-    order = ("attack", "how", "rmse", "victim", "asr", "ci_low", "ci_high", "n_images",
+    order = ("attack", "how", "rmse", "targeted", "victim", "asr", "ci_low", "ci_high", "n_images",
              "n_unreachable", "rmse_mean", "linf_mean", "grad_evals_mean", "forward_evals_mean")
     return [{k: row[k] for k in order} for row in rows]
 

@@ -194,3 +194,33 @@ def test_a_callable_takes_array_targets_and_ce_only(net_and_model):
         fa.attack(oracle, x, y, "PGD", target="random")
     with pytest.raises(ValueError, match="loss='logit'"):
         fa.attack(oracle, x, y, "PGD", target=(y + 1) % 10, loss="logit")
+
+
+def test_compare_targeted_asr_is_the_victims_target_rate(net_and_model):
+    _, model = net_and_model
+    x, y = batch(model)
+    victim = fa.load_model(SmallNet().eval())  # the same weights: what hits the surrogate hits it
+    targets = (y + 2) % 10
+    kw = dict(eps=32, max_iter=20)
+    df = fa.compare(model, x, y, attacks=[{"name": "pgd", "optimizer": "PGD", **{
+        k: v for k, v in kw.items() if k != "eps"}}], victims={"v": victim}, rmse=[4],
+        eps=32, target=targets, loss="logit", n_boot=0)
+    assert df["targeted"].all()
+    res = fa.attack(model, x, y, "PGD", target=targets, loss="logit", seed=0, **kw)
+    want = float(np.mean(victim.predict(res.images) == targets))
+    native = df[(df["how"] == "native") & (df["victim"] == "v")]
+    assert float(native["asr"].iloc[0]) == pytest.approx(want)
+    assert want > 0
+    untargeted = fa.compare(model, x, y, attacks=["PGD"], victims={"v": victim}, rmse=[4],
+                            n_boot=0)
+    assert not untargeted["targeted"].any()
+
+
+def test_compare_refuses_a_target_for_attacks_that_cannot_take_one(net_and_model):
+    _, model = net_and_model
+    x, y = batch(model, n=2)
+    with pytest.raises(ValueError, match="target: attacks \\['mine'\\]"):
+        fa.compare(model, x, y, attacks=[("mine", lambda a, b: a)], victims={"v": model},
+                   rmse=[2], target="random")
+    with pytest.raises(ValueError, match="loss='logit'"):
+        fa.compare(model, x, y, attacks=["PGD"], victims={"v": model}, rmse=[2], loss="logit")
