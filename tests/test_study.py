@@ -118,7 +118,8 @@ def count_attacks(monkeypatch, fail_at=None):
 def test_results_csv_rows_columns_and_files(tiny, tmp_path):
     paths, (images, labels, names) = tiny
     df = small_study(tiny, tmp_path)
-    expected = ["surrogate", "attack", "optimizer", "setting", "n_images", "n_skipped",
+    expected = ["surrogate", "attack", "optimizer", "setting", "targeted", "n_images",
+                "n_skipped",
                 "n_failed", "n_stop_loss", "n_stop_rmse", "n_max_iter", "n_target_not_reached",
                 "rmse", "linf", "l2", "l1", "l0", "psnr", "ssim", "loss", "iterations",
                 "grad_evals", "forward_evals", "surrogate_fooling_rate", "err_v1", "err_v2",

@@ -224,3 +224,32 @@ def test_compare_refuses_a_target_for_attacks_that_cannot_take_one(net_and_model
                    rmse=[2], target="random")
     with pytest.raises(ValueError, match="loss='logit'"):
         fa.compare(model, x, y, attacks=["PGD"], victims={"v": model}, rmse=[2], loss="logit")
+
+
+def test_study_targeted_cells_report_target_success(tmp_path, net_and_model):
+    import pandas as pd
+
+    net, model = net_and_model
+    path = tmp_path / "s.pt"
+    torch.jit.save(torch.jit.script(net), str(path))
+    x, y = batch(model, n=4)
+    common = dict(optimizers=["PGD"], settings=["fixed"], progress=False)
+    df = fa.run_study({"s": path}, {"v": path}, (x, y), out_dir=tmp_path / "t",
+                      overrides={"max_iter": 10, "eps": 32}, target="random", loss="logit",
+                      **common)
+    assert df["targeted"].tolist() == [True]
+    records = pd.read_csv(next((tmp_path / "t").glob("cells/*/*/*/images.csv")))
+    res = fa.attack(model, x, y, "PGD", "fixed", target="random", loss="logit", max_iter=10,
+                    eps=32)
+    np.testing.assert_array_equal(records["target"], res.targets)
+    want = float(np.mean(model.predict(res.images) == res.targets))
+    assert df["err_v"].iloc[0] == pytest.approx(want)
+    assert df["surrogate_fooling_rate"].iloc[0] == pytest.approx(want)
+    plain = fa.run_study({"s": path}, {"v": path}, (x, y), out_dir=tmp_path / "u",
+                         overrides={"max_iter": 2}, **common)
+    assert plain["targeted"].tolist() == [False]
+    again = fa.study.load_results(tmp_path / "t")
+    assert again["targeted"].tolist() == [True]
+    with pytest.raises(ValueError, match="target="):
+        fa.run_study({"s": path}, {"v": path}, (x, y), out_dir=tmp_path / "w",
+                     target=[1, 2, 3, 4], **common)

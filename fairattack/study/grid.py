@@ -24,7 +24,7 @@ import pandas as pd
 
 from .._model import device_kind, input_size, load_spec, model_digest, model_specs
 from .._validate import int_at_least
-from ..attack import attack
+from ..attack import TARGET_CHOICES, attack, loss_objective
 from ..outcome import attacked_mask
 from ..settings import PAPER_OPTIMIZERS
 from ..spec import canonical_setting, resolve, split_overrides, study_attacks
@@ -58,8 +58,10 @@ def _check_arguments(data, n_images, seed, batch_size, chunk_size, rounding, ima
 class _Cell:
     """One cell of the grid and what its work items need."""
 
-    def __init__(self, surrogate, setting, spec, resolved, folder):
+    def __init__(self, surrogate, setting, spec, resolved, folder, target=None, loss=None):
         self.surrogate, self.setting = surrogate, setting
+        #: fa.attack's target= and loss= (none: untargeted CE, the keys of earlier studies)
+        self.aim = {k: v for k, v in (("target", target), ("loss", loss)) if v is not None}
         self.name, self.optimizer = spec.name, spec.optimizer
         self.overrides, self.transforms, self.config = resolved
         self.dir = folder.cell_dir(surrogate, setting, self.name)
@@ -73,7 +75,8 @@ class _Cell:
 def run_study(surrogates, victims, data, optimizers=None, settings=("const_loss",),
               out_dir="fairattack-study", n_images=None, seed=0, batch_size=16, overrides=None,
               resume=True, progress=True, *, attacks=None, labels=None,
-              device="cpu", rounding="round", image_size=None, chunk_size=CHUNK_SIZE):
+              device="cpu", rounding="round", image_size=None, chunk_size=CHUNK_SIZE,
+              target=None, loss=None):
     """Run every (surrogate, setting, attack) cell and return the table (pandas DataFrame).
 
     surrogates, victims: registry names (`fairattack.models.available_models()`, any case),
@@ -97,8 +100,13 @@ def run_study(surrogates, victims, data, optimizers=None, settings=("const_loss"
         are recomputed with a RecomputeWarning saying why); resume=False recomputes the grid.
     image_size: the input size of surrogates whose size cannot be read from the model (a
         registered model's or an exported file's own size is always used).
-    chunk_size: images per work item (part of a cell's key: the per-image randomness of DI and
-        random starts follows the image's place in its chunk).
+    chunk_size: images per work item (part of a cell's key: the per-image randomness of DI,
+        random starts and random targets follows the image's place in its chunk).
+    target: None (untargeted), "random" or "least_likely": every attack runs targeted
+        (`fa.attack`'s target), and the error rates, surrogate_fooling_rate and asr are
+        targeted success rates (the model predicts the image's target); the column `targeted`
+        says so. loss: the loss every attack's gradient ascends ("ce", "logit", "margin"; as in
+        `fa.attack`). Both are part of a cell's key.
     The adversarial PNGs are always stored (victims added later are evaluated on them).
 
     Under torchrun (`torchrun --nproc-per-node K -m fairattack run ...`, or a script calling
@@ -122,6 +130,10 @@ def run_study(surrogates, victims, data, optimizers=None, settings=("const_loss"
     if not settings:
         raise ValueError("settings: expected at least one setting")
     settings = list(dict.fromkeys(canonical_setting(s) for s in settings))
+    if target is not None and target not in TARGET_CHOICES:
+        raise ValueError(f"target={target!r}; a study draws its targets per image: expected "
+                         f"None or one of {TARGET_CHOICES}")
+    loss_objective(loss, target is not None)  # ValueError naming an unknown loss
     attack_specs = study_attacks(optimizers, attacks)
     _check_arguments(data, n_images, seed, batch_size, chunk_size, rounding, image_size, device)
     surrogate_specs = model_specs(surrogates, "surrogates")
@@ -145,7 +157,7 @@ def run_study(surrogates, victims, data, optimizers=None, settings=("const_loss"
     pairs.sort(key=lambda p: setting_order.index(p[0]))  # stable: attacks keep their order
     resolved = {(st, a.name): resolve(a, st, flat, nested) for st, a in pairs}
     folder = StudyFolder(out_dir)
-    cells = [_Cell(s, st, a, resolved[(st, a.name)], folder)
+    cells = [_Cell(s, st, a, resolved[(st, a.name)], folder, target, loss)
              for s in surrogate_specs for st, a in pairs]
 
     ranks = Ranks(device)
@@ -226,6 +238,8 @@ def run_study(surrogates, victims, data, optimizers=None, settings=("const_loss"
 def _cell_parts(cell, selection, surrogate_digest, rounding, chunk_size):
     config = {"optimizer": cell.optimizer, "setting": cell.setting, "config": cell.config,
               "transforms": cell.transforms, "rounding": rounding, "chunk_size": int(chunk_size)}
+    if cell.aim:
+        config["aim"] = cell.aim
     return dict(selection.parts, surrogate=surrogate_digest,
                 config=as_stored(config), version=version())
 
@@ -274,7 +288,7 @@ def _work_item(cell, start, chunk_size, batch_size, rounding, surrogate_model, v
         began = time.perf_counter()
         res = attack(model, x, y, optimizer=cell.optimizer, setting=cell.setting,
                      batch_size=batch_size, rounding=rounding, progress=False,
-                     **cell.overrides, **cell.transforms)
+                     **cell.overrides, **cell.transforms, **cell.aim)
         seconds = time.perf_counter() - began
         adv = res.images
         attacked = np.asarray(res.attacked_mask)
@@ -335,7 +349,7 @@ def _cell_predictions(cell, chunk_size, victim, digest, folder):
 
 def _row_head(cell):
     return {"surrogate": cell.surrogate, "attack": cell.name, "optimizer": cell.optimizer,
-            "setting": cell.setting}
+            "setting": cell.setting, "targeted": "target" in cell.aim}
 
 
 def _assemble_if_complete(cell, chunk_size, victim_digests, folder, seed):

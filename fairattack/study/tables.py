@@ -17,7 +17,9 @@ METRICS = ("rmse", "linf", "l2", "l1", "l0", "psnr", "ssim", "loss", "iterations
 COUNTS = ("n_images", "n_skipped", "n_failed", "n_stop_loss", "n_stop_rmse", "n_max_iter",
           "n_target_not_reached")
 NAME_COLUMNS = ("surrogate", "attack", "optimizer", "setting")
-COLUMNS = NAME_COLUMNS + COUNTS + METRICS + ("surrogate_fooling_rate",)
+#: targeted: whether the cell's attack aimed at targets (then every error rate, the fooling rate
+#: and asr are targeted success rates: the model predicts the target).
+COLUMNS = NAME_COLUMNS + ("targeted",) + COUNTS + METRICS + ("surrogate_fooling_rate",)
 TAIL_COLUMNS = ("asr", "asr_ci_low", "asr_ci_high", "seconds")
 #: Bootstrap resamples of the ASR confidence interval.
 BOOTSTRAP = 1000
@@ -30,6 +32,8 @@ def summarize(frame, predictions, stop_rmse, seed=0):
     status = frame["status"].to_numpy().astype(str)
     attacked = attacked_mask(status)
     labels = frame["label"].to_numpy()
+    # a targeted cell's records hold each image's target: success is predicting it
+    targets = frame["target"].to_numpy()[attacked] if "target" in frame else None
     row = {"n_images": int(attacked.sum()), "n_skipped": int((status == "skipped").sum()),
            "n_failed": int((status == "nan").sum())}
     for name in ("stop_loss", "stop_rmse", "max_iter"):
@@ -39,11 +43,13 @@ def summarize(frame, predictions, stop_rmse, seed=0):
         values = frame[key].to_numpy(np.float64)[attacked] if key in frame else np.zeros(0)
         row[key] = float(values.mean()) if values.size else float("nan")
     surrogate = frame["surrogate_pred"].to_numpy()[attacked]
-    row["surrogate_fooling_rate"] = float(np.mean(surrogate != labels[attacked])) \
+    row["surrogate_fooling_rate"] = float(np.mean(fooled_mask(surrogate, labels[attacked],
+                                                              targets))) \
         if attacked.any() else float("nan")
     errors = []
     for victim, pred in predictions.items():
-        wrong = fooled_mask(np.asarray(pred)[attacked], labels[attacked]).astype(np.float64)
+        wrong = fooled_mask(np.asarray(pred)[attacked], labels[attacked],
+                            targets).astype(np.float64)
         errors.append(wrong)
         row[f"err_{victim}"] = float(wrong.mean()) if wrong.size else float("nan")
     if errors and attacked.any():
@@ -90,6 +96,8 @@ def _rows_frame(rows):
     def value(k, v):
         if k in NAME_COLUMNS:
             return v
+        if k == "targeted":
+            return bool(v)
         return float(v) if v is not None else float("nan")
 
     return frame_of([{k: value(k, v) for k, v in row.items()} for row in rows])
