@@ -253,3 +253,42 @@ def test_study_targeted_cells_report_target_success(tmp_path, net_and_model):
     with pytest.raises(ValueError, match="target="):
         fa.run_study({"s": path}, {"v": path}, (x, y), out_dir=tmp_path / "w",
                      target=[1, 2, 3, 4], **common)
+
+
+def test_cli_run_and_compare_take_target_and_loss(tmp_path, net_and_model, capsys):
+    import json
+
+    from fairattack.cli.main import main
+    from fairattack.data import synset_of
+    from PIL import Image
+
+    net, model = net_and_model
+    path = tmp_path / "s.pt"
+    torch.jit.save(torch.jit.script(net), str(path))
+    x, y = batch(model, n=3, size=16)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(len(x)):
+        Image.fromarray(x[i]).save(folder / f"{synset_of(int(y[i]))}_img{i}.png")
+    common = ["--victims", str(path), "--data", str(folder), "--quiet"]
+    code = main(["run", "--surrogates", str(path), "--out", str(tmp_path / "study"),
+                 "--optimizers", "PGD", "--settings", "fixed", "--max-iter", "3",
+                 "--image-size", "16", "--target", "random", "--loss", "logit", *common])
+    assert code == 0
+    table = fa.study.load_results(tmp_path / "study")
+    assert table["targeted"].tolist() == [True]
+    targets = tmp_path / "targets.txt"
+    targets.write_text("".join(f"{synset_of(int(y[i]))}_img{i}.png {(int(y[i]) + 1) % 10}\n"
+                               for i in range(len(x))))
+    code = main(["compare", "--surrogate", str(path), "--attacks", "PGD", "--rmse", "2",
+                 "--n-images", "3", "--image-size", "16", "--n-boot", "0", "--target",
+                 str(targets), "--out", str(tmp_path / "cmp"), *common])
+    assert code == 0
+    rows = json.loads((tmp_path / "cmp" / "compare.json").read_text())["rows"]
+    assert rows and all(r["targeted"] for r in rows)
+    capsys.readouterr()
+    targets.write_text("nobody.png 3\n")
+    assert main(["compare", "--surrogate", str(path), "--attacks", "PGD", "--rmse", "2",
+                 "--n-images", "3", "--image-size", "16", "--target", str(targets),
+                 "--out", str(tmp_path / "cmp2"), *common]) == 2
+    assert "--target" in capsys.readouterr().err

@@ -50,6 +50,12 @@ def add_parser(sub):
     c.add_argument("--batch-size", type=int, default=16)
     c.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     c.add_argument("--quiet", action="store_true", help="no progress bars")
+    c.add_argument("--target", metavar="random|least_likely|FILE",
+                   help="a targeted comparison: ASR becomes the targeted success rate; FILE "
+                        "has lines 'IMAGE_NAME CLASS' for every image")
+    c.add_argument("--loss", choices=("ce", "logit", "margin"),
+                   help="the loss fairattack's attacks ascend (default ce; logit: targeted, "
+                        "margin: untargeted)")
     c.set_defaults(func=cmd_compare)
     return c
 
@@ -68,6 +74,34 @@ def _folders(args):
         attacks.append((name, data.read_matching_folder(folder, files, clean,
                                                          f"--adv {name}={folder}")))
     return clean, labels, [f.name for f in files], attacks
+
+
+def _target_of(text, names):
+    """--target: a named choice, or a file of 'IMAGE_NAME CLASS' lines -> one class per image."""
+    import numpy as np
+
+    from ..attack import TARGET_CHOICES
+
+    if text is None or text in TARGET_CHOICES:
+        return text
+    path = Path(text)
+    if not path.is_file():
+        raise ValueError(f"--target {text!r}: expected one of {TARGET_CHOICES} or a file of "
+                         "'IMAGE_NAME CLASS' lines")
+    table = {}
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        parts = line.split()
+        if not parts or parts[0].startswith("#"):
+            continue
+        if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
+            raise ValueError(f"--target {text}:{number}: expected 'IMAGE_NAME CLASS', got "
+                             f"{line!r}")
+        table[parts[0]] = int(parts[1])
+    missing = [n for n in names if n not in table and Path(n).stem not in table]
+    if missing:
+        raise ValueError(f"--target {text}: no target for {len(missing)} image(s), e.g. "
+                         f"{missing[0]!r}")
+    return np.array([table[n] if n in table else table[Path(n).stem] for n in names], np.int64)
 
 
 def _markdown(df, table, path, meta):
@@ -146,13 +180,14 @@ def cmd_compare(args):
     df = compare(surrogate, images, labels, attacks, victims, rmse=args.rmse, mode=args.mode,
                  eps=args.eps, batch_size=args.batch_size, progress=not args.quiet,
                  seed=args.seed, n_boot=args.n_boot,
-                 cache_dir=None if args.no_resume else out / "cache")
+                 cache_dir=None if args.no_resume else out / "cache",
+                 target=_target_of(args.target, names), loss=args.loss)
     per_image = df.per_image.copy()
     per_image.insert(4, "name", [names[i] for i in per_image["image"]])
     table = comparison_table(df)
     meta = {"mode": args.mode, "eps": args.eps, "n_images": int(df["n_images"].iloc[0]),
             "n_given": len(names), "rmse": sorted(args.rmse), "victims": list(victims),
-            "surrogate": args.surrogate}
+            "surrogate": args.surrogate, "target": args.target, "loss": args.loss}
 
     write_comparison(out, df, per_image, meta)
     _markdown(df, table, out / "compare.md", meta)

@@ -6,9 +6,9 @@ from pathlib import Path
 
 from ._common import UsageError
 
-TABLE_COLUMNS = ("surrogate", "attack", "optimizer", "setting", "n_images", "n_skipped",
-                 "n_failed", "n_target_not_reached", "rmse", "linf", "l2", "l0", "psnr", "ssim",
-                 "loss", "iterations", "surrogate_fooling_rate")
+TABLE_COLUMNS = ("surrogate", "attack", "optimizer", "setting", "targeted", "n_images",
+                 "n_skipped", "n_failed", "n_target_not_reached", "rmse", "linf", "l2", "l0",
+                 "psnr", "ssim", "loss", "iterations", "grad_evals", "surrogate_fooling_rate")
 
 
 def _table(df, victims=True):

@@ -77,6 +77,12 @@ def add_parser(sub):
                    help="input size of surrogates whose TorchScript file does not say")
     r.add_argument("--chunk-size", type=int, default=256,
                    help="images per work item (default 256)")
+    r.add_argument("--target", choices=("random", "least_likely"), default=None,
+                   help="targeted attacks: every image aims at a random other class or the "
+                   "surrogate's least likely one (error rates become target success rates)")
+    r.add_argument("--loss", choices=("ce", "logit", "margin"), default=None,
+                   help="the loss the attacks ascend (default ce; logit: targeted, margin: "
+                   "untargeted)")
     for name, kind, text in HYPER:
         r.add_argument("--" + name.replace("_", "-"), type=kind, default=None, help=text)
     for name in _extra_config_options():
@@ -105,7 +111,7 @@ def cmd_run(args):
                    overrides=_overrides(args) or None, resume=not args.no_resume,
                    progress=not args.quiet, labels=args.labels, device=args.device,
                    rounding=args.rounding, image_size=args.image_size,
-                   chunk_size=args.chunk_size)
+                   chunk_size=args.chunk_size, target=args.target, loss=args.loss)
     if rank() == 0:  # under torchrun, rank 0 speaks for every rank
         print()
         report(df, args.out, started)
