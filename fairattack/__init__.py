@@ -13,6 +13,7 @@ from ._model import Model, get_model, load_model
 from .attack import AttackResult, attack, measure, to_uint8
 # compare: the function binds over the submodule's name (fairattack.compare.* stays importable)
 from .compare import compare, comparison_table, match_rmse
+from .ensemble import ensemble
 from .evaluate import evaluate  # binds the function over the submodule's name
 from .outcome import paired_test
 from .settings import OPTIMIZERS, PAPER_OPTIMIZERS, SETTINGS, SIGN_OPTIMIZERS, make_config
@@ -37,6 +38,6 @@ def __getattr__(name):
 
 __all__ = ["AttackResult", "Model", "OPTIMIZERS", "PAPER_OPTIMIZERS", "SETTINGS",
            "SIGN_OPTIMIZERS", "attack", "compare", "comparison_table", "cuda_available",
-           "evaluate", "get_model", "load_model", "make_config", "match_rmse", "measure", "paired_test",
+           "ensemble", "evaluate", "get_model", "load_model", "make_config", "match_rmse", "measure", "paired_test",
            "run_study",
            "to_uint8", "__version__"]

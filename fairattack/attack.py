@@ -9,6 +9,7 @@ import numpy as np
 
 from . import _core
 from ._model import Model
+from .ensemble import Ensemble
 from ._validate import (check_pixels, images_f32, is_integral, labels_i64, positive_int, real,
                         round_to_uint8)
 from .outcome import attacked_mask
@@ -272,7 +273,8 @@ def attack(model, images, labels, optimizer="Adam", setting=None, *, target=None
            di_prob=None, di_min_scale=None, si_copies=None, ti_kernel=None, **overrides):
     """Craft adversarial examples of `images` on the surrogate `model`.
 
-    model: a `fairattack.Model` (from `load_model`), or a Python callable
+    model: a `fairattack.Model` (from `load_model`, or an ensemble from `fairattack.ensemble`),
+        or a Python callable
         `fn(x float32 [n,H,W,3], labels int64 [n], want_grad) -> (loss [n], pred [n], grad)` that
         gives the cross-entropy, the predicted class and the input gradient [n,H,W,3] (CPU only;
         float outputs of any precision are cast to float32, shapes must be exact).
@@ -334,6 +336,8 @@ def attack(model, images, labels, optimizer="Adam", setting=None, *, target=None
     transform = transform_of(cfg)
     if isinstance(model, Model):
         core, device = model._core, model._attack_device()  # host state without CUDA kernels
+        if isinstance(model, Ensemble):  # the members, weights and fuse: fused in the shim
+            core = core.spec
         y = labels_i64(labels, n, model.num_classes(height, width))
         _check_memory(model, transform, batch_size, n, height, width)
     else:

@@ -294,6 +294,106 @@ done:
     return result;
 }
 
+/* An ensemble (members tuple of Models, weights float32 [k], fuse) -> borrowed handles in
+ * handles[k] (at most max), the weights' array (new reference) and fuse; -1 with an exception
+ * naming the part. */
+#define MAX_MEMBERS 64
+static PyTypeObject ModelType; /* defined below (a tentative definition) */
+static int parse_ensemble(PyObject *spec, fa_model **handles, int *count, PyArrayObject **weights,
+                          int *fuse, int *device) {
+    PyObject *members, *wo;
+    if (!PyArg_ParseTuple(spec, "OOi", &members, &wo, fuse))
+        return -1;
+    if (!PyTuple_Check(members) || PyTuple_GET_SIZE(members) < 1 ||
+        PyTuple_GET_SIZE(members) > MAX_MEMBERS) {
+        PyErr_Format(PyExc_ValueError, "members must be a tuple of 1 to %d fairattack Models",
+                     MAX_MEMBERS);
+        return -1;
+    }
+    *count = (int)PyTuple_GET_SIZE(members);
+    for (int i = 0; i < *count; i++) {
+        PyObject *m = PyTuple_GET_ITEM(members, i);
+        if (!PyObject_TypeCheck(m, &ModelType)) {
+            PyErr_Format(PyExc_TypeError, "members[%d] must be a fairattack Model", i);
+            return -1;
+        }
+        handles[i] = ((ModelObject *)m)->model;
+        if (i == 0)
+            *device = ((ModelObject *)m)->device;
+    }
+    if (!(*weights = as_array(wo, NPY_FLOAT32, 1, "weights")))
+        return -1;
+    if (PyArray_DIM(*weights, 0) != *count) {
+        PyErr_Format(PyExc_ValueError, "weights has %zd entries, expected %d (one per member)",
+                     (Py_ssize_t)PyArray_DIM(*weights, 0), *count);
+        Py_CLEAR(*weights);
+        return -1;
+    }
+    return 0;
+}
+
+/* ensemble_run((members, weights, fuse), x, labels or None, want_grad, num_classes, objective=0)
+ * -> (loss or None, fused output or None, pred, grad or None), as Model.run. */
+static PyObject *py_ensemble_run(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *spec, *xo, *lo;
+    int want_grad, objective = FA_LOSS_CE, count = 0, fuse = 0, device = 0;
+    long long k;
+    if (!PyArg_ParseTuple(args, "OOOpL|i", &spec, &xo, &lo, &want_grad, &k, &objective))
+        return NULL;
+    fa_model *handles[MAX_MEMBERS];
+    PyArrayObject *weights = NULL, *x = NULL, *labels = NULL, *loss = NULL, *logits = NULL,
+                  *pred = NULL, *grad = NULL;
+    PyObject *result = NULL;
+    if (parse_ensemble(spec, handles, &count, &weights, &fuse, &device) < 0)
+        goto done;
+    if (!(x = as_array(xo, NPY_FLOAT32, 4, "x")))
+        goto done;
+    if (lo != Py_None && !(labels = as_array(lo, NPY_INT64, 1, "labels")))
+        goto done;
+    npy_intp *shape = PyArray_DIMS(x);
+    npy_intp n = shape[0];
+    if (labels && PyArray_DIM(labels, 0) != n) {
+        PyErr_Format(PyExc_ValueError, "labels has %zd entries, expected %zd",
+                     (Py_ssize_t)PyArray_DIM(labels, 0), (Py_ssize_t)n);
+        goto done;
+    }
+    if (want_grad && !labels) {
+        PyErr_SetString(PyExc_ValueError, "want_grad needs labels");
+        goto done;
+    }
+    npy_intp logit_shape[2] = {n, (npy_intp)k};
+    if (!(pred = (PyArrayObject *)PyArray_SimpleNew(1, &n, NPY_INT64)) ||
+        (labels && !(loss = (PyArrayObject *)PyArray_SimpleNew(1, &n, NPY_FLOAT32))) ||
+        (k > 0 && !(logits = (PyArrayObject *)PyArray_SimpleNew(2, logit_shape, NPY_FLOAT32))) ||
+        (want_grad && !(grad = (PyArrayObject *)PyArray_SimpleNew(4, shape, NPY_FLOAT32))))
+        goto done;
+    fa_status s;
+    Py_BEGIN_ALLOW_THREADS s = fa_ensemble_run(
+        handles, (const float *)PyArray_DATA(weights), count, fuse, n, shape[1], shape[2],
+        shape[3], (const float *)PyArray_DATA(x),
+        labels ? (const int64_t *)PyArray_DATA(labels) : NULL, want_grad,
+        loss ? (float *)PyArray_DATA(loss) : NULL, logits ? (float *)PyArray_DATA(logits) : NULL,
+        k, (int64_t *)PyArray_DATA(pred), grad ? (float *)PyArray_DATA(grad) : NULL, 0, NULL,
+        NULL, 0, objective);
+    Py_END_ALLOW_THREADS if (s != FA_OK) {
+        raise_status(s);
+        goto done;
+    }
+    result = Py_BuildValue("(OOOO)", loss ? (PyObject *)loss : Py_None,
+                           logits ? (PyObject *)logits : Py_None, (PyObject *)pred,
+                           grad ? (PyObject *)grad : Py_None);
+done:
+    Py_XDECREF(weights);
+    Py_XDECREF(x);
+    Py_XDECREF(labels);
+    Py_XDECREF(loss);
+    Py_XDECREF(logits);
+    Py_XDECREF(pred);
+    Py_XDECREF(grad);
+    return result;
+}
+
 static PyObject *Model_get_device(ModelObject *self, void *closure) {
     (void)closure;
     return PyLong_FromLong(self->device);
@@ -520,7 +620,8 @@ static PyObject *py_attack(PyObject *self, PyObject *args) {
                   *alpha = NULL, *status = NULL, *gevals = NULL, *fevals = NULL;
     PyObject *result = NULL;
     py_oracle po = {NULL, 0, 0, 0, NULL, 0, NULL, NULL, NULL};
-    PyArrayObject *targets = NULL;
+    PyArrayObject *targets = NULL, *weights = NULL;
+    fa_model *handles[MAX_MEMBERS];
     fa_model_oracle mo;
     memset(&mo, 0, sizeof mo);
     fa_config cfg;
@@ -549,14 +650,22 @@ static PyObject *py_attack(PyObject *self, PyObject *args) {
     if (!(gevals = (PyArrayObject *)PyArray_ZEROS(1, &n, NPY_INT64, 0)) ||
         !(fevals = (PyArrayObject *)PyArray_ZEROS(1, &n, NPY_INT64, 0)))
         goto done;
-    if (PyObject_TypeCheck(model_obj, &ModelType)) {
-        ModelObject *m = (ModelObject *)model_obj;
-        if (device == FA_DEVICE_CUDA && m->device != FA_DEVICE_CUDA) {
+    if (PyObject_TypeCheck(model_obj, &ModelType) || PyTuple_Check(model_obj)) {
+        int model_device = 0;
+        if (PyTuple_Check(model_obj)) { /* an ensemble: (members, weights, fuse) */
+            if (parse_ensemble(model_obj, handles, &mo.n_members, &weights, &mo.fuse,
+                               &model_device) < 0)
+                goto done;
+            mo.members = handles, mo.weights = PyArray_DATA(weights), mo.model = handles[0];
+        } else {
+            mo.model = ((ModelObject *)model_obj)->model;
+            model_device = ((ModelObject *)model_obj)->device;
+        }
+        if (device == FA_DEVICE_CUDA && model_device != FA_DEVICE_CUDA) {
             PyErr_SetString(PyExc_ValueError,
                             "device='cuda' needs a model loaded on cuda; this one is on the cpu");
             goto done;
         }
-        mo.model = m->model;
         mo.device_io = device == FA_DEVICE_CUDA;
         mo.h = shape[1], mo.w = shape[2], mo.c = shape[3];
         mo.index_base = cfg.index_offset;
@@ -637,6 +746,7 @@ done:
     Py_XDECREF(gevals);
     Py_XDECREF(fevals);
     Py_XDECREF(targets);
+    Py_XDECREF(weights);
     return result;
 }
 
@@ -809,6 +919,9 @@ static PyMethodDef module_methods[] = {
      "dict of per-image arrays "
      "(adv, loss, clean_loss, clean_pred, iterations, alpha, status, grad_evals, forward_evals)"},
     {"metrics", py_metrics, METH_VARARGS, "metrics(adv, clean) -> dict of per-image arrays"},
+    {"ensemble_run", py_ensemble_run, METH_VARARGS,
+     "ensemble_run((members, weights, fuse), x, labels, want_grad, num_classes, objective=0) "
+     "-> (loss, fused output, pred, grad)"},
     {"default_config", py_default_config, METH_O, "default_config(optimizer) -> dict"},
     {"check_config", py_check_config, METH_O, "check_config(dict) -> the full checked dict"},
     {"cuda_available", py_cuda_available, METH_NOARGS, "built with CUDA and a device present"},
@@ -857,6 +970,7 @@ PyMODINIT_FUNC PyInit__core(void) {
         PyModule_AddObject(m, "IMAGE_STATUS",
                            names_tuple(fa_image_status_name, FA_IMAGE_STATUS_COUNT)) < 0 ||
         PyModule_AddObject(m, "LOSSES", names_tuple(fa_loss_name, FA_LOSS_COUNT)) < 0 ||
+        PyModule_AddObject(m, "FUSES", names_tuple(fa_fuse_name, FA_FUSE_COUNT)) < 0 ||
         PyModule_AddIntConstant(m, "DEVICE_CPU", FA_DEVICE_CPU) < 0 ||
         PyModule_AddIntConstant(m, "DEVICE_CUDA", FA_DEVICE_CUDA) < 0 ||
         PyModule_AddIntConstant(m, "NESTEROV_AUTHORS", FA_NESTEROV_AUTHORS) < 0 ||

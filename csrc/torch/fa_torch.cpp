@@ -326,6 +326,82 @@ at::Tensor smooth(fa_model *model, const at::Tensor &g, int k) {
 }
 
 
+/* The surrogate of one call: a model, or an ensemble's members with weights summing to 1 and
+ * a fuse rule (fa_fuse, SPEC 9). Members share the device of the first. */
+struct surrogate {
+    std::vector<fa_model *> models;
+    std::vector<float> weights;
+    int fuse = FA_FUSE_LOGITS;
+    fa_model *first() const { return models.front(); }
+};
+
+/* Every member's logits on input (rows images); all must have the same number of classes. */
+fa_status forward_all(const surrogate &s, const at::Tensor &input, int64_t rows,
+                      std::vector<at::Tensor> *outs) {
+    outs->clear();
+    for (size_t i = 0; i < s.models.size(); i++) {
+        at::Tensor out;
+        const fa_status status = forward(s.models[i], input, rows, &out);
+        if (status != FA_OK)
+            return status;
+        if (i > 0 && out.size(1) != outs->front().size(1))
+            return fa_set_error(FA_ERR_MODEL, "ensemble members[%zu] has %lld classes, but "
+                                "members[0] has %lld", i, ll(out.size(1)),
+                                ll(outs->front().size(1)));
+        outs->push_back(out);
+    }
+    return FA_OK;
+}
+
+/* log of the weighted mean of the members' softmax (the probs fuse's output). */
+at::Tensor log_mean_probs(const surrogate &s, const std::vector<at::Tensor> &outs) {
+    at::Tensor p;
+    for (size_t i = 0; i < outs.size(); i++) {
+        const at::Tensor term = at::softmax(outs[i].to(torch::kFloat), 1) * s.weights[i];
+        p = p.defined() ? p + term : term;
+    }
+    return at::log(p);
+}
+
+/* The fused output [rows, K] whose argmax is the prediction: a single model's logits; the
+ * weighted mean of logits ("logits"); log of the weighted mean of softmax ("probs", "loss"). */
+at::Tensor fused_output(const surrogate &s, const std::vector<at::Tensor> &outs) {
+    if (outs.size() == 1 && s.fuse != FA_FUSE_PROBS)
+        return outs.front();
+    if (s.fuse != FA_FUSE_LOGITS)
+        return log_mean_probs(s, outs);
+    at::Tensor z;
+    for (size_t i = 0; i < outs.size(); i++) {
+        const at::Tensor term = outs[i].to(torch::kFloat) * s.weights[i];
+        z = z.defined() ? z + term : term;
+    }
+    return z;
+}
+
+/* The per-row objective (fa_loss) of the fused surrogate: of the fused output, or for the
+ * "loss" fuse the weighted mean of the members' objectives (SPEC 9). */
+at::Tensor fused_objective(const surrogate &s, const std::vector<at::Tensor> &outs,
+                           const at::Tensor &classes, int objective) {
+    if (s.fuse != FA_FUSE_LOSS || outs.size() == 1)
+        return objective_of(fused_output(s, outs), classes, objective);
+    at::Tensor total;
+    for (size_t i = 0; i < outs.size(); i++) {
+        const at::Tensor term = objective_of(outs[i], classes, objective) * s.weights[i];
+        total = total.defined() ? total + term : term;
+    }
+    return total;
+}
+
+/* Rows where any member's logits are not all finite. */
+at::Tensor nonfinite_rows(const std::vector<at::Tensor> &outs) {
+    at::Tensor bad;
+    for (const at::Tensor &out : outs) {
+        const at::Tensor b = finite_rows(out).logical_not();
+        bad = bad.defined() ? bad.logical_or(b) : b;
+    }
+    return bad;
+}
+
 /*
  * The gradient pass on x_nhwc (NHWC, on the model's device, possibly the caller's memory):
  * *gradient = d sum_i objective_i / d x over the transformed inputs (fa_loss; CE by default), as an NCHW tensor whose memory
@@ -334,10 +410,10 @@ at::Tensor smooth(fa_model *model, const at::Tensor &g, int k) {
  * Autograd never writes into a leaf, and a model that writes into its input fails (a leaf that
  * requires grad cannot be modified in place).
  */
-fa_status gradient_pass(fa_model *model, const at::Tensor &x_nhwc, int64_t n,
+fa_status gradient_pass(const surrogate &s, const at::Tensor &x_nhwc, int64_t n,
                         const int64_t *labels, int64_t k_expected, bool want_k,
                         const fa_transform *transform, const int64_t *index, int64_t call,
-                        int objective, at::Tensor *gradient, at::Tensor *logits) {
+                        int objective, at::Tensor *gradient, std::vector<at::Tensor> *logits) {
     const fa_transform none = {};
     const fa_transform &t = transform != nullptr ? *transform : none;
     const int copies = std::max(t.si_copies, 1);
@@ -355,11 +431,11 @@ fa_status gradient_pass(fa_model *model, const at::Tensor &x_nhwc, int64_t n,
     if (di)
         input = diverse(input, n, t, index, call);
 
-    at::Tensor out;
-    fa_status status = forward(model, input, copies * n, &out);
+    std::vector<at::Tensor> outs;
+    fa_status status = forward_all(s, input, copies * n, &outs);
     if (status != FA_OK)
         return status;
-    const int64_t k = out.size(1);
+    const int64_t k = outs.front().size(1);
     if (want_k && k_expected != k)
         return fa_set_error(FA_ERR_ARGUMENT, "k_expected=%lld does not match the model's %lld "
                             "classes", ll(k_expected), ll(k));
@@ -367,19 +443,22 @@ fa_status gradient_pass(fa_model *model, const at::Tensor &x_nhwc, int64_t n,
     if (status != FA_OK)
         return status;
 
-    at::Tensor y = labels_on(labels, n, out.device());
+    at::Tensor y = labels_on(labels, n, outs.front().device());
     if (copies > 1)
         y = y.repeat({copies});
-    const at::Tensor total = objective_of(out, y, objective).sum();
+    /* one backward through every member's graph (one gradient pass per member) */
+    const at::Tensor total = fused_objective(s, outs, y, objective).sum();
     *gradient = torch::autograd::grad({total}, {leaf})[0].permute({0, 3, 1, 2});
 
     torch::NoGradGuard no_grad;
     if (copies > 1)
         gradient->div_(copies);
     if (t.ti_kernel > 1)
-        *gradient = smooth(model, *gradient, t.ti_kernel);
+        *gradient = smooth(s.first(), *gradient, t.ti_kernel);
+    logits->clear();
     if (!di)
-        *logits = out.narrow(0, 0, n).detach(); /* copy 0 is the plain x */
+        for (const at::Tensor &out : outs)
+            logits->push_back(out.narrow(0, 0, n).detach()); /* copy 0 is the plain x */
     return FA_OK;
 }
 
@@ -519,12 +598,17 @@ fa_status fa_model_run(fa_model *model, int64_t n, int64_t h, int64_t w, int64_t
                              pred, grad, device_io, transform, index, call, FA_LOSS_CE);
 }
 
-fa_status fa_model_run_loss(fa_model *model, int64_t n, int64_t h, int64_t w, int64_t c,
-                            const float *x, const int64_t *labels, int want_grad, float *loss,
-                            float *logits, int64_t k_expected, int64_t *pred, float *grad,
-                            int device_io, const fa_transform *transform, const int64_t *index,
-                            int64_t call, int objective) {
-    return guarded("fa_model_run", [&]() -> fa_status {
+} // extern "C"
+
+namespace {
+
+/* fa_model_run_loss / fa_ensemble_run for a checked surrogate (inside guarded()). */
+fa_status run_surrogate(const surrogate &s, int64_t n, int64_t h, int64_t w, int64_t c,
+                        const float *x, const int64_t *labels, int want_grad, float *loss,
+                        float *logits, int64_t k_expected, int64_t *pred, float *grad,
+                        int device_io, const fa_transform *transform, const int64_t *index,
+                        int64_t call, int objective) {
+        fa_model *model = s.first();
         fa_status status = check_run(model, n, h, w, c, x, labels, want_grad, grad, transform);
         if (status != FA_OK || n == 0)
             return status;
@@ -546,11 +630,11 @@ fa_status fa_model_run_loss(fa_model *model, int64_t n, int64_t h, int64_t w, in
         const at::Tensor x_nhwc =
             torch::from_blob(const_cast<float *>(x), {n, h, w, c}, floats_on(io)).to(device);
 
-        at::Tensor out;
+        std::vector<at::Tensor> outs;
         if (want_grad) {
             at::Tensor gradient;
-            status = gradient_pass(model, x_nhwc, n, labels, k_expected, logits != nullptr,
-                                   transform, index, call, objective, &gradient, &out);
+            status = gradient_pass(s, x_nhwc, n, labels, k_expected, logits != nullptr,
+                                   transform, index, call, objective, &gradient, &outs);
             if (status != FA_OK)
                 return status;
             /* NCHW over NHWC memory into the caller's NHWC buffer: a plain copy */
@@ -561,11 +645,12 @@ fa_status fa_model_run_loss(fa_model *model, int64_t n, int64_t h, int64_t w, in
                 return FA_OK; /* device grad stays queued on the model's stream */
         }
         const c10::InferenceMode inference;
-        if (!out.defined()) { /* no gradient, or the transformed pass did not see plain x */
-            status = forward(model, x_nhwc.permute({0, 3, 1, 2}), n, &out);
+        if (outs.empty()) { /* no gradient, or the transformed pass did not see plain x */
+            status = forward_all(s, x_nhwc.permute({0, 3, 1, 2}), n, &outs);
             if (status != FA_OK)
                 return status;
         }
+        const at::Tensor out = fused_output(s, outs);
         const int64_t k = out.size(1);
         if (logits != nullptr && k_expected != k)
             return fa_set_error(FA_ERR_ARGUMENT,
@@ -578,17 +663,88 @@ fa_status fa_model_run_loss(fa_model *model, int64_t n, int64_t h, int64_t w, in
                 return status;
         }
         /* Copies to pageable host memory wait for the model's stream only. */
-        const at::Tensor nonfinite = finite_rows(out).logical_not();
+        const at::Tensor nonfinite = nonfinite_rows(outs);
         if (loss != nullptr && labels != nullptr)
             copy_out(loss, {n}, host.dtype(torch::kFloat),
-                     cross_entropy(out, labels_on(labels, n, out.device()))
+                     fused_objective(s, outs, labels_on(labels, n, out.device()), FA_LOSS_CE)
                          .masked_fill(nonfinite, std::nanf("")));
         if (logits != nullptr)
             copy_out(logits, {n, k}, host.dtype(torch::kFloat), out);
         if (pred != nullptr)
             copy_out(pred, {n}, host.dtype(torch::kLong), out.argmax(1).masked_fill(nonfinite, -1));
         return FA_OK;
+}
+
+/* The checked surrogate of an ensemble (SPEC 9): members on one device, weights >= 0 that sum
+ * to 1 (NULL: equal), a known fuse. */
+fa_status ensemble_of(fa_model *const *members, const float *weights, int count, int fuse,
+                      surrogate *out) {
+    if (members == nullptr || count < 1)
+        return fa_set_error(FA_ERR_ARGUMENT, "members: an ensemble needs at least one member "
+                            "(count=%d)", count);
+    if (fuse < 0 || fuse >= FA_FUSE_COUNT)
+        return fa_set_error(FA_ERR_ARGUMENT, "fuse=%d must be a fa_fuse in [0, %d)", fuse,
+                            FA_FUSE_COUNT);
+    double sum = 0.0;
+    for (int i = 0; i < count; i++) {
+        if (members[i] == nullptr)
+            return fa_set_error(FA_ERR_ARGUMENT, "members[%d] is NULL", i);
+        if (members[i]->device != members[0]->device ||
+            members[i]->device_index != members[0]->device_index)
+            return fa_set_error(FA_ERR_ARGUMENT, "members[%d] is on another device than "
+                                "members[0]: an ensemble runs on one device", i);
+        const double wi = weights != nullptr ? weights[i] : 1.0 / count;
+        if (!(wi >= 0.0) || !std::isfinite(wi))
+            return fa_set_error(FA_ERR_ARGUMENT, "weights[%d]=%g must be >= 0", i, wi);
+        sum += wi;
+        out->models.push_back(members[i]);
+        out->weights.push_back(static_cast<float>(wi));
+    }
+    if (std::fabs(sum - 1.0) > 1e-4)
+        return fa_set_error(FA_ERR_ARGUMENT, "weights sum to %g, must sum to 1", sum);
+    out->fuse = fuse;
+    return FA_OK;
+}
+
+} // namespace
+
+extern "C" {
+
+fa_status fa_model_run_loss(fa_model *model, int64_t n, int64_t h, int64_t w, int64_t c,
+                            const float *x, const int64_t *labels, int want_grad, float *loss,
+                            float *logits, int64_t k_expected, int64_t *pred, float *grad,
+                            int device_io, const fa_transform *transform, const int64_t *index,
+                            int64_t call, int objective) {
+    return guarded("fa_model_run", [&]() -> fa_status {
+        if (model == nullptr)
+            return fa_set_error(FA_ERR_ARGUMENT, "model is NULL");
+        surrogate s;
+        s.models = {model};
+        s.weights = {1.0f};
+        return run_surrogate(s, n, h, w, c, x, labels, want_grad, loss, logits, k_expected,
+                             pred, grad, device_io, transform, index, call, objective);
     });
+}
+
+fa_status fa_ensemble_run(fa_model *const *members, const float *weights, int count, int fuse,
+                          int64_t n, int64_t h, int64_t w, int64_t c, const float *x,
+                          const int64_t *labels, int want_grad, float *loss, float *logits,
+                          int64_t k_expected, int64_t *pred, float *grad, int device_io,
+                          const fa_transform *transform, const int64_t *index, int64_t call,
+                          int objective) {
+    return guarded("fa_ensemble_run", [&]() -> fa_status {
+        surrogate s;
+        const fa_status status = ensemble_of(members, weights, count, fuse, &s);
+        if (status != FA_OK)
+            return status;
+        return run_surrogate(s, n, h, w, c, x, labels, want_grad, loss, logits, k_expected,
+                             pred, grad, device_io, transform, index, call, objective);
+    });
+}
+
+const char *fa_fuse_name(int fuse) {
+    static const char *const names[FA_FUSE_COUNT] = {"logits", "probs", "loss"};
+    return fuse >= 0 && fuse < FA_FUSE_COUNT ? names[fuse] : nullptr;
 }
 
 fa_status fa_model_oracle_grad(void *ctx, int64_t n, const int64_t *index, const int64_t *labels,
@@ -619,10 +775,17 @@ fa_status fa_model_oracle_grad(void *ctx, int64_t n, const int64_t *index, const
         for (int64_t r = 0; r < n; r++)
             classes[static_cast<size_t>(r)] = oracle->targets[index[r] - oracle->index_base];
     }
-    const fa_status status = fa_model_run_loss(
-        oracle->model, n, oracle->h, oracle->w, oracle->c, x, targeted ? classes.data() : labels,
-        want_grad, loss, nullptr, 0, pred, want_grad ? grad : nullptr, oracle->device_io,
-        transform, index, oracle->calls, oracle->objective);
+    const int64_t *asked = targeted ? classes.data() : labels;
+    const fa_status status =
+        oracle->n_members > 0
+            ? fa_ensemble_run(oracle->members, oracle->weights, oracle->n_members, oracle->fuse,
+                              n, oracle->h, oracle->w, oracle->c, x, asked, want_grad, loss,
+                              nullptr, 0, pred, want_grad ? grad : nullptr, oracle->device_io,
+                              transform, index, oracle->calls, oracle->objective)
+            : fa_model_run_loss(oracle->model, n, oracle->h, oracle->w, oracle->c, x, asked,
+                                want_grad, loss, nullptr, 0, pred, want_grad ? grad : nullptr,
+                                oracle->device_io, transform, index, oracle->calls,
+                                oracle->objective);
     oracle->calls++;
     if (status == FA_OK && targeted && loss != nullptr)
         for (int64_t r = 0; r < n; r++) /* the core ascends: -CE(z, target) */
@@ -630,10 +793,12 @@ fa_status fa_model_oracle_grad(void *ctx, int64_t n, const int64_t *index, const
     if (status != FA_OK || !counted)
         return status;
     /* the passes fa_model_run made: see fa_model_oracle in fa_torch.h */
+    const int64_t members = std::max(oracle->n_members, 1); /* every pass is one per member */
     const int64_t passes =
-        want_grad ? std::max(transform != nullptr ? transform->si_copies : 1, 1) : 0;
+        want_grad ? members * std::max(transform != nullptr ? transform->si_copies : 1, 1) : 0;
     const bool di = want_grad && transform != nullptr && transform->di_prob > 0.0f;
-    const int64_t forwards = (loss != nullptr || pred != nullptr) && (!want_grad || di) ? 1 : 0;
+    const int64_t forwards =
+        (loss != nullptr || pred != nullptr) && (!want_grad || di) ? members : 0;
     for (int64_t r = 0; r < n; r++) {
         const int64_t i = index[r] - oracle->index_base;
         if (oracle->grad_evals != nullptr)

@@ -123,6 +123,34 @@ fa_status fa_model_run_loss(fa_model *model, int64_t n, int64_t h, int64_t w, in
                             int device_io, const fa_transform *transform, const int64_t *index,
                             int64_t call, int objective);
 
+/* Surrogate ensembles (SPEC 9): members m_i with weights w_i >= 0 summing to 1 (within 1e-4),
+ * each with its own wrapper (input size, normalisation) on the same pixels x, z_i = its
+ * logits. The fused loss L (of objective c's fa_loss; CE below):
+ *   FA_FUSE_LOGITS: L = CE(sum w_i z_i, c)            (the MI-FGSM paper's ensemble)
+ *   FA_FUSE_PROBS:  L = -log sum w_i softmax(z_i)_c
+ *   FA_FUSE_LOSS:   L = sum w_i CE(z_i, c)
+ * The gradient is that of L (one forward and backward pass per member, in one autograd graph);
+ * the prediction is the argmax of the fused output (sum w_i z_i, or log sum w_i softmax(z_i)
+ * for "probs" and "loss"), which is also what `logits` receives; loss is the fused CE. */
+typedef enum fa_fuse {
+    FA_FUSE_LOGITS = 0,
+    FA_FUSE_PROBS = 1,
+    FA_FUSE_LOSS = 2,
+    FA_FUSE_COUNT = 3
+} fa_fuse;
+
+/* "logits", "probs", "loss"; NULL out of range. */
+const char *fa_fuse_name(int fuse);
+
+/* fa_model_run_loss on the ensemble of `count` members (borrowed; one device: else
+ * FA_ERR_ARGUMENT naming the member), weights[count] (NULL: equal) and fuse (fa_fuse). */
+fa_status fa_ensemble_run(fa_model *const *members, const float *weights, int count, int fuse,
+                          int64_t n, int64_t h, int64_t w, int64_t c, const float *x,
+                          const int64_t *labels, int want_grad, float *loss, float *logits,
+                          int64_t k_expected, int64_t *pred, float *grad, int device_io,
+                          const fa_transform *transform, const int64_t *index, int64_t call,
+                          int objective);
+
 /* fa_oracle adapter: ctx is a fa_model_oracle; calls fa_model_run with its shape and transform
  * and counts calls. Matches fa_grad_fn; loss and pred may be NULL (see fa_model_run).
  *
@@ -148,6 +176,12 @@ typedef struct fa_model_oracle {
     int64_t *forward_evals; /* NULL, or one counter per image: loss-only forwards          */
     int objective;          /* fa_loss of the gradient (FA_LOSS_CE: 0)                     */
     const int64_t *targets; /* NULL: untargeted; else one target class per image           */
+    /* n_members > 0: the surrogate is this ensemble (fa_ensemble_run) and model is unused;
+     * every pass counts once per member */
+    fa_model *const *members;
+    const float *weights;
+    int n_members;
+    int fuse;
 } fa_model_oracle;
 
 fa_status fa_model_oracle_grad(void *ctx, int64_t n, const int64_t *index, const int64_t *labels,

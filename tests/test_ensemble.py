@@ -1,0 +1,159 @@
+"""Surrogate ensembles (SPEC 9): the shim's fused loss, gradient and prediction against plain
+torch autograd for every fuse, an ensemble of one equals its member, the attack runs on it, and
+bad input names the argument."""
+
+import copy
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import fairattack as fa
+from fairattack import _core
+from tiny import SmallNet
+
+LOSS_INDEX = {name: i for i, name in enumerate(_core.LOSSES)}
+
+
+class Resized(torch.nn.Module):
+    """A second family: resizes its input to 8x8 inside, then a differently seeded net."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(3)
+        self.conv = torch.nn.Conv2d(3, 5, 3, padding=1)
+        self.head = torch.nn.Linear(5 * 2 * 2, 10)
+
+    def forward(self, x):
+        x = torch.nn.functional.interpolate(x, size=(8, 8), mode="bilinear",
+                                            align_corners=False)
+        h = torch.relu(self.conv(x / 127.5 - 1.0))
+        return self.head(torch.nn.functional.adaptive_avg_pool2d(h, 2).flatten(1)) * 3.0
+
+
+@pytest.fixture(scope="module")
+def members():
+    nets = [SmallNet().eval(), Resized().eval()]
+    return nets, [fa.load_model(n) for n in nets]
+
+
+def batch(model, n=5, size=12, seed=0):
+    x = np.random.default_rng(seed).integers(30, 226, (n, size, size, 3)).astype(np.uint8)
+    return x, model.predict(x)
+
+
+def reference(nets, weights, fuse, x, classes, objective="ce"):
+    """(fused loss per row, its gradient NHWC, fused prediction) in plain torch."""
+    t = torch.from_numpy(x.astype(np.float32)).permute(0, 3, 1, 2).requires_grad_(True)
+    zs = [net(t) for net in nets]
+    c = torch.from_numpy(classes)
+    rows = torch.arange(len(c))
+
+    def ce(z):
+        return -torch.log_softmax(z, 1)[rows, c]
+
+    probs = sum(w * torch.softmax(z, 1) for w, z in zip(weights, zs))
+    if fuse == "logits":
+        fused = sum(w * z for w, z in zip(weights, zs))
+        loss, pred = ce(fused), fused.argmax(1)
+    elif fuse == "probs":
+        loss, pred = -torch.log(probs[rows, c]), probs.argmax(1)
+    else:
+        loss, pred = sum(w * ce(z) for w, z in zip(weights, zs)), probs.argmax(1)
+    if objective == "target_ce":
+        obj = -loss
+    elif objective == "logit":
+        obj = (sum(w * z for w, z in zip(weights, zs)) if fuse != "probs" else
+               torch.log(probs))[rows, c] if fuse != "loss" else \
+            sum(w * z[rows, c] for w, z in zip(weights, zs))
+    else:
+        obj = loss
+    grad = torch.autograd.grad(obj.sum(), t)[0].permute(0, 2, 3, 1)
+    return loss.detach().numpy(), grad.numpy(), pred.numpy()
+
+
+@pytest.mark.parametrize("fuse", ["logits", "probs", "loss"])
+@pytest.mark.parametrize("objective", ["ce", "target_ce", "logit"])
+def test_fused_loss_gradient_and_prediction_match_torch(members, fuse, objective):
+    nets, models = members
+    weights = [0.7, 0.3]
+    ens = fa.ensemble(models, fuse=fuse, weights=weights)
+    x, _ = batch(models[0])
+    classes = np.random.default_rng(1).integers(0, 10, len(x))
+    loss, _, pred, grad = ens._core.run(x.astype(np.float32), classes, True, 0,
+                                        LOSS_INDEX[objective])
+    want_loss, want_grad, want_pred = reference(nets, weights, fuse, x, classes, objective)
+    np.testing.assert_allclose(loss, want_loss, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(grad, want_grad, rtol=1e-3, atol=1e-6)
+    np.testing.assert_array_equal(pred, want_pred)
+    np.testing.assert_array_equal(ens.predict(x), want_pred)
+
+
+@pytest.mark.parametrize("fuse", ["logits", "probs", "loss"])
+def test_an_ensemble_of_one_is_its_member(members, fuse):
+    _, models = members
+    member = models[0]
+    x, y = batch(member)
+    one = fa.ensemble([member], fuse=fuse)
+    np.testing.assert_array_equal(one.predict(x), member.predict(x))
+    kw = dict(max_iter=4)
+    a = fa.attack(one, x, y, "Adam", **kw)
+    b = fa.attack(member, x, y, "Adam", **kw)
+    if fuse == "probs":  # log(softmax) against log_softmax: equal up to rounding
+        np.testing.assert_allclose(a.loss, b.loss, rtol=1e-4, atol=1e-4)
+        assert (np.abs(a.images.astype(int) - b.images.astype(int)) <= 1).all()
+    else:
+        np.testing.assert_array_equal(a.images, b.images)
+        np.testing.assert_array_equal(a.loss, b.loss)
+    np.testing.assert_array_equal(a.grad_evals, b.grad_evals)
+
+
+def test_attack_on_an_ensemble_spends_one_pass_per_member(members):
+    nets, models = members
+    ens = fa.ensemble(models, fuse="logits")
+    x, y = batch(ens)
+    res = fa.attack(ens, x, y, "PGD", max_iter=3)
+    np.testing.assert_array_equal(res.grad_evals, np.full(len(x), 6))
+    np.testing.assert_array_equal(res.forward_evals, np.full(len(x), 2))
+    assert (np.abs(res.images.astype(int) - x.astype(int)) <= 16).all()
+    # the reported loss is the fused CE of the returned iterate
+    want, _, _ = reference(nets, [0.5, 0.5], "logits", res.images, y)
+    assert np.abs(res.loss - want).max() < 0.05  # float iterate vs its uint8 rounding
+    targeted = fa.attack(ens, x, y, "PGD", target="random", loss="logit", max_iter=3)
+    assert targeted.targeted and (targeted.targets != y).all()
+
+
+def test_compare_takes_an_ensemble_surrogate(members):
+    _, models = members
+    ens = fa.ensemble(models, fuse="loss")
+    x, y = batch(ens, n=4)
+    df = fa.compare(ens, x, y, attacks=[{"name": "pgd", "optimizer": "PGD", "max_iter": 2}],
+                    victims={"m0": models[0]}, rmse=[2], n_boot=0)
+    assert (df["grad_evals_mean"] == 4).all()
+
+
+def test_bad_ensembles_name_the_argument(members):
+    _, models = members
+    with pytest.raises(ValueError, match="models: an ensemble needs at least one member"):
+        fa.ensemble([])
+    with pytest.raises(TypeError, match=r"models\[1\]"):
+        fa.ensemble([models[0], "lite0"])
+    with pytest.raises(ValueError, match=r"models\[0\] is an ensemble"):
+        fa.ensemble([fa.ensemble(models), models[0]])
+    with pytest.raises(ValueError, match="fuse='mean'"):
+        fa.ensemble(models, fuse="mean")
+    with pytest.raises(ValueError, match="weights sum to 0.9"):
+        fa.ensemble(models, weights=[0.5, 0.4])
+    with pytest.raises(ValueError, match="weights has 1 entries"):
+        fa.ensemble(models, weights=[1.0])
+    with pytest.raises(ValueError, match=r"weights\[0\]=-0.5"):
+        fa.ensemble(models, weights=[-0.5, 1.5])
+    elsewhere = copy.copy(models[1])
+    elsewhere.device = "cuda:0"
+    with pytest.raises(ValueError, match="models: the members are on different devices"):
+        fa.ensemble([models[0], elsewhere])
+    with pytest.raises(ValueError, match="weights sum to"):  # the shim checks again
+        _core.ensemble_run(((models[0]._core,), np.array([0.5], np.float32), 0),
+                           np.zeros((1, 4, 4, 3), np.float32), None, False, 10)
+    assert math.isclose(sum(fa.ensemble(models).weights), 1.0)
