@@ -9,7 +9,8 @@ import math
 import numpy as np
 
 from . import _core
-from ._model import Model
+from ._model import Model, input_size, load_spec, model_digest, model_specs
+from .store import digest_json
 
 FUSES = tuple(_core.FUSES)
 #: Weights must sum to 1 within this.
@@ -98,3 +99,55 @@ def ensemble(models, fuse="logits", weights=None):
         if abs(sum(weights) - 1.0) > WEIGHT_TOL:
             raise ValueError(f"weights sum to {sum(weights):g}; they must sum to 1")
     return Ensemble(models, weights, fuse)
+
+
+# ----------------------------------------------------------------------------- named ensembles
+
+class EnsembleSpec:
+    """An ensemble as a study or the CLI names it: member specs (registry names, TorchScript
+    paths or Models: `fairattack._model.model_specs`), fuse and weights. Its identity is its
+    members' contents, fuse and weights (`digest`)."""
+
+    def __init__(self, members, fuse="logits", weights=None):
+        if isinstance(members, Ensemble):
+            members, fuse, weights = members.members, members.fuse, members.weights
+        self.members = model_specs(list(members), "surrogates (ensemble members)")
+        if any(isinstance(m, Ensemble) for m in self.members.values()):
+            raise ValueError("surrogates: ensembles do not nest; list the members instead")
+        self.fuse, self.weights = fuse, weights
+        self.name = "+".join(self.members)
+
+    def load(self, device):
+        return ensemble([load_spec(n, s, device) for n, s in self.members.items()], self.fuse,
+                        self.weights)
+
+    def digest(self):
+        weights = None if self.weights is None else [float(w) for w in self.weights]
+        return digest_json({"ensemble": [model_digest(s) for s in self.members.values()],
+                            "fuse": self.fuse, "weights": weights})
+
+    def input_size(self):
+        """The largest member's input size (every member resizes inside), None if unknown."""
+        sizes = [input_size(s) for s in self.members.values()]
+        return None if None in sizes else max(sizes)
+
+
+def ensemble_specs(specs, fuse="logits", weights=None):
+    """Surrogates as a study takes them, where "a+b" (a text joining member specs with "+") or
+    an Ensemble is an `EnsembleSpec` (with this fuse and weights for the texts): the other
+    entries are left as they are. A list or dict keeps its form."""
+    def one(spec):
+        if isinstance(spec, Ensemble):
+            return EnsembleSpec(spec)
+        if isinstance(spec, str) and "+" in spec:
+            parts = spec.split("+")
+            if any(not p for p in parts):
+                raise ValueError(f"surrogates: {spec!r} has an empty member (expected a+b)")
+            return EnsembleSpec(parts, fuse, weights)
+        return spec
+
+    if isinstance(specs, dict):
+        return {name: one(spec) for name, spec in specs.items()}
+    if isinstance(specs, (str, Model)):
+        specs = [specs]
+    return [one(spec) for spec in specs]

@@ -157,3 +157,41 @@ def test_bad_ensembles_name_the_argument(members):
         _core.ensemble_run(((models[0]._core,), np.array([0.5], np.float32), 0),
                            np.zeros((1, 4, 4, 3), np.float32), None, False, 10)
     assert math.isclose(sum(fa.ensemble(models).weights), 1.0)
+
+
+def test_study_and_cli_take_an_ensemble_surrogate(tmp_path, members):
+    from fairattack.cli.main import main
+    from fairattack.data import synset_of
+    from PIL import Image
+
+    nets, models = members
+    paths = []
+    for i, net in enumerate(nets):
+        paths.append(tmp_path / f"m{i}.pt")
+        torch.jit.save(torch.jit.script(net), str(paths[-1]))
+    ens = fa.ensemble(models, fuse="probs")
+    x, y = batch(ens, n=3, size=16)
+    common = dict(optimizers=["PGD"], settings=["fixed"], progress=False,
+                  overrides={"max_iter": 2})
+    df = fa.run_study([f"{paths[0]}+{paths[1]}"], {"v": paths[0]}, (x, y),
+                      out_dir=tmp_path / "s", fuse="probs", **common)
+    assert df["surrogate"].tolist() == ["m0+m1"]
+    assert df["grad_evals"].iloc[0] == 4  # 2 steps x 2 members
+    res = fa.attack(ens, x, y, "PGD", "fixed", max_iter=2)
+    assert df["loss"].iloc[0] == pytest.approx(float(res.loss.mean()), rel=1e-5)
+    with pytest.warns(fa.study.RecomputeWarning):  # another fuse is another cell
+        again = fa.run_study([f"{paths[0]}+{paths[1]}"], {"v": paths[0]}, (x, y),
+                             out_dir=tmp_path / "s", fuse="logits", **common)
+    assert again["loss"].iloc[0] != df["loss"].iloc[0]
+    with pytest.raises(ValueError, match="fuse='max'"):
+        fa.run_study([f"{paths[0]}+{paths[1]}"], {"v": paths[0]}, (x, y),
+                     out_dir=tmp_path / "t", fuse="max", **common)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(len(x)):
+        Image.fromarray(x[i]).save(folder / f"{synset_of(int(y[i]))}_img{i}.png")
+    code = main(["run", "--surrogates", f"{paths[0]}+{paths[1]}", "--victims", str(paths[0]),
+                 "--data", str(folder), "--out", str(tmp_path / "cli"), "--optimizers", "PGD",
+                 "--settings", "fixed", "--max-iter", "2", "--image-size", "16", "--quiet"])
+    assert code == 0
+    assert fa.study.load_results(tmp_path / "cli")["surrogate"].tolist() == ["m0+m1"]

@@ -55,7 +55,10 @@ def add_parser(sub):
     r = sub.add_parser("run", help="a study on your data, models and settings (torchrun: "
                        "shared by K processes)")
     r.add_argument("--surrogates", nargs="+", required=True, metavar="MODEL",
-                   help="registry names (fairattack models, any case) or TorchScript files")
+                   help="registry names (fairattack models, any case) or TorchScript files; "
+                   "A+B is an ensemble of A and B (fused by --fuse)")
+    r.add_argument("--fuse", choices=("logits", "probs", "loss"), default="logits",
+                   help="how an ensemble surrogate (A+B) fuses its members (default logits)")
     r.add_argument("--victims", nargs="+", required=True, metavar="MODEL")
     r.add_argument("--data", required=True, help="an image folder (ImageNet val, synset "
                    "folders, or SYNSET_name files)")
@@ -101,7 +104,8 @@ def cmd_run(args):
         raise UsageError("--attack: two attacks have the same name")
     if not Path(args.data).exists():
         raise UsageError(f"--data {args.data!r} does not exist")
-    for spec in args.surrogates + args.victims:
+    members = [m for spec in args.surrogates for m in spec.split("+")]
+    for spec in members + args.victims:
         if spec.endswith((".pt", ".pth", ".ts")) and not Path(spec).is_file():
             raise UsageError(f"model file {spec!r} does not exist")
     started = time.time()
@@ -111,7 +115,8 @@ def cmd_run(args):
                    overrides=_overrides(args) or None, resume=not args.no_resume,
                    progress=not args.quiet, labels=args.labels, device=args.device,
                    rounding=args.rounding, image_size=args.image_size,
-                   chunk_size=args.chunk_size, target=args.target, loss=args.loss)
+                   chunk_size=args.chunk_size, target=args.target, loss=args.loss,
+                   fuse=args.fuse)
     if rank() == 0:  # under torchrun, rank 0 speaks for every rank
         print()
         report(df, args.out, started)

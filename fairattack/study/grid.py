@@ -25,6 +25,7 @@ import pandas as pd
 from .._model import device_kind, input_size, load_spec, model_digest, model_specs
 from .._validate import int_at_least
 from ..attack import TARGET_CHOICES, attack, loss_objective
+from ..ensemble import FUSES, EnsembleSpec, ensemble_specs
 from ..outcome import attacked_mask
 from ..settings import PAPER_OPTIMIZERS
 from ..spec import canonical_setting, resolve, split_overrides, study_attacks
@@ -76,11 +77,15 @@ def run_study(surrogates, victims, data, optimizers=None, settings=("const_loss"
               out_dir="fairattack-study", n_images=None, seed=0, batch_size=16, overrides=None,
               resume=True, progress=True, *, attacks=None, labels=None,
               device="cpu", rounding="round", image_size=None, chunk_size=CHUNK_SIZE,
-              target=None, loss=None):
+              target=None, loss=None, fuse="logits"):
     """Run every (surrogate, setting, attack) cell and return the table (pandas DataFrame).
 
     surrogates, victims: registry names (`fairattack.models.available_models()`, any case),
-        TorchScript paths, fairattack Models, or a dict name -> any of those.
+        TorchScript paths, fairattack Models, or a dict name -> any of those. A surrogate may be
+        an ensemble (`fairattack.ensemble`), or a text joining members with "+"
+        ("efficientnet-lite0+mobilenet-v2", fused by `fuse`, equal weights); its cell is keyed
+        by its members' contents, fuse and weights, and its images are selected at its largest
+        member's input size.
     data: a folder in a layout `fairattack.data.open_dataset` reads (or a Dataset; `labels` names a
         val label file), selected per surrogate at its input size by the paper's protocol
         (`fairattack.data.select`: seeded shuffle, first n_images it classifies correctly;
@@ -136,7 +141,9 @@ def run_study(surrogates, victims, data, optimizers=None, settings=("const_loss"
     loss_objective(loss, target is not None)  # ValueError naming an unknown loss
     attack_specs = study_attacks(optimizers, attacks)
     _check_arguments(data, n_images, seed, batch_size, chunk_size, rounding, image_size, device)
-    surrogate_specs = model_specs(surrogates, "surrogates")
+    if not isinstance(fuse, str) or fuse not in FUSES:
+        raise ValueError(f"fuse={fuse!r}; expected one of {FUSES}")
+    surrogate_specs = _surrogate_specs(surrogates, fuse)
     victim_specs = model_specs(victims, "victims")
     flat, nested = split_overrides(overrides, [a.name for a in attack_specs])
     for what, names in (("surrogates", surrogate_specs), ("victims", victim_specs),
@@ -164,12 +171,15 @@ def run_study(surrogates, victims, data, optimizers=None, settings=("const_loss"
     try:
         source = ImageSource(data, labels, n_images, seed, batch_size, folder, progress)
         folder.root.mkdir(parents=True, exist_ok=True)
-        sizes = {s: input_size(spec) or image_size for s, spec in surrogate_specs.items()}
+        sizes = {s: (spec.input_size() if isinstance(spec, EnsembleSpec) else input_size(spec))
+                 or image_size for s, spec in surrogate_specs.items()}
         models = {}
 
         def surrogate_model(name):
             if name not in models:
-                models[name] = load_spec(name, surrogate_specs[name], device)
+                spec = surrogate_specs[name]
+                models[name] = spec.load(device) if isinstance(spec, EnsembleSpec) \
+                    else load_spec(name, spec, device)
             return models[name]
 
         victim_models = {}
@@ -179,7 +189,8 @@ def run_study(surrogates, victims, data, optimizers=None, settings=("const_loss"
                 victim_models[name] = load_spec(name, victim_specs[name], device)
             return victim_models[name]
 
-        digests = {s: model_digest(spec) for s, spec in surrogate_specs.items()}
+        digests = {s: spec.digest() if isinstance(spec, EnsembleSpec) else model_digest(spec)
+                   for s, spec in surrogate_specs.items()}
         victim_digests = {v: model_digest(spec) for v, spec in victim_specs.items()}
 
         # plan: rank 0 selects and resets stale cells, then every rank derives the same keys
@@ -233,6 +244,25 @@ def run_study(surrogates, victims, data, optimizers=None, settings=("const_loss"
         return frame_of(rows, list(victim_specs))
     finally:
         ranks.close()
+
+
+def _surrogate_specs(surrogates, fuse):
+    """{name: spec} of the surrogates (model_specs), where ensembles are EnsembleSpecs named by
+    their members ("a+b") unless a dict names them."""
+    given = ensemble_specs(surrogates, fuse)
+    items = list(given.items()) if isinstance(given, dict) else \
+        [(spec.name if isinstance(spec, EnsembleSpec) else None, spec) for spec in given]
+    out = {}
+    for name, spec in items:
+        found = {name: spec} if isinstance(spec, EnsembleSpec) else \
+            model_specs({name: spec} if name is not None else [spec], "surrogates")
+        for key, value in found.items():
+            if key in out:
+                raise ValueError(f"surrogates: the name {key!r} appears twice")
+            out[key] = value
+    if not out:
+        raise ValueError("surrogates: expected at least one model")
+    return out
 
 
 def _cell_parts(cell, selection, surrogate_digest, rounding, chunk_size):
