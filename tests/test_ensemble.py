@@ -195,3 +195,30 @@ def test_study_and_cli_take_an_ensemble_surrogate(tmp_path, members):
                  "--settings", "fixed", "--max-iter", "2", "--image-size", "16", "--quiet"])
     assert code == 0
     assert fa.study.load_results(tmp_path / "cli")["surrogate"].tolist() == ["m0+m1"]
+
+
+def test_cli_compare_takes_an_ensemble_surrogate(tmp_path, members):
+    import json
+
+    from fairattack.cli.main import main
+    from fairattack.data import synset_of
+    from PIL import Image
+
+    nets, models = members
+    paths = []
+    for i, net in enumerate(nets):
+        paths.append(tmp_path / f"m{i}.pt")
+        torch.jit.save(torch.jit.script(net), str(paths[-1]))
+    ens = fa.ensemble(models, fuse="loss")
+    x, y = batch(ens, n=3, size=16)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(len(x)):
+        Image.fromarray(x[i]).save(folder / f"{synset_of(int(y[i]))}_img{i}.png")
+    code = main(["compare", "--surrogate", f"{paths[0]}+{paths[1]}", "--fuse", "loss",
+                 "--attacks", "PGD", "--victims", str(paths[0]), "--data", str(folder),
+                 "--n-images", "3", "--image-size", "16", "--rmse", "2", "--n-boot", "0",
+                 "--out", str(tmp_path / "cmp"), "--quiet"])
+    assert code == 0
+    rows = json.loads((tmp_path / "cmp" / "compare.json").read_text())["rows"]
+    assert rows and all(r["grad_evals_mean"] == 20 for r in rows)  # 10 PGD steps x 2 members

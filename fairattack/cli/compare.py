@@ -30,8 +30,11 @@ def add_parser(sub):
                         "options as NAME=OPTIMIZER[:SETTING][,key=value...] "
                         "(DI=PGD,di_prob=0.5), or ta:NAME (torchattacks); run on --surrogate")
     c.add_argument("--surrogate", metavar="MODEL",
-                   help="registry name or TorchScript file; picks the images that count (those "
-                        "it classifies correctly) and runs --attacks")
+                   help="registry name or TorchScript file (A+B: an ensemble, fused by --fuse); "
+                        "picks the images that count (those it classifies correctly) and runs "
+                        "--attacks")
+    c.add_argument("--fuse", choices=("logits", "probs", "loss"), default="logits",
+                   help="how an ensemble --surrogate A+B fuses its members (default logits)")
     c.add_argument("--data", help="an image folder to select --n-images from (with --attacks)")
     c.add_argument("--n-images", type=int, default=100, help="images to select from --data")
     c.add_argument("--labels", help="label file (lines 'FILE INDEX'); default: SYNSET_name "
@@ -142,13 +145,19 @@ def cmd_compare(args):
         raise ValueError("--data: name the attacks to run with --attacks NAME ...")
     if args.attacks and not args.surrogate:
         raise ValueError("--attacks run on a surrogate: pass --surrogate MODEL")
-    for spec in [args.surrogate] + args.victims:
+    members = args.surrogate.split("+") if args.surrogate else []
+    for spec in members + args.victims:
         if spec and spec.endswith((".pt", ".pth", ".ts")) and not Path(spec).is_file():
             raise ValueError(f"model file {spec!r} does not exist")
-    surrogate = None
-    if args.surrogate:
+    surrogate, size = None, None
+    if len(members) > 1:
+        from ..ensemble import EnsembleSpec
+
+        spec = EnsembleSpec(members, args.fuse)
+        surrogate, size = spec.load(args.device), spec.input_size()
+    elif args.surrogate:
         (name, spec), = model_specs([args.surrogate], "--surrogate").items()
-        surrogate = load_spec(name, spec, args.device)
+        surrogate, size = load_spec(name, spec, args.device), input_size(args.surrogate)
     victims = {name: load_spec(name, spec, args.device)
                for name, spec in model_specs(args.victims, "--victims").items()}
 
@@ -158,7 +167,7 @@ def cmd_compare(args):
     else:
         if not Path(args.data).is_dir():
             raise ValueError(f"--data {args.data!r} is not a folder")
-        size = args.image_size or input_size(args.surrogate)
+        size = args.image_size or size
         if size is None:
             raise ValueError(f"--surrogate {args.surrogate!r}: unknown input size; pass "
                              "--image-size")
