@@ -38,6 +38,7 @@ def __getattr__(name):
 
 __all__ = ["AttackResult", "Model", "OPTIMIZERS", "PAPER_OPTIMIZERS", "SETTINGS",
            "SIGN_OPTIMIZERS", "attack", "compare", "comparison_table", "cuda_available",
-           "ensemble", "evaluate", "get_model", "load_model", "make_config", "match_rmse", "measure", "paired_test",
+           "ensemble", "evaluate", "get_model", "load_model", "make_config", "match_rmse",
+           "measure", "paired_test",
            "run_study",
            "to_uint8", "__version__"]

@@ -280,7 +280,8 @@ def compare(surrogate, images, labels, attacks, victims, rmse=(2, 4, 6, 8, 10, 1
     rmse_mean and linf_mean (of the evaluated uint8 images: the native row carries the
     attack's own RMSE and ℓ∞), grad_evals_mean and forward_evals_mean (what the attack spent
     per image on the surrogate, `AttackResult.grad_evals`: a rescaled row spends what its
-    native run did, a budget row its own run; NaN for attacks fairattack did not run). df.per_image holds every image's outcome (columns
+    native run did, a budget row its own run; NaN for attacks fairattack did not run).
+    df.per_image holds every image's outcome (columns
     attack, rmse, how, image (index into `images`), victim, fooled, reached, rmse_image,
     linf_image) for `paired_test`.
     """

@@ -120,7 +120,8 @@ def run_study(surrogates, victims, data, optimizers=None, settings=("const_loss"
     One row per cell: surrogate, attack, optimizer, setting; counts n_images (attacked),
     n_skipped, n_failed, n_stop_loss, n_stop_rmse, n_max_iter, n_target_not_reached (max_iter
     under a stop_rmse target); the means over attacked images of rmse, linf, l2, l1, l0, psnr,
-    ssim, loss (CE nats), iterations, grad_evals and forward_evals; surrogate_fooling_rate; err_<victim> per victim; asr
+    ssim, loss (CE nats), iterations, grad_evals and forward_evals;
+    surrogate_fooling_rate; err_<victim> per victim; asr
     (their mean) with its bootstrap 95% interval asr_ci_low / asr_ci_high; seconds (crafting).
     """
     pin_local_gpu(device)
