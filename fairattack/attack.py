@@ -34,7 +34,9 @@ class AttackResult:
     Metrics are measured on the uint8 images (what victims see) against the clean input:
     rmse = sqrt(mean(δ²)) in pixels, linf = max|δ|, l2 = ‖δ‖₂, l1 = mean|δ|, l0 = share of values
     changed by more than 0.5, psnr in dB, ssim. loss / clean_loss are the surrogate's
-    cross-entropy in nats at the returned (float) iterate and at the clean image.
+    cross-entropy in nats at the returned (float) iterate and at the clean image (of a targeted
+    attack: the cross-entropy to the target; `targets` then holds each image's target class,
+    None for an untargeted attack; loss_name is the loss its gradient ascended).
     What the attack spent on each image (SPEC 12, docs/protocol.md#what-an-attack-spends):
     grad_evals = gradient passes through the surrogate (one per transformed copy: SI's
     si_copies; the step-size calibration reuses the first gradient and adds none; a callable
