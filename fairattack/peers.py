@@ -13,7 +13,8 @@ import os
 import numpy as np
 
 #: How to install the optional peer libraries.
-PEERS_HINT = "pip install torchattacks==3.5.1 (from a clone: pip install --no-build-isolation ".[peers]")"
+PEERS_HINT = ('pip install torchattacks==3.5.1 (from a clone of fairattack: '
+              'pip install --no-build-isolation ".[peers]")')
 #: Prefixes of a peer attack given by name ("ta:PGD", "torchattacks.PGD").
 NAME_PREFIXES = ("ta:", "torchattacks.")
 
