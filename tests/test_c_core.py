@@ -74,4 +74,7 @@ def test_cuda_kernels_compile(tmp_path):
     if nvcc() is None:
         pytest.skip("nvcc not found")
     make(tmp_path, "cuda-check", NVCC=nvcc())
-    assert (tmp_path / "backend_cuda.o").stat().st_size > 0
+    sources = sorted((TESTS.parent / "cuda").glob("*.cu"))
+    assert {"backend_cuda", "kernels", "memory"} <= {s.stem for s in sources}
+    for source in sources:
+        assert (tmp_path / f"{source.stem}.o").stat().st_size > 0, source.name

@@ -794,6 +794,10 @@ PyMODINIT_FUNC PyInit__core(void) {
     PyObject *m = PyModule_Create(&module_def);
     if (!m)
         return NULL;
+#ifdef FA_WITH_CUDA
+    /* the CUDA backend's buffers from torch's caching allocator */
+    (void)fa_cuda_set_allocator(fa_torch_cuda_alloc, fa_torch_cuda_free);
+#endif
     Py_INCREF(&ModelType);
     if (PyModule_AddObject(m, "Model", (PyObject *)&ModelType) < 0 ||
         PyModule_AddObject(m, "OPTIMIZERS", names_tuple(fa_optimizer_name, FA_OPT_COUNT)) < 0 ||
