@@ -301,6 +301,57 @@ def test_cuda_runs_on_the_callers_stream_and_any_current_device(depthwise):
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_attack_leaves_the_callers_device_current(depthwise):
+    """The core's device guard: after an attack on the last GPU, the caller's current device is
+    the one it had (the kernels made the model's GPU current only for their own calls)."""
+    net, cpu = depthwise
+    last = torch.cuda.device_count() - 1
+    gpu = fa.load_model(net, device=f"cuda:{last}")
+    x = images(3, size=16)
+    torch.cuda.set_device(0)
+    fa.attack(gpu, x, cpu.predict(x), "Adam", "const_loss", max_iter=3, max_rmse=2.0)
+    assert torch.cuda.current_device() == 0
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_attack_memory_comes_from_torchs_allocator(depthwise):
+    """The attack's buffers (x0, x, g, d, m, v, best: n * dim floats each) go through torch's
+    caching allocator: torch's peak statistics see them, and they are returned after."""
+    net, cpu = depthwise
+    gpu = fa.load_model(net, device="cuda:0")
+    x = images(16, size=64)
+    labels = cpu.predict(x)
+    fa.attack(gpu, x, labels, "Adam", "fixed", max_iter=1)  # warm: model, scratch
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated(0)
+    torch.cuda.reset_peak_memory_stats(0)
+    fa.attack(gpu, x, labels, "Adam", "const_loss", max_iter=3)
+    torch.cuda.synchronize()
+    assert torch.cuda.max_memory_allocated(0) - before >= 7 * x.size * 4
+    assert torch.cuda.memory_allocated(0) <= before + 2**20
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_per_image_sums_on_a_side_stream_are_complete(depthwise):
+    """MI-FGSM's mean |g|, the NaN check and stop_rmse read per-image sums back every step: on a
+    non-blocking side stream they must be those of the default stream's run."""
+    net, cpu = depthwise
+    gpu = fa.load_model(net, device="cuda:0")
+    x = images(8, size=32, seed=2)
+    labels = cpu.predict(x)
+    kw = dict(optimizer="MI-FGSM", setting="fixed", max_iter=6, stop_rmse=3.0)
+    want = fa.attack(gpu, x, labels, **kw)
+    with torch.cuda.stream(torch.cuda.Stream(device=0)):
+        for _ in range(3):
+            got = fa.attack(gpu, x, labels, **kw)
+            np.testing.assert_array_equal(got.images, want.images)
+            np.testing.assert_array_equal(got.iterations, want.iterations)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_kernels_have_an_image_for_this_gpu():
     if not _core.cuda_available():
         pytest.skip("fairattack was built without CUDA kernels")
