@@ -10,6 +10,7 @@
 
 #include <c10/core/DeviceGuard.h>
 #include <c10/core/impl/DeviceGuardImplInterface.h>
+#include <ATen/Context.h>
 #include <c10/core/Allocator.h>
 #include <torch/csrc/autograd/autograd.h>
 #include <torch/csrc/jit/runtime/graph_executor.h>
@@ -572,6 +573,9 @@ fa_status fa_torch_cuda_alloc(void **p, size_t bytes, int device_index, void *cu
         *p = nullptr;
         if (device_index < 0)
             return fa_set_error(FA_ERR_ARGUMENT, "device_index=%d must be >= 0", device_index);
+        /* torch's CUDA state (its caching allocator among it) exists after its lazy init only:
+         * a process that has not made a CUDA tensor yet (the conformance suite) has none */
+        at::globalContext().lazyInitDevice(c10::DeviceType::CUDA);
         const torch::Device device(torch::kCUDA, static_cast<c10::DeviceIndex>(device_index));
         const c10::DeviceGuard on_device(device);
         /* torch's caching allocator orders a block on the current stream of its device: serve
