@@ -56,13 +56,15 @@ typedef struct fa_backend {
 
     /* out = P(x + scale * alpha[i] * d); out may alias x. P is fa_project (SPEC 1) and, with
      * max_rmse > 0, the joint projection of SPEC 8 onto {l-inf <= eps} n {RMSE <= max_rmse} n
-     * box (fa_solve_scale). eps = INFINITY: no projection at all (NI-FGSM's look-ahead). */
+     * box (fa_solve_scale). eps = INFINITY: no projection at all, whatever max_rmse
+     * (NI-FGSM's look-ahead; fa_step_value). */
     fa_status (*step)(int64_t n, int64_t dim, const float *x, const float *x0, const float *d,
                       const float *alpha, float scale, float eps, float max_rmse, float *out);
 
     /* out_host[i] = RMSE(P(x + alpha[i] * d) - ref) without writing anything (calibration and
-     * the shortened last step of stop_rmse); P as in step, around x0. alpha[i] NaN: the row is
-     * not asked about (out_host[i] NaN; a backend may skip its work). */
+     * the shortened last step of stop_rmse); P as in step, around x0 (eps = INFINITY: none).
+     * alpha[i] NaN: the row is not asked about (out_host[i] NaN; a backend may skip its
+     * work). */
     fa_status (*step_rmse)(int64_t n, int64_t dim, const float *x, const float *x0,
                            const float *ref, const float *d, const float *alpha, float eps,
                            float max_rmse, float *out_host);
