@@ -474,3 +474,18 @@ def test_cuda_transforms_through_the_shim_match_the_cpu(transform):
     a, b = fa.attack(cpu, x, y, **kw), fa.attack(gpu, x, y, **kw)
     assert list(a.status) == list(b.status)
     assert np.mean(np.abs(a.images.astype(int) - b.images) > 1) < 0.05
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAVE_CUDA, reason="needs the CUDA kernels and a GPU")
+def test_cuda_many_rows_beyond_one_grid():
+    """More rows than one grid's y dimension (65535) and than one reduction launch's blocks:
+    the grid-stride loops over rows."""
+    n, dim = 70001, 3
+    x, x0, d, alpha = step_case(dim=dim, seed=13, n=n)
+    cpu, gpu = both("step", x, x0, d, alpha, 1.0, 8.0, 0.0, False)
+    assert np.array_equal(cpu, gpu)
+    cpu, gpu = both("direction", config("Adam"), 2, x, x0, d, None, None, d * 0, d * 0)
+    assert all(np.array_equal(a, b) for a, b in zip(cpu, gpu))
+    cpu, gpu = both("rmse", x, x0)
+    assert ulps(cpu, gpu).max() <= SUM_ULPS
