@@ -194,6 +194,18 @@ int fa_cuda_available(void);
  * and nothing else without CUDA. */
 fa_status fa_cuda_set_context(int device_index, void *cuda_stream);
 
+/* Device memory of the CUDA backend through the caller's allocator (the module passes torch's
+ * caching allocator through the LibTorch shim, so the attack's buffers reuse the memory torch's
+ * cache holds and count in torch's memory statistics). alloc sets *p to `bytes` of memory on
+ * GPU device_index whose use is ordered on cuda_stream, or leaves *p NULL with FA_OK when it
+ * cannot serve that stream (the core then allocates with cudaMallocAsync itself); release frees
+ * what alloc returned. Both NULL: the core's own allocation (the default). Process-wide; set it
+ * before any attack runs. FA_OK and nothing else without CUDA. */
+typedef fa_status (*fa_cuda_alloc_fn)(void **p, size_t bytes, int device_index,
+                                      void *cuda_stream);
+typedef void (*fa_cuda_free_fn)(void *p);
+fa_status fa_cuda_set_allocator(fa_cuda_alloc_fn alloc, fa_cuda_free_fn release);
+
 /* ---------------------------------------------------------------- the attack */
 
 /* Caller-owned output arrays, one entry per image (adv: n*dim floats, host). */

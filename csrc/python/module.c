@@ -8,10 +8,12 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stddef.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <numpy/arrayobject.h>
 
+#include "fa_backend.h" /* backend_op: the backend table, for the conformance suite */
 #include "fa_torch.h"
 #include "fairattack.h"
 #ifdef FA_WITH_CUDA
@@ -343,12 +345,18 @@ static int stop_requested(void *ctx) {
 }
 
 /* A Python callable as the oracle: fn(x [n,H,W,C] float32, labels int64 [n], want_grad) ->
- * (loss [n], pred [n], grad [n,H,W,C] or None). Host memory only. Lets tests drive the core
+ * (loss [n], pred [n], grad [n,H,W,C] or None) on host arrays (on device=cuda x and grad are
+ * staged through the host). Lets tests drive the core
  * with a NumPy model and users plug in any framework. */
 typedef struct {
     PyObject *fn;
     npy_intp h, w, c;
     PyObject *error; /* the exception raised by fn, kept to re-raise it unchanged */
+    /* device='cuda' (the conformance suite's attack loop on the CUDA backend): x and grad are
+     * device memory, staged through these host buffers (grown on demand) */
+    const fa_backend *be;
+    float *stage_x, *stage_g;
+    size_t stage_bytes;
 } py_oracle;
 
 /* Copy the oracle's output `what` into dst (skipped when dst is NULL: the core does not need
@@ -424,6 +432,22 @@ static fa_status py_oracle_grad(void *ctx, int64_t n, const int64_t *index, cons
     (void)index;
     py_oracle *o = ctx;
     fa_status status = FA_OK;
+    float *device_grad = NULL;
+    const size_t bytes = (size_t)(n * o->h * o->w * o->c) * sizeof(float);
+    if (o->be != NULL) { /* device memory: through the host */
+        if (bytes > o->stage_bytes) {
+            free(o->stage_x), free(o->stage_g);
+            o->stage_x = malloc(bytes), o->stage_g = malloc(bytes);
+            o->stage_bytes = o->stage_x && o->stage_g ? bytes : 0;
+            if (!o->stage_bytes)
+                return fa_set_error(FA_ERR_MEMORY, "the oracle's host staging: out of memory");
+        }
+        if ((status = o->be->copy(o->stage_x, x, bytes, FA_COPY_D2H)) != FA_OK)
+            return status;
+        x = o->stage_x;
+        device_grad = grad;
+        grad = want_grad ? o->stage_g : NULL;
+    }
     PyGILState_STATE g = PyGILState_Ensure();
     npy_intp shape[4] = {(npy_intp)n, o->h, o->w, o->c};
     npy_intp ln = (npy_intp)n;
@@ -432,7 +456,7 @@ static fa_status py_oracle_grad(void *ctx, int64_t n, const int64_t *index, cons
     PyObject *out = NULL;
     if (!xa || !la)
         goto error;
-    memcpy(PyArray_DATA((PyArrayObject *)xa), x, (size_t)(n * o->h * o->w * o->c) * sizeof(float));
+    memcpy(PyArray_DATA((PyArrayObject *)xa), x, bytes);
     memcpy(PyArray_DATA((PyArrayObject *)la), labels, (size_t)n * sizeof(int64_t));
     out = PyObject_CallFunction(o->fn, "OOO", xa, la, want_grad ? Py_True : Py_False);
     if (!out)
@@ -446,6 +470,9 @@ static fa_status py_oracle_grad(void *ctx, int64_t n, const int64_t *index, cons
         goto error;
     if (want_grad && copy_out(PyTuple_GET_ITEM(out, 2), NPY_FLOAT32, 4, shape, grad, "grad") < 0)
         goto error;
+    if (want_grad && device_grad != NULL &&
+        (status = o->be->copy(device_grad, grad, bytes, FA_COPY_H2D)) != FA_OK)
+        goto done;
     goto done;
 error:
     status = fa_set_error(FA_ERR_MODEL, "the oracle raised an exception");
@@ -495,7 +522,7 @@ static PyObject *py_attack(PyObject *self, PyObject *args) {
     PyArrayObject *adv = NULL, *loss = NULL, *closs = NULL, *cpred = NULL, *iters = NULL,
                   *alpha = NULL, *status = NULL;
     PyObject *result = NULL;
-    py_oracle po = {NULL, 0, 0, 0, NULL};
+    py_oracle po = {NULL, 0, 0, 0, NULL, NULL, NULL, NULL, 0};
     fa_model_oracle mo;
     memset(&mo, 0, sizeof mo);
     fa_config cfg;
@@ -526,9 +553,12 @@ static PyObject *py_attack(PyObject *self, PyObject *args) {
         oracle.grad = fa_model_oracle_grad;
         oracle.ctx = &mo;
     } else if (PyCallable_Check(model_obj)) {
-        if (device != FA_DEVICE_CPU) {
-            PyErr_SetString(PyExc_ValueError, "a Python callable model runs on device='cpu' only");
-            goto done;
+        if (device == FA_DEVICE_CUDA) { /* the loop on the GPU, the callable on the host */
+            po.be = fa_backend_cuda();
+            if (po.be == NULL || !fa_cuda_available()) {
+                PyErr_SetString(PyExc_ValueError, "device='cuda': no CUDA backend or device");
+                goto done;
+            }
         }
         po.fn = model_obj;
         po.h = shape[1], po.w = shape[2], po.c = shape[3];
@@ -572,6 +602,7 @@ static PyObject *py_attack(PyObject *self, PyObject *args) {
                            "clean_loss", closs, "clean_pred", cpred, "iterations", iters, "alpha",
                            alpha, "status", status);
 done:
+    free(po.stage_x), free(po.stage_g);
     Py_XDECREF(po.error);
     Py_XDECREF(x);
     Py_XDECREF(labels);
@@ -746,6 +777,287 @@ static PyObject *py_cuda_check_device(PyObject *self, PyObject *arg) {
 }
 #endif
 
+/* ------------------------------------------------------------------ the backend table (tests) */
+
+/*
+ * backend_op(device, op, args) -> the result of one entry of the backend table
+ * (core/fa_backend.h) on DEVICE_CPU or DEVICE_CUDA, with host NumPy arrays in and out: the
+ * conformance suite (tests/test_conformance.py) drives both backends with identical inputs.
+ * Rows are float32 [n, dim] arrays (copied to the backend's memory and back); per-image
+ * arrays are 1-D host arrays, as the table takes them. On CUDA the work runs on the current
+ * device's legacy default stream. Not part of the Python API.
+ *   "direction" (config, k, x, x0, g, gnorm|None, pcoef|None, m|None, v|None) -> (d, m, v)
+ *   "step"      (x, x0, d, alpha, scale, eps, max_rmse, in_place)           -> out
+ *   "step_rmse" (x, x0, ref, d, alpha, eps, max_rmse)                       -> [n]
+ *   "rmse"      (x, x0|None)  -> [n]          "abs_sum" (g,) -> [n]
+ *   "random_start" (x0, eps, seed, index int64)                             -> out
+ *   "compact"   (buf, src int64)        -> the first len(src) rows of buf afterwards
+ *   "copy_rows" (dst, src, rows int64)  -> dst afterwards
+ *   "fetch_rows" (buf, rows int64)      -> [len(rows), dim]
+ *   "calibrate" (x, x0, d, eps, max_rmse, r1)          -> alpha [n] (fa_calibrate)
+ *   "shorten"   (x, x0, d, eps, max_rmse, target, alpha) -> alpha [n] (fa_shorten)
+ */
+typedef struct {
+    const fa_backend *be;
+    void *dev[12];
+    PyArrayObject *host[12];
+    int ndev, nhost;
+    int64_t n, dim; /* of the first rows array; -1 before it */
+} op_ctx;
+
+static void op_free(op_ctx *c) {
+    for (int i = 0; i < c->ndev; i++)
+        c->be->free(c->dev[i]);
+    for (int i = 0; i < c->nhost; i++)
+        Py_DECREF(c->host[i]);
+}
+
+static int op_status(fa_status s) {
+    if (s != FA_OK) {
+        raise_status(s);
+        return -1;
+    }
+    return 0;
+}
+
+/* A host 1-D array of `type` with `count` entries (count < 0: any), kept until op_free. */
+static int op_host(op_ctx *c, PyObject *obj, int type, npy_intp count, const char *name,
+                   void **out) {
+    *out = NULL;
+    if (obj == Py_None)
+        return 0;
+    PyArrayObject *a = (PyArrayObject *)PyArray_FROMANY(obj, type, 1, 1, NPY_ARRAY_IN_ARRAY |
+                                                                             NPY_ARRAY_FORCECAST);
+    if (!a)
+        return -1;
+    c->host[c->nhost++] = a;
+    if (count >= 0 && PyArray_DIM(a, 0) != count) {
+        PyErr_Format(PyExc_ValueError, "%s has %zd entries, expected %zd", name,
+                     (Py_ssize_t)PyArray_DIM(a, 0), (Py_ssize_t)count);
+        return -1;
+    }
+    *out = PyArray_DATA(a);
+    return 0;
+}
+
+/* Rows [n, dim] (float32) copied into backend memory; the first one fixes n and dim. */
+static int op_rows(op_ctx *c, PyObject *obj, const char *name, float **out) {
+    *out = NULL;
+    if (obj == Py_None)
+        return 0;
+    PyArrayObject *a = (PyArrayObject *)PyArray_FROMANY(obj, NPY_FLOAT32, 2, 2,
+                                                        NPY_ARRAY_IN_ARRAY | NPY_ARRAY_FORCECAST);
+    if (!a)
+        return -1;
+    const int64_t n = PyArray_DIM(a, 0), dim = PyArray_DIM(a, 1);
+    if (c->n >= 0 && dim != c->dim) {
+        PyErr_Format(PyExc_ValueError, "%s has rows of %lld values, expected %lld", name,
+                     (long long)dim, (long long)c->dim);
+        Py_DECREF(a);
+        return -1;
+    }
+    if (c->n < 0)
+        c->n = n, c->dim = dim;
+    const size_t bytes = (size_t)(n * dim) * sizeof(float);
+    void *p = NULL;
+    fa_status s = c->be->alloc(&p, bytes);
+    if (s == FA_OK)
+        c->dev[c->ndev++] = p;
+    if (s == FA_OK)
+        s = c->be->copy(p, PyArray_DATA(a), bytes, FA_COPY_H2D);
+    Py_DECREF(a);
+    *out = p;
+    return op_status(s);
+}
+
+static PyObject *op_fetch(op_ctx *c, const float *dev, int64_t rows) {
+    npy_intp shape[2] = {(npy_intp)rows, (npy_intp)c->dim};
+    PyArrayObject *a = (PyArrayObject *)PyArray_SimpleNew(2, shape, NPY_FLOAT32);
+    if (!a)
+        return NULL;
+    const fa_status s = c->be->copy(PyArray_DATA(a), dev, (size_t)(rows * c->dim) * sizeof(float),
+                                    FA_COPY_D2H);
+    if (s != FA_OK) {
+        Py_DECREF(a);
+        return raise_status(s);
+    }
+    return (PyObject *)a;
+}
+
+static PyObject *op_per_image(int64_t n, PyArrayObject **out) {
+    npy_intp count = (npy_intp)n;
+    *out = (PyArrayObject *)PyArray_SimpleNew(1, &count, NPY_FLOAT32);
+    return (PyObject *)*out;
+}
+
+static PyObject *py_backend_op(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_ssize_t given = PyTuple_GET_SIZE(args);
+    if (given < 3) {
+        PyErr_SetString(PyExc_TypeError, "backend_op(device, op, args)");
+        return NULL;
+    }
+    int device = (int)PyLong_AsLong(PyTuple_GET_ITEM(args, 0));
+    const char *op = PyUnicode_AsUTF8(PyTuple_GET_ITEM(args, 1));
+    PyObject *a = PyTuple_GET_ITEM(args, 2);
+    if ((device == -1 && PyErr_Occurred()) || op == NULL)
+        return NULL;
+    if (!PyTuple_Check(a)) {
+        PyErr_SetString(PyExc_TypeError, "backend_op: args must be a tuple");
+        return NULL;
+    }
+    op_ctx c;
+    memset(&c, 0, sizeof c);
+    c.n = c.dim = -1;
+    c.be = device == FA_DEVICE_CUDA ? fa_backend_cuda() : fa_backend_cpu();
+    if (device != FA_DEVICE_CPU && device != FA_DEVICE_CUDA) {
+        PyErr_Format(PyExc_ValueError, "device=%d must be DEVICE_CPU or DEVICE_CUDA", device);
+        return NULL;
+    }
+    if (c.be == NULL || (device == FA_DEVICE_CUDA && !fa_cuda_available())) {
+        PyErr_SetString(PyExc_RuntimeError, "backend_op: no CUDA backend or no CUDA device");
+        return NULL;
+    }
+    if (device == FA_DEVICE_CUDA && op_status(fa_cuda_set_context(-1, NULL)) < 0)
+        return NULL;
+    PyObject *result = NULL, *o[9] = {NULL};
+    PyArrayObject *per = NULL;
+    float *r[6] = {NULL};
+    void *h[3] = {NULL};
+    float f[4] = {0};
+    unsigned long long seed = 0;
+    int k = 0, flag = 0;
+    if (strcmp(op, "direction") == 0) {
+        fa_config cfg;
+        if (!PyArg_ParseTuple(a, "OiOOOOOOO", &o[0], &k, &o[1], &o[2], &o[3], &o[4], &o[5],
+                              &o[6], &o[7]) ||
+            dict_to_config(o[0], &cfg) < 0 || op_rows(&c, o[1], "x", &r[0]) < 0 ||
+            op_rows(&c, o[2], "x0", &r[1]) < 0 || op_rows(&c, o[3], "g", &r[2]) < 0 ||
+            op_host(&c, o[4], NPY_FLOAT32, c.n, "gnorm", &h[0]) < 0 ||
+            op_host(&c, o[5], NPY_FLOAT32, c.n, "pcoef", &h[1]) < 0 ||
+            op_rows(&c, o[6], "m", &r[3]) < 0 || op_rows(&c, o[7], "v", &r[4]) < 0 ||
+            op_status(c.be->alloc((void **)&r[5], (size_t)(c.n * c.dim) * sizeof(float) + 1)) < 0)
+            goto done;
+        c.dev[c.ndev++] = r[5];
+        if (op_status(c.be->direction(&cfg, k, c.n, c.dim, r[0], r[1], r[2], h[0], h[1], r[3],
+                                      r[4], r[5])) < 0)
+            goto done;
+        PyObject *d = op_fetch(&c, r[5], c.n);
+        PyObject *m = r[3] ? op_fetch(&c, r[3], c.n) : (Py_INCREF(Py_None), Py_None);
+        PyObject *v = r[4] ? op_fetch(&c, r[4], c.n) : (Py_INCREF(Py_None), Py_None);
+        if (d && m && v)
+            result = PyTuple_Pack(3, d, m, v);
+        Py_XDECREF(d), Py_XDECREF(m), Py_XDECREF(v);
+    } else if (strcmp(op, "step") == 0) {
+        if (!PyArg_ParseTuple(a, "OOOOfffp", &o[0], &o[1], &o[2], &o[3], &f[0], &f[1], &f[2],
+                              &flag) ||
+            op_rows(&c, o[0], "x", &r[0]) < 0 || op_rows(&c, o[1], "x0", &r[1]) < 0 ||
+            op_rows(&c, o[2], "d", &r[2]) < 0 ||
+            op_host(&c, o[3], NPY_FLOAT32, c.n, "alpha", &h[0]) < 0)
+            goto done;
+        if (!flag) {
+            if (op_status(c.be->alloc((void **)&r[3], (size_t)(c.n * c.dim) * sizeof(float) + 1)) < 0)
+                goto done;
+            c.dev[c.ndev++] = r[3];
+        }
+        float *out = flag ? r[0] : r[3]; /* in_place: out aliases x */
+        if (op_status(c.be->step(c.n, c.dim, r[0], r[1], r[2], h[0], f[0], f[1], f[2], out)) == 0)
+            result = op_fetch(&c, out, c.n);
+    } else if (strcmp(op, "step_rmse") == 0) {
+        if (!PyArg_ParseTuple(a, "OOOOOff", &o[0], &o[1], &o[2], &o[3], &o[4], &f[0], &f[1]) ||
+            op_rows(&c, o[0], "x", &r[0]) < 0 || op_rows(&c, o[1], "x0", &r[1]) < 0 ||
+            op_rows(&c, o[2], "ref", &r[2]) < 0 || op_rows(&c, o[3], "d", &r[3]) < 0 ||
+            op_host(&c, o[4], NPY_FLOAT32, c.n, "alpha", &h[0]) < 0 || !op_per_image(c.n, &per))
+            goto done;
+        if (op_status(c.be->step_rmse(c.n, c.dim, r[0], r[1], r[2], r[3], h[0], f[0], f[1],
+                                      PyArray_DATA(per))) == 0)
+            result = (PyObject *)per, per = NULL;
+    } else if (strcmp(op, "rmse") == 0 || strcmp(op, "abs_sum") == 0) {
+        const int abs_sum = op[0] == 'a';
+        if (!PyArg_ParseTuple(a, abs_sum ? "O" : "OO", &o[0], &o[1]) ||
+            op_rows(&c, o[0], abs_sum ? "g" : "x", &r[0]) < 0 ||
+            (!abs_sum && op_rows(&c, o[1], "x0", &r[1]) < 0) || !op_per_image(c.n, &per))
+            goto done;
+        const fa_status s = abs_sum ? c.be->abs_sum(c.n, c.dim, r[0], PyArray_DATA(per))
+                                    : c.be->rmse(c.n, c.dim, r[0], r[1], PyArray_DATA(per));
+        if (op_status(s) == 0)
+            result = (PyObject *)per, per = NULL;
+    } else if (strcmp(op, "random_start") == 0) {
+        if (!PyArg_ParseTuple(a, "OfKO", &o[0], &f[0], &seed, &o[1]) ||
+            op_rows(&c, o[0], "x0", &r[0]) < 0 ||
+            op_host(&c, o[1], NPY_INT64, c.n, "index", &h[0]) < 0 ||
+            op_status(c.be->alloc((void **)&r[1], (size_t)(c.n * c.dim) * sizeof(float) + 1)) < 0)
+            goto done;
+        c.dev[c.ndev++] = r[1];
+        if (op_status(c.be->random_start(c.n, c.dim, r[0], f[0], (uint64_t)seed, h[0], r[1])) == 0)
+            result = op_fetch(&c, r[1], c.n);
+    } else if (strcmp(op, "compact") == 0) {
+        if (!PyArg_ParseTuple(a, "OO", &o[0], &o[1]) || op_rows(&c, o[0], "buf", &r[0]) < 0 ||
+            op_host(&c, o[1], NPY_INT64, -1, "src", &h[0]) < 0)
+            goto done;
+        const int64_t n_new = PyArray_DIM(c.host[c.nhost - 1], 0);
+        if (n_new > c.n) {
+            PyErr_SetString(PyExc_ValueError, "src has more entries than buf has rows");
+            goto done;
+        }
+        if (op_status(c.be->compact(r[0], c.dim, n_new, h[0])) == 0)
+            result = op_fetch(&c, r[0], n_new);
+    } else if (strcmp(op, "copy_rows") == 0 || strcmp(op, "fetch_rows") == 0) {
+        const int fetch = op[0] == 'f';
+        if (!PyArg_ParseTuple(a, fetch ? "OO" : "OOO", &o[0], &o[1], &o[2]) ||
+            op_rows(&c, o[0], fetch ? "buf" : "dst", &r[0]) < 0 ||
+            (!fetch && op_rows(&c, o[1], "src", &r[1]) < 0) ||
+            op_host(&c, fetch ? o[1] : o[2], NPY_INT64, -1, "rows", &h[0]) < 0)
+            goto done;
+        const int64_t count = PyArray_DIM(c.host[c.nhost - 1], 0);
+        for (int64_t q = 0; q < count; q++)
+            if (((int64_t *)h[0])[q] < 0 || ((int64_t *)h[0])[q] >= c.n) {
+                PyErr_Format(PyExc_ValueError, "rows[%lld] out of range", (long long)q);
+                goto done;
+            }
+        if (!fetch) {
+            if (op_status(c.be->copy_rows(r[0], r[1], c.dim, count, h[0])) == 0)
+                result = op_fetch(&c, r[0], c.n);
+            goto done;
+        }
+        npy_intp shape[2] = {(npy_intp)count, (npy_intp)c.dim};
+        PyArrayObject *out = (PyArrayObject *)PyArray_SimpleNew(2, shape, NPY_FLOAT32);
+        float **dst = out ? malloc((size_t)(count + 1) * sizeof(float *)) : NULL;
+        if (out && dst) {
+            for (int64_t q = 0; q < count; q++) /* in reverse: the destinations need no order */
+                dst[q] = (float *)PyArray_DATA(out) + (count - 1 - q) * c.dim;
+            if (op_status(c.be->fetch_rows(r[0], c.dim, count, h[0], dst)) == 0)
+                result = (PyObject *)out, out = NULL;
+        } else if (out) {
+            PyErr_NoMemory();
+        }
+        free(dst);
+        Py_XDECREF(out);
+    } else if (strcmp(op, "calibrate") == 0 || strcmp(op, "shorten") == 0) {
+        const int shorten = op[0] == 's';
+        if (!PyArg_ParseTuple(a, shorten ? "OOOfffO" : "OOOfff", &o[0], &o[1], &o[2], &f[0],
+                              &f[1], &f[2], &o[3]) ||
+            op_rows(&c, o[0], "x", &r[0]) < 0 || op_rows(&c, o[1], "x0", &r[1]) < 0 ||
+            op_rows(&c, o[2], "d", &r[2]) < 0 || !op_per_image(c.n, &per) ||
+            (shorten && op_host(&c, o[3], NPY_FLOAT32, c.n, "alpha", &h[0]) < 0))
+            goto done;
+        float *alpha = PyArray_DATA(per);
+        if (shorten)
+            memcpy(alpha, h[0], (size_t)c.n * sizeof(float));
+        const fa_status s =
+            shorten ? fa_shorten(c.be, c.n, c.dim, r[0], r[1], r[2], f[0], f[1], f[2], alpha)
+                    : fa_calibrate(c.be, c.n, c.dim, r[0], r[1], r[2], f[0], f[1], f[2], alpha);
+        if (op_status(s) == 0)
+            result = (PyObject *)per, per = NULL;
+    } else {
+        PyErr_Format(PyExc_ValueError, "backend_op: unknown op '%s'", op);
+    }
+done:
+    Py_XDECREF(per);
+    op_free(&c);
+    return result;
+}
+
 /* ------------------------------------------------------------------ module */
 
 static PyMethodDef module_methods[] = {
@@ -760,6 +1072,8 @@ static PyMethodDef module_methods[] = {
     {"match_rmse", py_match_rmse, METH_VARARGS,
      "match_rmse(clean, adv, target[N], eps, mode, tol) -> (matched, reached, scale, rmse); "
      "mode MATCH_FLOAT, MATCH_UINT8 or MATCH_UINT8_AT_MOST"},
+    {"backend_op", py_backend_op, METH_VARARGS,
+     "backend_op(device, op, args): one entry of the backend table (tests only)"},
 #ifdef FA_WITH_CUDA
     {"cuda_check_device", py_cuda_check_device, METH_O,
      "cuda_check_device(index): RuntimeError unless the CUDA kernels run on that GPU"},
@@ -794,6 +1108,10 @@ PyMODINIT_FUNC PyInit__core(void) {
     PyObject *m = PyModule_Create(&module_def);
     if (!m)
         return NULL;
+#ifdef FA_WITH_CUDA
+    /* the CUDA backend's buffers from torch's caching allocator */
+    (void)fa_cuda_set_allocator(fa_torch_cuda_alloc, fa_torch_cuda_free);
+#endif
     Py_INCREF(&ModelType);
     if (PyModule_AddObject(m, "Model", (PyObject *)&ModelType) < 0 ||
         PyModule_AddObject(m, "OPTIMIZERS", names_tuple(fa_optimizer_name, FA_OPT_COUNT)) < 0 ||
@@ -808,7 +1126,8 @@ PyMODINIT_FUNC PyInit__core(void) {
         PyModule_AddIntConstant(m, "MATCH_UINT8", FA_MATCH_UINT8) < 0 ||
         PyModule_AddIntConstant(m, "MATCH_UINT8_AT_MOST", FA_MATCH_UINT8_AT_MOST) < 0 ||
         PyModule_AddIntConstant(m, "RETURNS_LAST", FA_RETURNS_LAST) < 0 ||
-        PyModule_AddStringConstant(m, "VERSION", FA_VERSION) < 0) {
+        PyModule_AddStringConstant(m, "VERSION", FA_VERSION) < 0 ||
+        PyModule_AddIntConstant(m, "WITH_CUDA", fa_backend_cuda() != NULL) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -10,7 +10,10 @@
 
 #include <c10/core/DeviceGuard.h>
 #include <c10/core/impl/DeviceGuardImplInterface.h>
+#include <ATen/Context.h>
+#include <c10/core/Allocator.h>
 #include <torch/csrc/autograd/autograd.h>
+#include <torch/csrc/jit/runtime/graph_executor.h>
 #include <torch/cuda.h>
 #include <torch/script.h>
 
@@ -139,6 +142,12 @@ std::string describe(const at::Tensor &t) {
 fa_status forward(fa_model *model, const at::Tensor &input, int64_t rows, at::Tensor *logits) {
     const bool tracked = !input.is_inference(); /* inference tensors have no version */
     const auto version = tracked ? input._version() : 0;
+    /* TorchScript's graph executor without its optimisations (thread-local, this call only):
+     * its profiling executor would respecialise the graph after the first calls and fuse
+     * element-wise groups on the GPU (e.g. x / 127.5 - 1.0 as one kernel), so a result would
+     * depend on the call number and on the batch shape (compaction changes N). Unoptimised, every
+     * call runs the same eager kernels. */
+    const torch::jit::GraphOptimizerEnabledGuard unoptimised(false);
     const c10::IValue output = model->module.forward({input});
     if (tracked && input._version() != version)
         return fa_set_error(FA_ERR_MODEL, "the model modified its input in place (e.g. x.div_() "
@@ -555,6 +564,36 @@ fa_status fa_model_run(fa_model *model, int64_t n, int64_t h, int64_t w, int64_t
             copy_out(pred, {n}, host.dtype(torch::kLong), out.argmax(1).masked_fill(nonfinite, -1));
         return FA_OK;
     });
+}
+
+fa_status fa_torch_cuda_alloc(void **p, size_t bytes, int device_index, void *cuda_stream) {
+    return guarded("fa_torch_cuda_alloc", [&]() -> fa_status {
+        if (p == nullptr)
+            return fa_set_error(FA_ERR_ARGUMENT, "p is NULL");
+        *p = nullptr;
+        if (device_index < 0)
+            return fa_set_error(FA_ERR_ARGUMENT, "device_index=%d must be >= 0", device_index);
+        /* torch's CUDA state (its caching allocator among it) exists after its lazy init only:
+         * a process that has not made a CUDA tensor yet (the conformance suite) has none */
+        at::globalContext().lazyInitDevice(c10::DeviceType::CUDA);
+        const torch::Device device(torch::kCUDA, static_cast<c10::DeviceIndex>(device_index));
+        const c10::DeviceGuard on_device(device);
+        /* torch's caching allocator orders a block on the current stream of its device: serve
+         * only that stream (the core allocates for any other one itself) */
+        if (c10::impl::getDeviceGuardImpl(device.type())->getStream(device).native_handle() !=
+            cuda_stream)
+            return FA_OK;
+        *p = c10::GetAllocator(c10::DeviceType::CUDA)->raw_allocate(bytes);
+        return FA_OK;
+    });
+}
+
+void fa_torch_cuda_free(void *p) {
+    try {
+        if (p != nullptr)
+            c10::GetAllocator(c10::DeviceType::CUDA)->raw_deallocate(p);
+    } catch (...) { /* nothing may cross the boundary, and a free has no status */
+    }
 }
 
 fa_status fa_model_oracle_grad(void *ctx, int64_t n, const int64_t *index, const int64_t *labels,

@@ -20,6 +20,11 @@
  * Non-finite logits: a row whose logits contain NaN or +-inf gets pred = -1 and loss = NaN
  * (never argmax = 0 and a finite CE); its logits are returned as they are.
  *
+ * TorchScript: the module runs with the graph executor's optimisations off for each call (a
+ * thread-local guard; the caller's own TorchScript is unaffected): no profiling runs, no
+ * respecialisation, no fusion, so a result never depends on the call number or on the batch
+ * shape.
+ *
  * Devices and streams: a model lives on the CPU or on one GPU (cuda:device_index). Every call
  * makes that GPU current for its own duration (a device guard), whatever the calling thread had
  * current, and runs on torch's current CUDA stream of that GPU for the calling thread
@@ -100,6 +105,13 @@ fa_status fa_model_run(fa_model *model, int64_t n, int64_t h, int64_t w, int64_t
                        float *logits, int64_t k_expected, int64_t *pred, float *grad,
                        int device_io, const fa_transform *transform, const int64_t *index,
                        int64_t call);
+
+/* torch's CUDA caching allocator, for fa_cuda_set_allocator (fairattack.h): `bytes` on GPU
+ * device_index through c10's allocator, ordered on torch's current stream there; *p stays NULL
+ * (FA_OK) when cuda_stream is not that stream. Out of memory (after torch freed its cache):
+ * FA_ERR_MEMORY. fa_torch_cuda_free(NULL) does nothing. */
+fa_status fa_torch_cuda_alloc(void **p, size_t bytes, int device_index, void *cuda_stream);
+void fa_torch_cuda_free(void *p);
 
 /* fa_oracle adapter: ctx is a fa_model_oracle; calls fa_model_run with its shape and transform
  * and counts calls. Matches fa_grad_fn; loss and pred may be NULL (see fa_model_run). */
