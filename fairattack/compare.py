@@ -52,7 +52,7 @@ import numpy as np
 import pandas as pd
 
 from . import _core
-from ._model import Model, file_stamp, predict_any, victims_of
+from ._model import Model, model_identity, predict_any, victims_of
 from ._validate import images_f32, int_at_least, labels_i64, positive_int, round_to_uint8
 from .outcome import bootstrap_ci, mean_over_victims, victim_outcome
 from .peers import peer_by_name, run_peer
@@ -258,8 +258,9 @@ def compare(surrogate, images, labels, attacks, victims, rmse=(2, 4, 6, 8, 10, 1
     eps: the common ℓ∞ budget (pixels) for every attack and every matched image.
     seed: attacks' randomness and the bootstrap. n_boot: bootstrap resamples (0: no CI).
     cache_dir: a folder where per (attack, budget) outcomes and native images are kept, keyed
-        by what determines them (images, models' files, attack, budget, eps, fairattack's
-        version): a rerun skips finished parts. Callables and peer objects have no such key and always run.
+        by what determines them (images, the models' content, attack, budget, eps, fairattack's
+        version): a rerun skips finished parts. Callables and peer objects have no such key and
+        always run.
 
     Returns a tidy pandas DataFrame, one row per (attack, rmse, victim): attack, how ("native",
     "rescale" or "budget"), rmse (the budget, or "native" for the attack's own output), victim
@@ -304,9 +305,9 @@ def compare(surrogate, images, labels, attacks, victims, rmse=(2, 4, 6, 8, 10, 1
     n = len(kept)
 
     cache = CompareCache(cache_dir)
-    victim_ids = [[name, file_stamp(v)] for name, v in victims.items()]
+    victim_ids = [[name, model_identity(v)] for name, v in victims.items()]
     victims_key = None if any(i is None for _, i in victim_ids) else victim_ids
-    surrogate_id = None if surrogate is None else file_stamp(surrogate)
+    surrogate_id = None if surrogate is None else model_identity(surrogate)
     images_key = digest_parts(x_f, y, kept)
 
     def attack_key(attack):

@@ -102,3 +102,37 @@ def test_run_study_counts_non_finite_victim_logits_as_failed_like_evaluate(tmp_p
     assert row["asr"] == pytest.approx(want["nanv"])
     on_disk = fa.study.load_results(tmp_path / "study").iloc[0]
     assert on_disk["n_failed_nanv"] == 3 and on_disk["asr"] == pytest.approx(want["nanv"])
+
+
+def test_compare_cache_knows_retrained_weights_with_the_same_size_and_mtime(tmp_path):
+    """Weights retrained in place (same architecture: same file size) and copied with `cp -p` /
+    `rsync -a` (same mtime) are another model: compare's cache keys models by content."""
+    import os
+    import shutil
+
+    surrogate = fa.load_model(save_tiny(tmp_path / "s.pt", 0))
+    path = tmp_path / "v.pt"
+    save_tiny(path, 1)
+    x = np.random.default_rng(0).integers(0, 256, (6, 16, 16, 3)).astype(np.uint8)
+    y = surrogate.predict(x)
+    kwargs = dict(attacks=["FGSM"], rmse=[0.5], eps=2, n_boot=20, cache_dir=tmp_path / "cache")
+    first = fa.compare(surrogate, x, y, victims={"v": fa.load_model(path)}, **kwargs)
+    stamp = os.stat(path)
+    (tmp_path / "retrained").mkdir()
+    # retrained: now the surrogate's weights (it agrees with the surrogate); the same file name
+    # inside the archive, so the same size
+    save_tiny(tmp_path / "retrained" / "v.pt", 0)
+    shutil.copyfile(tmp_path / "retrained" / "v.pt", path)
+    os.utime(path, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))  # what cp -p keeps
+    assert os.stat(path).st_size == stamp.st_size and os.stat(path).st_mtime_ns == \
+        stamp.st_mtime_ns
+    retrained = fa.load_model(path)
+    again = fa.compare(surrogate, x, y, victims={"v": retrained}, **kwargs)
+    fresh = fa.compare(surrogate, x, y, victims={"v": retrained},
+                       **dict(kwargs, cache_dir=None))
+    assert again.attrs["cached_cells"] == 0
+    assert again["asr"].tolist() == fresh["asr"].tolist()
+    assert fresh["asr"].tolist() != first["asr"].tolist()  # the test sees a stale cell
+    # the same model again is found in the cache (its digest is computed once per file)
+    third = fa.compare(surrogate, x, y, victims={"v": retrained}, **kwargs)
+    assert third.attrs["cached_cells"] == third.attrs["cells"]
