@@ -321,13 +321,28 @@ def predict_any(model, images, batch_size):
 
 # ----------------------------------------------------------------------------- identity
 
+_FILE_DIGESTS = {}  # (real path, size, mtime, ctime, inode) -> content digest: only a cache
+
+
+def file_digest(path):
+    """The content digest of a file, computed once per file version in this process: the cache
+    key includes the inode change time, which a rewrite always moves (cp -p and rsync -a keep
+    the size and mtime of retrained weights, never the ctime)."""
+    st = os.stat(path)
+    key = (os.path.realpath(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+    if key not in _FILE_DIGESTS:
+        _FILE_DIGESTS[key] = digest_file(path)
+    return _FILE_DIGESTS[key]
+
+
 def model_digest(spec):
-    """The content digest of a model: its TorchScript file's bytes (a registered model's exported
-    file), the bytes it was loaded from, or the weights of the torch module it was loaded from."""
+    """The content digest of a model (its identity): its TorchScript file's bytes (a registered
+    model's exported file), the bytes it was loaded from, or the weights of the torch module it
+    was loaded from."""
     if isinstance(spec, Model):
         source = spec.source
         if isinstance(source, (str, os.PathLike)):
-            return digest_file(source)
+            return file_digest(source)
         if isinstance(source, (bytes, bytearray)):
             return digest_bytes(bytes(source))
         import torch
@@ -344,17 +359,16 @@ def model_digest(spec):
         raise ValueError(f"model {spec.name!r}: cannot tell what it is made of (no file, bytes "
                          "or torch module); pass its TorchScript path")
     if is_file_spec(spec):
-        return digest_file(spec)
-    return digest_file(models.export_registered(spec))
+        return file_digest(spec)
+    return file_digest(models.export_registered(spec))
 
 
-def file_stamp(model):
-    """compare's cache identity of a model: [name, path, size, mtime] of its file, or None."""
-    source = getattr(model, "source", None)
-    if isinstance(source, (str, os.PathLike)) and os.path.isfile(source):
-        st = os.stat(source)
-        return [getattr(model, "name", ""), os.path.abspath(source), st.st_size, st.st_mtime_ns]
-    return None
+def model_identity(model):
+    """What identifies a model in compare's cache: [name, content digest] of a fairattack Model,
+    None for other objects (a callable oracle, an object with predict): nothing to key them by."""
+    if not isinstance(model, Model):
+        return None
+    return [model.name, model_digest(model)]
 
 
 def input_size(spec):

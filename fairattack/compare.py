@@ -39,10 +39,11 @@ Rules that keep the numbers comparable:
   budget: the attack ended more than 0.05 px below r) is evaluated at the largest RMSE it
   reaches within the budget (≤ r), exactly as a budget "RMSE ≤ r" means. `n_unreachable`
   counts them per (attack, budget); the per-image table has `reached` for any other choice.
-- ASR is the victim's error rate on the uint8 images (docs/protocol.md#transferability); "mean"
-  averages the victims per image. The 95% interval is a seeded percentile bootstrap over images;
-  every cell uses the same resamples, and "mean" is the bootstrap of the per-image mean over
-  victims.
+- ASR is the victim's error rate on the uint8 images (docs/protocol.md#transferability); an image with non-finite
+  logits is a failure for that victim, counted (n_failed) and left out of its rate, never a
+  success; "mean" averages, per image, the victims that judged it. The 95% interval is a
+  seeded percentile bootstrap over images (`fairattack.outcome.bootstrap_ci`): cells over the
+  same images use the same resamples, and "mean" is the bootstrap of the per-image mean.
 """
 
 import math
@@ -51,9 +52,9 @@ import numpy as np
 import pandas as pd
 
 from . import _core
-from ._model import Model, file_stamp, predict_any, victims_of
+from ._model import Model, model_identity, predict_any, victims_of
 from ._validate import images_f32, int_at_least, labels_i64, positive_int, round_to_uint8
-from .outcome import bootstrap_ci, fooled_mask
+from .outcome import bootstrap_ci, mean_over_victims, victim_outcome
 from .peers import peer_by_name, run_peer
 from .settings import make_config
 from .spec import CONFIG_KEYS, TRANSFORMS, coerce
@@ -62,6 +63,8 @@ from .store import CompareCache, digest_parts
 #: Matched images are within this many pixels (RMSE) of their target where reachable.
 RMSE_TOL = 0.05
 MODES = ("rescale", "budget")
+#: Version of the cached outcome records (2: per-victim failures recorded apart from fooled).
+CACHE_FORMAT = 2
 #: fa.attack keywords that compare() sets itself (one ε for all attacks, the budget in budget mode)
 _RESERVED = ("eps", "max_rmse", "batch_size", "progress", "model", "images", "labels")
 
@@ -256,16 +259,20 @@ def compare(surrogate, images, labels, attacks, victims, rmse=(2, 4, 6, 8, 10, 1
     eps: the common ℓ∞ budget (pixels) for every attack and every matched image.
     seed: attacks' randomness and the bootstrap. n_boot: bootstrap resamples (0: no CI).
     cache_dir: a folder where per (attack, budget) outcomes and native images are kept, keyed
-        by what determines them (images, models' files, attack, budget, eps, fairattack's
-        version): a rerun skips finished parts. Callables and peer objects have no such key and always run.
+        by what determines them (images, the models' content, attack, budget, eps, fairattack's
+        version): a rerun skips finished parts. Callables and peer objects have no such key and
+        always run.
 
     Returns a tidy pandas DataFrame, one row per (attack, rmse, victim): attack, how ("native",
     "rescale" or "budget"), rmse (the budget, or "native" for the attack's own output), victim
-    (each and "mean"), asr, ci_low, ci_high (bootstrap 95%), n_images, n_unreachable,
+    (each and "mean"), asr, ci_low, ci_high (bootstrap 95%), n_images, n_failed, n_unreachable,
     rmse_mean and linf_mean (of the evaluated uint8 images: the native row carries the
-    attack's own RMSE and ℓ∞). df.per_image holds every image's outcome (columns
-    attack, rmse, how, image (index into `images`), victim, fooled, reached, rmse_image,
-    linf_image) for `paired_test`.
+    attack's own RMSE and ℓ∞). An image whose logits a victim cannot compute (non-finite) is a
+    failure for that victim (`fairattack.outcome`): n_failed counts them, and asr and its
+    interval are over the other images ("mean": over the victims that judged each image;
+    n_failed: images no victim judged). df.per_image holds every image's outcome (columns
+    attack, rmse, how, image (index into `images`), victim, fooled, failed, reached,
+    rmse_image, linf_image) for `paired_test`.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -299,9 +306,9 @@ def compare(surrogate, images, labels, attacks, victims, rmse=(2, 4, 6, 8, 10, 1
     n = len(kept)
 
     cache = CompareCache(cache_dir)
-    victim_ids = [[name, file_stamp(v)] for name, v in victims.items()]
+    victim_ids = [[name, model_identity(v)] for name, v in victims.items()]
     victims_key = None if any(i is None for _, i in victim_ids) else victim_ids
-    surrogate_id = None if surrogate is None else file_stamp(surrogate)
+    surrogate_id = None if surrogate is None else model_identity(surrogate)
     images_key = digest_parts(x_f, y, kept)
 
     def attack_key(attack):
@@ -315,13 +322,14 @@ def compare(surrogate, images, labels, attacks, victims, rmse=(2, 4, 6, 8, 10, 1
         a = attack_key(attack)
         if a is None or victims_key is None:
             return None
-        return digest_parts(images_key, a, how, r, eps, victims_key, RMSE_TOL, _core.VERSION)
+        return digest_parts(images_key, a, how, r, eps, victims_key, RMSE_TOL, _core.VERSION,
+                            CACHE_FORMAT)
 
     def evaluate(adv, reached):
-        fooled = np.stack([fooled_mask(predict_any(v, adv, batch_size), y)
-                           for v in victims.values()])
+        fooled, failed = (np.stack(o) for o in zip(*(
+            victim_outcome(predict_any(v, adv, batch_size), y) for v in victims.values())))
         rmse_img, linf_img = _image_rmse(adv, x_f)
-        return {"fooled": fooled, "reached": np.asarray(reached, bool), "rmse_image": rmse_img,
+        return {"fooled": fooled, "failed": failed, "reached": np.asarray(reached, bool), "rmse_image": rmse_img,
                 "linf_image": linf_img}
 
     rows, per_image, hits = [], [], 0
@@ -378,19 +386,24 @@ def compare(surrogate, images, labels, attacks, victims, rmse=(2, 4, 6, 8, 10, 1
 
 
 def _rows(attack, how, r, victim_names, result, seed, n_boot):
-    fooled = result["fooled"].astype(np.float64)  # [V, n]
+    fooled, failed = result["fooled"], result["failed"]  # [V, n]
     n = fooled.shape[1]
+    mean, judged = mean_over_victims(fooled, failed)
+    outcomes = [(name, f.astype(np.float64)[~bad], int(bad.sum()))
+                for name, f, bad in zip(victim_names, fooled, failed)]
+    outcomes.append(("mean", mean[judged], int((~judged).sum())))
     common = {"attack": attack, "how": how, "rmse": r, "n_images": n,
               "n_unreachable": int((~result["reached"]).sum()),
               "rmse_mean": float(result["rmse_image"].mean()),
               "linf_mean": float(result["linf_image"].mean())}
     rows = []
-    for name, outcome in list(zip(victim_names, fooled)) + [("mean", fooled.mean(axis=0))]:
+    for name, outcome, n_failed in outcomes:
         low, high = bootstrap_ci(outcome, seed, n_boot)
-        rows.append({**common, "victim": name, "asr": float(outcome.mean()), "ci_low": low,
-                     "ci_high": high})
+        rows.append({**common, "victim": name,
+                     "asr": float(outcome.mean()) if outcome.size else float("nan"),
+                     "ci_low": low, "ci_high": high, "n_failed": n_failed})
     order = ("attack", "how", "rmse", "victim", "asr", "ci_low", "ci_high", "n_images",
-             "n_unreachable", "rmse_mean", "linf_mean")
+             "n_failed", "n_unreachable", "rmse_mean", "linf_mean")
     return [{k: row[k] for k in order} for row in rows]
 
 
@@ -403,6 +416,7 @@ def _per_image(attack, how, r, victim_names, kept, result):
         "image": np.tile(kept, v),
         "victim": np.repeat(np.array(victim_names, dtype=object), n),
         "fooled": result["fooled"].reshape(-1).astype(bool),
+        "failed": result["failed"].reshape(-1).astype(bool),
         "reached": np.tile(result["reached"], v),
         "rmse_image": np.tile(result["rmse_image"], v),
         "linf_image": np.tile(result["linf_image"], v)})

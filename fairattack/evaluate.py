@@ -24,7 +24,7 @@ import numpy as np
 
 from ._model import victims_of
 from ._validate import check_pixels, labels_i64, positive_int, round_to_uint8
-from .outcome import fooled_mask
+from .outcome import victim_outcome
 
 
 def evaluate(victims, images, labels=None, batch_size=64, progress=False):
@@ -79,8 +79,10 @@ def evaluate(victims, images, labels=None, batch_size=64, progress=False):
                 raise ValueError(f"labels[{bad}]={labels[bad]} out of range [0, {n_classes}) "
                                  f"of victim {name!r}")
             finite = np.isfinite(logits).all(axis=1)
-            failed += int((~finite).sum())
-            errors += int(fooled_mask(logits[finite].argmax(axis=1), batch_labels[finite]).sum())
+            pred = np.where(finite, np.nan_to_num(logits).argmax(axis=1), -1)  # as Model.predict
+            fooled, bad = victim_outcome(pred, batch_labels)
+            failed += int(bad.sum())
+            errors += int(fooled.sum())
         counted = len(images) - failed
         rates[name] = errors / counted if counted else float("nan")
         failures[name] = failed

@@ -26,8 +26,8 @@ OPTIMIZERS = ["GD", "Adam"]
 SETTINGS = ["const_loss", "rmse_loss"]
 NUMERIC = ["n_images", "n_skipped", "n_failed", "n_stop_loss", "n_stop_rmse", "n_max_iter",
            "n_target_not_reached", "rmse", "linf", "l2", "l1", "l0", "psnr", "ssim", "loss",
-           "iterations", "surrogate_fooling_rate", "err_v1", "err_v2", "asr", "asr_ci_low",
-           "asr_ci_high"]
+           "iterations", "surrogate_fooling_rate", "err_v1", "err_v2", "n_failed_v1",
+           "n_failed_v2", "asr", "asr_ci_low", "asr_ci_high"]
 
 
 class TinyNet(torch.nn.Module):
@@ -121,7 +121,8 @@ def test_results_csv_rows_columns_and_files(tiny, tmp_path):
     expected = ["surrogate", "attack", "optimizer", "setting", "n_images", "n_skipped",
                 "n_failed", "n_stop_loss", "n_stop_rmse", "n_max_iter", "n_target_not_reached",
                 "rmse", "linf", "l2", "l1", "l0", "psnr", "ssim", "loss", "iterations",
-                "surrogate_fooling_rate", "err_v1", "err_v2", "asr", "asr_ci_low",
+                "surrogate_fooling_rate", "err_v1", "err_v2", "n_failed_v1", "n_failed_v2",
+                "asr", "asr_ci_low",
                 "asr_ci_high", "seconds"]
     assert list(df.columns) == expected
     assert list(df[["setting", "optimizer"]].itertuples(index=False, name=None)) == [

@@ -107,8 +107,10 @@ def run_study(surrogates, victims, data, optimizers=None, settings=("const_loss"
     One row per cell: surrogate, attack, optimizer, setting; counts n_images (attacked),
     n_skipped, n_failed, n_stop_loss, n_stop_rmse, n_max_iter, n_target_not_reached (max_iter
     under a stop_rmse target); the means over attacked images of rmse, linf, l2, l1, l0, psnr,
-    ssim, loss (CE nats) and iterations; surrogate_fooling_rate; err_<victim> per victim; asr
-    (their mean) with its bootstrap 95% interval asr_ci_low / asr_ci_high; seconds (crafting).
+    ssim, loss (CE nats) and iterations; surrogate_fooling_rate; err_<victim> and n_failed_<victim>
+    (images with non-finite logits: left out of its rate) per victim; asr (per image the mean
+    over the victims that judged it, then over images) with its bootstrap 95% interval
+    asr_ci_low / asr_ci_high; seconds (crafting).
     """
     pin_local_gpu(device)
     from tqdm.auto import tqdm
@@ -351,8 +353,10 @@ def _assemble_if_complete(cell, chunk_size, victim_digests, folder, seed):
         if record is None or record.get("key") != cell.key:
             return
         # assembled victim files exist only under their current key (plan_cell drops stale ones)
+        # (a row stored before failures were counted per victim is summarised again)
+        row = record.get("row") or {}
         if record.get("complete") and all(folder.victim_path(cell.dir, v).is_file()
-                                          for v in victim_digests):
+                                          and f"n_failed_{v}" in row for v in victim_digests):
             return
         frame, seconds = _cell_frame(cell, chunk_size, folder)
         if frame is None:
