@@ -246,12 +246,12 @@ STEP_COST = """| per step (running batch) | kernels | host waits | other |
 | stop_rmse / rmse_loss: RMSE of the iterate | 2 | 1 | - |
 | stop_rmse: shortened last step (search) | 2 per trial | 1 per trial | only rows that would pass |
 | best iterate (returns=best, loss rose) | 1 | 0 | row numbers up |
-| images leave the batch | 2 per buffer + 1 gather | 1 (their rows to the host) | a temporary (torch cache) |
+| images leave the batch | 2 per buffer + 1 gather | 1 (their rows to the host) | 1 temporary |
 
 Every kernel and copy runs on torch's current stream; no device-wide synchronisation; buffers
-come from torch's caching allocator (cudaMalloc only when torch's cache must grow). The model's
-forward and backward come on top, once per step (twice for NAGD/NI-FGSM's look-ahead at k >= 1:
-one forward+backward at the look-ahead point, the loss at the iterate only when a rule needs it).
+(the temporaries too) come from torch's caching allocator (cudaMalloc only when its cache must
+grow). The model's forward and backward come on top, once per step (NAGD/NI-FGSM at k >= 1: one
+forward+backward at the look-ahead point; the loss at the iterate only when a rule needs it).
 """
 
 
