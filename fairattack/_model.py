@@ -9,6 +9,7 @@ a fairattack Model, a dict name -> any of those) into loaded models (`model_spec
 import copy
 import io
 import os
+import re
 import warnings
 
 import numpy as np
@@ -52,6 +53,9 @@ def device_kind(device):
     return _parse_device(device)[0]
 
 
+#: What torch says when a tensor's shape does not fit a layer (the only errors blamed on size).
+_SHAPE_ERROR = re.compile(r"shape|size|dimension|mat1|mat2", re.IGNORECASE)
+
 _CHECKED_GPUS = set()  # GPU ordinals on which fairattack's CUDA kernels are known to run
 
 
@@ -86,12 +90,16 @@ class Model:
 
     def num_classes(self, height=224, width=224):
         """Number of classes K (one forward of a zero image of that size, cached). A model that
-        cannot take images of that size raises ValueError naming the size."""
+        cannot take images of that size (a shape error) raises ValueError naming the size; any
+        other error of its forward is re-raised as RuntimeError naming the model."""
         key = (int(height), int(width))
         if key not in self._classes:
             try:
                 self._classes[key] = self._core.num_classes(key[0], key[1], 3)
             except RuntimeError as error:
+                if not _SHAPE_ERROR.search(str(error)):  # the model's own failure, not the size
+                    raise RuntimeError(f"model {self.name!r} failed on a {key[0]}x{key[1]} "
+                                       f"image: {error}") from error
                 raise ValueError(f"model {self.name!r} cannot take images of size "
                                  f"{key[0]}x{key[1]} (height x width): {error}. Resize the "
                                  "images to its input size, or export the network with "
@@ -281,42 +289,79 @@ def load_spec(name, spec, device):
     return get_model(spec, device=device)
 
 
-def victims_of(victims, need="predict"):
-    """Victims as {name: model}: a dict name -> model, one model, or a list of models (named by
-    their .name). A model is anything with the method `need` (predict for compare, logits for
-    evaluate); names are unique non-empty strs other than "mean"."""
+def victims_of(victims, need="predict", device="cpu"):
+    """Victims as {name: model}, in the forms run_study and the CLI take too: a dict name ->
+    model, one model, or a list of models (named by their .name), where a model is a fairattack
+    Model, a registry name or a TorchScript path (loaded on `device`), or any object with the
+    method `need` (predict for compare, logits for evaluate). Names are unique non-empty strs
+    other than "mean"."""
+    named = isinstance(victims, (str, os.PathLike))
     if isinstance(victims, dict):
         items = list(victims.items())
-    elif hasattr(victims, "predict"):
-        items = [(getattr(victims, "name", None), victims)]
+    elif named or hasattr(victims, need) or hasattr(victims, "predict"):
+        items = [(None, victims)]
     else:
-        items = [(getattr(v, "name", None), v) for v in victims]
+        items = [(None, v) for v in victims]
     if not items:
         raise ValueError("victims: expected at least one model")
-    names = [n for n, _ in items]
+    loaded = []
     for name, victim in items:
+        if isinstance(victim, (str, os.PathLike)):  # a registry name or a file, as run_study
+            (default, spec), = model_specs([victim], "victims").items()
+            name = default if name is None else name
+            victim = load_spec(name, spec, device)
+        elif name is None:
+            name = getattr(victim, "name", None)
+        loaded.append((name, victim))
+    names = [n for n, _ in loaded]
+    for name, victim in loaded:
         if not isinstance(name, str) or not name:
             raise ValueError(f"victims: every victim needs a non-empty str name, got {name!r}")
         if not callable(getattr(victim, need, None)):
-            raise TypeError(f"victims[{name!r}]: expected a fairattack Model (or an object with "
-                            f"{need}(images uint8)), got {type(victim).__name__}")
+            raise TypeError(f"victims[{name!r}]: expected a fairattack Model, a registry name, a "
+                            f"TorchScript path or an object with {need}(images uint8), got "
+                            f"{type(victim).__name__}")
     if "mean" in names or len(set(names)) != len(names):
         raise ValueError(f"victims: names must be unique and not 'mean', got {names}")
-    return dict(items)
+    return dict(loaded)
 
 
-def predict_any(model, images, batch_size):
+def check_labels(labels, n, models, height, width):
+    """labels_i64(labels, n), then against the number of classes of every fairattack Model of
+    {name: model} at that image size (any object with num_classes(height, width)): the one
+    label check of attack, evaluate and compare (a label a model cannot predict would be counted
+    as fooled)."""
+    labels = labels_i64(labels, n)
+    for name, model in models.items():
+        if callable(getattr(model, "num_classes", None)) and labels.size:
+            k = model.num_classes(height, width)
+            if labels.max() >= k:
+                i = int(np.flatnonzero(labels >= k)[0])
+                raise ValueError(f"labels[{i}]={labels[i]} out of range [0, {k}) of model "
+                                 f"{name!r}")
+    return labels
+
+
+def predict_any(model, images, batch_size, name="model"):
     """Predicted labels [n] of a Model, any object with predict(images), or a callable oracle
-    fn(x, labels, want_grad) -> (loss, pred, grad)."""
-    if isinstance(model, Model) or not callable(model):
-        pred = np.concatenate([np.asarray(model.predict(images[s:s + batch_size]))
-                               for s in range(0, len(images), batch_size)])
-    else:
-        pred = np.concatenate([
-            np.asarray(model(images[s:s + batch_size].astype(np.float32),
-                             np.zeros(len(images[s:s + batch_size]), np.int64), False)[1])
-            for s in range(0, len(images), batch_size)])
-    return pred.astype(np.int64).reshape(-1)
+    fn(x, labels, want_grad) -> (loss, pred, grad). Every batch must give one integer label per
+    image (shape (b,)); ValueError naming the model otherwise."""
+    parts = []
+    for s in range(0, len(images), batch_size):
+        chunk = images[s:s + batch_size]
+        if isinstance(model, Model) or not callable(model):
+            pred = model.predict(chunk)
+        else:
+            pred = model(chunk.astype(np.float32), np.zeros(len(chunk), np.int64), False)[1]
+        if hasattr(pred, "detach"):  # a torch tensor
+            pred = pred.detach().cpu().numpy()
+        pred = np.asarray(pred)
+        if pred.shape != (len(chunk),) or pred.dtype.kind not in "iu":
+            raise ValueError(f"{name}: predict gave {pred.dtype} of shape {pred.shape} for "
+                             f"{len(chunk)} images; expected one integer label per image, shape "
+                             f"({len(chunk)},) (an argmax over the class axis)")
+        parts.append(pred.astype(np.int64))
+    return np.concatenate(parts)
 
 
 # ----------------------------------------------------------------------------- identity

@@ -7,7 +7,7 @@ import os
 import numpy as np
 
 from . import _core
-from ._model import Model
+from ._model import Model, check_labels
 from ._validate import (check_pixels, images_f32, is_integral, labels_i64, positive_int,
                         round_to_uint8)
 from .outcome import attacked_mask
@@ -243,7 +243,7 @@ def attack(model, images, labels, optimizer="Adam", setting=None, *, batch_size=
     transform = transform_of(cfg)
     if isinstance(model, Model):
         core, device = model._core, model._attack_device()  # host state without CUDA kernels
-        y = labels_i64(labels, n, model.num_classes(height, width))
+        y = check_labels(labels, n, {model.name: model}, height, width)
         _check_memory(model, transform, batch_size, n, height, width)
     else:
         if transform is not None:

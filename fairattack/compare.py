@@ -52,8 +52,8 @@ import numpy as np
 import pandas as pd
 
 from . import _core
-from ._model import Model, model_identity, predict_any, victims_of
-from ._validate import images_f32, int_at_least, labels_i64, positive_int, round_to_uint8
+from ._model import Model, check_labels, model_identity, predict_any, victims_of
+from ._validate import images_f32, int_at_least, positive_int, round_to_uint8
 from .outcome import bootstrap_ci, mean_over_victims, victim_outcome
 from .peers import peer_by_name, run_peer
 from .settings import make_config
@@ -254,7 +254,9 @@ def compare(surrogate, images, labels, attacks, victims, rmse=(2, 4, 6, 8, 10, 1
           converted there and back, rounded to uint8), or "ta:PGD" to build torchattacks.PGD on
           the surrogate with eps/255 and torchattacks' other defaults (needs the `peers` extra);
         - (name, array): precomputed adversarial images of the same shape as `images`.
-    victims: dict name -> Model (or any object with predict(images uint8) -> labels).
+    victims: dict name -> Model, a list of Models, registry names or TorchScript paths (loaded
+        on the surrogate's device), or objects with predict(images uint8) -> labels [n].
+    Labels are checked against the number of classes of the surrogate and every victim.
     rmse: the RMSE budgets r (pixels). mode: "rescale" or "budget" (module docstring).
     eps: the common ℓ∞ budget (pixels) for every attack and every matched image.
     seed: attacks' randomness and the bootstrap. n_boot: bootstrap resamples (0: no CI).
@@ -283,8 +285,10 @@ def compare(surrogate, images, labels, attacks, victims, rmse=(2, 4, 6, 8, 10, 1
     n_boot = int_at_least(n_boot, "n_boot", 0)
     x_all = images_f32(images)
     x_u8 = round_to_uint8(x_all)
-    y_all = labels_i64(labels, x_all.shape[0])
-    victims = victims_of(victims)
+    victims = victims_of(victims, device=getattr(surrogate, "device", "cpu")
+                         if isinstance(surrogate, Model) else "cpu")
+    judges = dict({surrogate.name: surrogate} if isinstance(surrogate, Model) else {}, **victims)
+    y_all = check_labels(labels, x_all.shape[0], judges, *x_all.shape[1:3])
     attack_list = _parse_attacks(attacks, surrogate, eps, x_all.shape)
 
     # the images that count, once for every attack (the paired test needs the same images)
@@ -298,7 +302,7 @@ def compare(surrogate, images, labels, attacks, victims, rmse=(2, 4, 6, 8, 10, 1
                 or hasattr(surrogate, "predict")):
             raise TypeError("surrogate must be a fairattack Model, a callable oracle or None, "
                             f"got {type(surrogate).__name__}")
-        kept = np.flatnonzero(predict_any(surrogate, x_u8, batch_size) == y_all)
+        kept = np.flatnonzero(predict_any(surrogate, x_u8, batch_size, "surrogate") == y_all)
     if kept.size == 0:
         raise ValueError("no image counts: the surrogate classifies none of the images "
                          "correctly")
@@ -327,7 +331,8 @@ def compare(surrogate, images, labels, attacks, victims, rmse=(2, 4, 6, 8, 10, 1
 
     def evaluate(adv, reached):
         fooled, failed = (np.stack(o) for o in zip(*(
-            victim_outcome(predict_any(v, adv, batch_size), y) for v in victims.values())))
+            victim_outcome(predict_any(v, adv, batch_size, f"victim {name!r}"), y)
+            for name, v in victims.items())))
         rmse_img, linf_img = _image_rmse(adv, x_f)
         return {"fooled": fooled, "failed": failed, "reached": np.asarray(reached, bool), "rmse_image": rmse_img,
                 "linf_image": linf_img}

@@ -45,15 +45,14 @@ def _save(fig, path, dpi=150):
     return fig
 
 
-def _check_frame(df, columns):
+def _check_frame(df, columns, what="a run_study table"):
     import pandas as pd
 
     if not isinstance(df, pd.DataFrame):
-        raise TypeError(f"df: expected a pandas DataFrame (a run_study table), got "
-                        f"{type(df).__name__}")
+        raise TypeError(f"df: expected a pandas DataFrame ({what}), got {type(df).__name__}")
     missing = [c for c in columns if c not in df.columns]
     if missing:
-        raise ValueError(f"df: missing columns {missing}; expected a run_study table")
+        raise ValueError(f"df: missing columns {missing}; expected {what}")
     if df.empty:
         raise ValueError("df: the table is empty")
 
@@ -224,7 +223,8 @@ def plot_asr_at_rmse(df, path=None, victims=None, title=None):
 
     victims: the panels to draw (default: every victim, then "mean").
     """
-    _check_frame(df, ("attack", "rmse", "victim", "asr", "ci_low", "ci_high", "rmse_mean"))
+    _check_frame(df, ("attack", "rmse", "victim", "asr", "ci_low", "ci_high", "rmse_mean"),
+                 "a fairattack.compare table")
     present = list(dict.fromkeys(df["victim"]))
     if victims is None:
         victims = [v for v in present if v != "mean"] + (["mean"] if "mean" in present else [])

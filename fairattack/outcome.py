@@ -96,7 +96,19 @@ def mcnemar(b, c):
     return stat, math.erfc(math.sqrt(stat / 2.0)), "chi2"
 
 
+def _budget_value(v):
+    """A per-image table's rmse entry: "native", or a budget (a number, or its text as
+    pd.read_csv gives it back from per_image.csv: '2.0')."""
+    if isinstance(v, str) and v != "native":
+        try:
+            return float(v)
+        except ValueError:
+            return v
+    return v
+
+
 def _same_rmse(column, rmse):
+    column = column.map(_budget_value)
     if isinstance(rmse, str):
         return column.map(lambda v: isinstance(v, str) and v == rmse).to_numpy(bool)
     return column.map(lambda v: not isinstance(v, str) and abs(float(v) - float(rmse)) < 1e-9

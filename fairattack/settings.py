@@ -35,7 +35,11 @@ _RETURNS = {"best": _core.RETURNS_BEST, "last": _core.RETURNS_LAST}
 _DEFAULT = _core.default_config(0)
 CONFIG_FIELDS = tuple(_DEFAULT)
 _FIELD_TYPES = {key: int if isinstance(value, int) else float for key, value in _DEFAULT.items()}
-#: The DI / SI / TI input transforms and their defaults (all off; docs/protocol.md). Part of a
+#: Integer fields that are 0/1 switches: True / False are accepted there (and only there).
+FLAG_FIELDS = ("random_start", "skip_misclassified")
+#: The C type of the integer fields that are not a C int (fa_config in fairattack.h).
+_C_INTS = {"seed": (64, False), "index_offset": (64, True)}
+#: The DI / SI / TI input transforms and their defaults (all off; docs/protocol.md). They are part of a
 #: resolved configuration (make_config returns them), applied by the model's gradient pass.
 TRANSFORM_DEFAULTS = {"di_prob": 0.0, "di_min_scale": 0.9, "si_copies": 0, "ti_kernel": 0}
 TRANSFORM_FIELDS = tuple(TRANSFORM_DEFAULTS)
@@ -63,8 +67,8 @@ def check_transforms(values):
     """Validated transform values (names as in TRANSFORM_DEFAULTS)."""
     out = dict(TRANSFORM_DEFAULTS)
     for key, value in values.items():
-        out[key] = integer(value, key) if isinstance(TRANSFORM_DEFAULTS[key], int) \
-            else real(value, key)
+        out[key] = integer(value, key, bits=(32, True)) \
+            if isinstance(TRANSFORM_DEFAULTS[key], int) else real(value, key)
     if not 0 <= out["di_prob"] <= 1:
         raise ValueError(f"di_prob must be in [0, 1], got {out['di_prob']:g}")
     if not 0 < out["di_min_scale"] <= 1:
@@ -161,7 +165,11 @@ def make_config(optimizer, setting=None, **overrides):
     if "first_step_rmse" in overrides and "alpha" not in overrides:
         cfg["alpha"] = 0.0
     for key, value in overrides.items():
-        cfg[key] = integer(value, key) if _FIELD_TYPES[key] is int else real(value, key)
+        if _FIELD_TYPES[key] is int:
+            cfg[key] = integer(value, key, flag=key in FLAG_FIELDS,
+                               bits=_C_INTS.get(key, (32, True)))
+        else:
+            cfg[key] = real(value, key)
     if name == "FGSM" and setting in ("const_rmse", "const_rmse_authors"):
         raise ValueError(f"setting={setting!r} does not apply to FGSM, which is one step of eps "
                          "by definition; use setting='fixed' (or PGD for several steps)")

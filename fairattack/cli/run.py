@@ -90,9 +90,12 @@ def cmd_run(args):
     from ..study import run_study
 
     check_names(args.optimizers, args.settings)
-    attacks = dict(parse_text(text) for text in args.attack or ())
-    if len(attacks) != len(args.attack or ()):
-        raise UsageError("--attack: two attacks have the same name")
+    attacks = {}
+    for text in args.attack or ():
+        name, spec = parse_text(text)
+        if name in attacks:
+            raise UsageError(f"--attack: two attacks have the same name {name!r}")
+        attacks[name] = spec
     if not Path(args.data).exists():
         raise UsageError(f"--data {args.data!r} does not exist")
     for spec in args.surrogates + args.victims:
