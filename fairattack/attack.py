@@ -227,8 +227,9 @@ def attack(model, images, labels, optimizer="Adam", setting=None, *, batch_size=
         pass
     elif _is_torch_module(model):
         raise TypeError(f"model is a torch.nn.Module ({type(model).__name__}): load it with "
-                        "fairattack.load_model(module) first (a network that takes float NCHW "
-                        "RGB in [0, 255]; see fairattack.models.ImageNetWrapper)")
+                        "fairattack.load_model(module, mode=..., input_size=...) first (mode "
+                        "'torch', 'caffe' or 'tf' wraps it with resizing and normalisation; "
+                        "'pixels' for a network that takes float NCHW RGB in [0, 255])")
     elif not callable(model):
         raise TypeError("model must be a fairattack.Model (see fairattack.load_model) or a "
                         f"callable oracle, got {type(model).__name__}")

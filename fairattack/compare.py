@@ -55,7 +55,7 @@ from ._model import Model, file_stamp, predict_any, victims_of
 from ._validate import images_f32, int_at_least, labels_i64, positive_int, round_to_uint8
 from .outcome import bootstrap_ci, fooled_mask
 from .peers import peer_by_name, run_peer
-from .settings import make_config
+from .settings import check_pixel_units, make_config
 from .spec import CONFIG_KEYS, TRANSFORMS, coerce
 from .store import CompareCache, digest_parts
 
@@ -68,9 +68,13 @@ _RESERVED = ("eps", "max_rmse", "batch_size", "progress", "model", "images", "la
 
 # ----------------------------------------------------------------------------- matching
 
-def _eps(eps):
+def _eps(eps, allow_subpixel=False):
     if isinstance(eps, bool) or not isinstance(eps, (int, float, np.integer, np.floating)) \
-            or not math.isfinite(eps) or not 0.5 <= eps <= 255:
+            or not math.isfinite(eps) or not 0 < eps <= 255:
+        raise ValueError(f"eps must be a number of pixels in [0.5, 255] (uint8 images need at "
+                         f"least half a level), got {eps!r}")
+    check_pixel_units("eps", float(eps), allow_subpixel)
+    if eps < 0.5:
         raise ValueError(f"eps must be a number of pixels in [0.5, 255] (uint8 images need at "
                          f"least half a level), got {eps!r}")
     return float(eps)
@@ -154,7 +158,7 @@ def _parse_attacks(attacks, surrogate, eps, shape):
     for i, item in enumerate(attacks):
         where = f"attacks[{i}]"
         attack = coerce(item, where, shape=shape, reserved=_RESERVED,
-                        allowed=CONFIG_KEYS + TRANSFORMS + ("rounding",))
+                        allowed=CONFIG_KEYS + TRANSFORMS + ("rounding", "allow_subpixel"))
         if attack.kind == "peer" and attack.fn is None:
             attack.fn = peer_by_name(attack.name, surrogate, eps)
         if attack.kind == "fairattack":  # fails early, naming the attack
@@ -204,7 +208,7 @@ def _native(attack, surrogate, x, y, kept, eps, batch_size, progress, seed, max_
     return round_to_uint8(images_f32(out, where))
 
 
-def _budgets(rmse):
+def _budgets(rmse, allow_subpixel=False):
     values = np.atleast_1d(np.asarray(rmse, dtype=object))
     out = []
     for v in values:
@@ -212,7 +216,7 @@ def _budgets(rmse):
                                                                   np.floating)) \
                 or not math.isfinite(v) or v <= 0:
             raise ValueError(f"rmse must be a list of positive RMSE budgets (pixels), got {v!r}")
-        out.append(float(v))
+        out.append(check_pixel_units("rmse", float(v), allow_subpixel))
     if len(set(out)) != len(out):
         raise ValueError(f"rmse: budgets must be distinct, got {out}")
     return sorted(out)
@@ -234,7 +238,7 @@ class ComparisonFrame(pd.DataFrame):
 
 def compare(surrogate, images, labels, attacks, victims, rmse=(2, 4, 6, 8, 10, 12),
             mode="rescale", eps=16, batch_size=16, progress=False, seed=0, n_boot=1000,
-            cache_dir=None):
+            cache_dir=None, allow_subpixel=False):
     """Every attack's own ℓ∞, RMSE and ASR, and its ASR at each common RMSE budget.
 
     surrogate: the model the attacks run on (a fairattack Model, or a callable oracle for
@@ -258,10 +262,14 @@ def compare(surrogate, images, labels, attacks, victims, rmse=(2, 4, 6, 8, 10, 1
     cache_dir: a folder where per (attack, budget) outcomes and native images are kept, keyed
         by what determines them (images, models' files, attack, budget, eps, fairattack's
         version): a rerun skips finished parts. Callables and peer objects have no such key and always run.
+    allow_subpixel: eps and the rmse budgets are pixels of [0, 255] images; one in (0, 1) is
+        refused as a [0, 1] unit (8/255 meant as 8) unless allow_subpixel=True.
 
     Returns a tidy pandas DataFrame, one row per (attack, rmse, victim): attack, how ("native",
     "rescale" or "budget"), rmse (the budget, or "native" for the attack's own output), victim
-    (each and "mean"), asr, ci_low, ci_high (bootstrap 95%), n_images, n_unreachable,
+    (each and "mean"), asr, ci_low, ci_high (bootstrap 95%), clean_error (the victim's error on
+    the same clean images: the baseline of its asr; both are over the images that count, those
+    the surrogate classifies correctly), n_images, n_unreachable,
     rmse_mean and linf_mean (of the evaluated uint8 images: the native row carries the
     attack's own RMSE and ℓ∞). df.per_image holds every image's outcome (columns
     attack, rmse, how, image (index into `images`), victim, fooled, reached, rmse_image,
@@ -269,8 +277,8 @@ def compare(surrogate, images, labels, attacks, victims, rmse=(2, 4, 6, 8, 10, 1
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    eps = _eps(eps)
-    budgets = _budgets(rmse)
+    eps = _eps(eps, allow_subpixel)
+    budgets = _budgets(rmse, allow_subpixel)
     batch_size = positive_int(batch_size, "batch_size")
     seed = int_at_least(seed, "seed", 0)
     n_boot = int_at_least(n_boot, "n_boot", 0)
@@ -279,6 +287,9 @@ def compare(surrogate, images, labels, attacks, victims, rmse=(2, 4, 6, 8, 10, 1
     y_all = labels_i64(labels, x_all.shape[0])
     victims = victims_of(victims)
     attack_list = _parse_attacks(attacks, surrogate, eps, x_all.shape)
+    for attack in attack_list:
+        if allow_subpixel and attack.kind == "fairattack":  # the same eps reaches fa.attack
+            attack.params.setdefault("allow_subpixel", True)
 
     # the images that count, once for every attack (the paired test needs the same images)
     if surrogate is None:
@@ -324,6 +335,9 @@ def compare(surrogate, images, labels, attacks, victims, rmse=(2, 4, 6, 8, 10, 1
         return {"fooled": fooled, "reached": np.asarray(reached, bool), "rmse_image": rmse_img,
                 "linf_image": linf_img}
 
+    # each victim's error on the clean images that count: the baseline of its ASR
+    clean_error = np.stack([fooled_mask(predict_any(v, x, batch_size), y)
+                            for v in victims.values()]).astype(np.float64).mean(axis=1)
     rows, per_image, hits = [], [], 0
     attacks_iter = attack_list
     if progress:
@@ -367,7 +381,7 @@ def compare(surrogate, images, labels, attacks, victims, rmse=(2, 4, 6, 8, 10, 1
                     adv, rmse_img = _round_to_budget(adv, x, x_f, r, eps)
                     result = evaluate(adv, rmse_img >= r - RMSE_TOL)
                 cache.put("cells", f"{attack.name}__{r}", key, **result)
-            rows += _rows(attack.name, how, r, list(victims), result, seed, n_boot)
+            rows += _rows(attack.name, how, r, list(victims), result, seed, n_boot, clean_error)
             per_image.append(_per_image(attack.name, how, r, list(victims), kept, result))
 
     df = ComparisonFrame(rows)
@@ -377,7 +391,7 @@ def compare(surrogate, images, labels, attacks, victims, rmse=(2, 4, 6, 8, 10, 1
     return df
 
 
-def _rows(attack, how, r, victim_names, result, seed, n_boot):
+def _rows(attack, how, r, victim_names, result, seed, n_boot, clean_error):
     fooled = result["fooled"].astype(np.float64)  # [V, n]
     n = fooled.shape[1]
     common = {"attack": attack, "how": how, "rmse": r, "n_images": n,
@@ -385,11 +399,13 @@ def _rows(attack, how, r, victim_names, result, seed, n_boot):
               "rmse_mean": float(result["rmse_image"].mean()),
               "linf_mean": float(result["linf_image"].mean())}
     rows = []
-    for name, outcome in list(zip(victim_names, fooled)) + [("mean", fooled.mean(axis=0))]:
+    for name, outcome, clean in list(zip(victim_names, fooled, clean_error)) + [
+            ("mean", fooled.mean(axis=0), float(np.mean(clean_error)))]:
         low, high = bootstrap_ci(outcome, seed, n_boot)
         rows.append({**common, "victim": name, "asr": float(outcome.mean()), "ci_low": low,
-                     "ci_high": high})
-    order = ("attack", "how", "rmse", "victim", "asr", "ci_low", "ci_high", "n_images",
+                     "ci_high": high, "clean_error": float(clean)})
+    order = ("attack", "how", "rmse", "victim", "asr", "ci_low", "ci_high", "clean_error",
+             "n_images",
              "n_unreachable", "rmse_mean", "linf_mean")
     return [{k: row[k] for k in order} for row in rows]
 
@@ -425,7 +441,7 @@ def comparison_table(df, victim="mean"):
         rows = sub[sub["attack"] == attack]
         native = rows[rows["how"] == "native"].iloc[0]
         entry = {"attack": attack, "linf": native["linf_mean"], "rmse": native["rmse_mean"],
-                 "asr": native["asr"]}
+                 "clean_error": native.get("clean_error", float("nan")), "asr": native["asr"]}
         for _, row in rows[rows["how"] != "native"].iterrows():
             entry[f"asr@{row['rmse']:g}"] = (f"{row['asr']:.3f} [{row['ci_low']:.3f}, "
                                               f"{row['ci_high']:.3f}]")

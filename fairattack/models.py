@@ -192,6 +192,9 @@ def _load_state_dict(weights_path):
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
+    # a checkpoint of torch.nn.DataParallel / DistributedDataParallel: every key is "module.*"
+    if isinstance(state, dict) and state and all(str(k).startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
     return state
 
 

@@ -39,6 +39,21 @@ _FIELD_TYPES = {key: int if isinstance(value, int) else float for key, value in 
 #: resolved configuration (make_config returns them), applied by the model's gradient pass.
 TRANSFORM_DEFAULTS = {"di_prob": 0.0, "di_min_scale": 0.9, "si_copies": 0, "ti_kernel": 0}
 TRANSFORM_FIELDS = tuple(TRANSFORM_DEFAULTS)
+#: The fields in pixels (of [0, 255] images) that a [0, 1] habit gets wrong by a factor 255:
+#: given below one pixel level (8/255 for 8), `make_config` refuses them unless allow_subpixel.
+PIXEL_FIELDS = ("eps", "alpha", "stop_rmse", "max_rmse")
+
+
+def check_pixel_units(name, value, allow_subpixel=False):
+    """The one rule for a budget or step in pixels: a value in (0, 1) is below one pixel level
+    of [0, 255] images, almost surely a [0, 1] unit (8/255 meant as 8): ValueError naming the
+    argument, unless allow_subpixel. Returns value."""
+    if not allow_subpixel and 0 < value < 1:
+        raise ValueError(f"{name}={value:.3g} is below one pixel level: fairattack measures "
+                         f"{name} in pixels of [0, 255] images, so {value:.3g} in [0, 1] units "
+                         f"is {name}={value * 255:.4g} here; pass {name}={value * 255:.4g}, or "
+                         f"allow_subpixel=True if {value:.3g} pixels is meant")
+    return value
 
 
 def optimizer_index(optimizer):
@@ -89,7 +104,7 @@ def core_config(cfg):
     return {key: value for key, value in cfg.items() if key in _FIELD_TYPES}
 
 
-def make_config(optimizer, setting=None, **overrides):
+def make_config(optimizer, setting=None, *, allow_subpixel=False, **overrides):
     """The full, checked configuration of one attack as a dict of the core's fields.
 
     setting:
@@ -110,6 +125,9 @@ def make_config(optimizer, setting=None, **overrides):
       model's gradient pass applies them).
       Giving `alpha` switches calibration off and vice versa. NumPy scalars are accepted;
       integer fields (max_iter, si_copies, ...) must be integers.
+    allow_subpixel: eps, alpha, stop_rmse and max_rmse are pixels of [0, 255]
+      images; one given in (0, 1) is refused as a [0, 1] unit (eps=8/255 meant as eps=8) unless
+      allow_subpixel=True (`check_pixel_units`).
     """
     index = optimizer_index(optimizer)
     name = OPTIMIZERS[index]
@@ -162,6 +180,8 @@ def make_config(optimizer, setting=None, **overrides):
         cfg["alpha"] = 0.0
     for key, value in overrides.items():
         cfg[key] = integer(value, key) if _FIELD_TYPES[key] is int else real(value, key)
+        if key in PIXEL_FIELDS:
+            check_pixel_units(key, cfg[key], allow_subpixel)
     if name == "FGSM" and setting in ("const_rmse", "const_rmse_authors"):
         raise ValueError(f"setting={setting!r} does not apply to FGSM, which is one step of eps "
                          "by definition; use setting='fixed' (or PGD for several steps)")

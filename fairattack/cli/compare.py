@@ -73,7 +73,9 @@ def _folders(args):
 def _markdown(df, table, path, meta):
     lines = [f"# Fair comparison ({meta['mode']}, eps {meta['eps']:g}, "
              f"{meta['n_images']} images)", "",
-             "ASR = mean victim error; [95% bootstrap CI]; linf and rmse: the attack's own "
+             "ASR = mean victim error on the images that count (those the surrogate "
+             "classifies correctly); [95% bootstrap CI]; clean_error: the victims' error on "
+             "the same clean images (the baseline of ASR); linf and rmse: the attack's own "
              "uint8 images.", ""]
     cols = list(table.columns)
     lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]

@@ -16,7 +16,7 @@ def _table(df, victims=True):
 
     cols = [c for c in TABLE_COLUMNS if c in df.columns]
     if victims:
-        cols += [c for c in df.columns if c.startswith("err_")] + \
+        cols += [c for c in df.columns if c.startswith(("err_", "clean_err_"))] + \
             [c for c in ("asr", "asr_ci_low", "asr_ci_high", "seconds") if c in df.columns]
     with pd.option_context("display.width", 200, "display.max_columns", None,
                            "display.float_format", "{:.3f}".format):
@@ -47,7 +47,7 @@ def _figures(df, out_dir):
 
 def _markdown(df, path):
     cols = [c for c in TABLE_COLUMNS if c in df.columns] + \
-        [c for c in df.columns if c.startswith("err_")] + \
+        [c for c in df.columns if c.startswith(("err_", "clean_err_"))] + \
         [c for c in ("asr", "asr_ci_low", "asr_ci_high") if c in df.columns]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for _, row in df[cols].iterrows():

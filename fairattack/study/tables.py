@@ -21,10 +21,12 @@ TAIL_COLUMNS = ("asr", "asr_ci_low", "asr_ci_high", "seconds")
 BOOTSTRAP = 1000
 
 
-def summarize(frame, predictions, stop_rmse, seed=0):
+def summarize(frame, predictions, stop_rmse, seed=0, clean_predictions=None):
     """One table row from per-image records (frame: label, status, metrics...; predictions:
     {victim: [n] predicted class, -1 where not evaluated}): counts, means over attacked images,
-    victim error rates, ASR (their mean) and its bootstrap 95% interval."""
+    victim error rates, ASR (their mean) and its bootstrap 95% interval. clean_predictions:
+    {victim: [n] predicted class of the clean images}: clean_err_<victim>, the victim's error on
+    the same (attacked) clean images, the baseline of its err_<victim>."""
     status = frame["status"].to_numpy().astype(str)
     attacked = attacked_mask(status)
     labels = frame["label"].to_numpy()
@@ -44,6 +46,10 @@ def summarize(frame, predictions, stop_rmse, seed=0):
         wrong = fooled_mask(np.asarray(pred)[attacked], labels[attacked]).astype(np.float64)
         errors.append(wrong)
         row[f"err_{victim}"] = float(wrong.mean()) if wrong.size else float("nan")
+        if clean_predictions is not None and victim in clean_predictions:
+            clean = fooled_mask(np.asarray(clean_predictions[victim])[attacked],
+                                labels[attacked])
+            row[f"clean_err_{victim}"] = float(clean.mean()) if clean.size else float("nan")
     if errors and attacked.any():
         per_image = np.mean(errors, axis=0)
         row["asr"] = float(per_image.mean())
@@ -60,6 +66,8 @@ def frame_of(rows, victim_names=None):
     errs = [c for c in df.columns if c.startswith("err_")]
     if victim_names is not None:
         errs = [f"err_{v}" for v in victim_names]
+    # each victim's error after the attack, then its clean error on the same images (baseline)
+    errs = [c for e in errs for c in (e, "clean_" + e) if c == e or c in df.columns]
     columns = [c for c in COLUMNS if c in df.columns] + errs + list(TAIL_COLUMNS)
     df = df.reindex(columns=columns)
     for c in COUNTS:

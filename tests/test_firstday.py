@@ -1,0 +1,165 @@
+"""A researcher's first day (issue 16): no silent trap for a torchattacks habit. A [0, 1] ε or
+budget is refused, a bare torch module must say its input convention, every ASR comes with the
+victims' clean error on the same images, and the results speak names."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import fairattack as fa
+from fairattack import models
+from tiny import SmallNet, images_it_gets_right
+
+
+@pytest.fixture(scope="module")
+def small():
+    return fa.load_model(SmallNet().eval(), name="small", mode="pixels")
+
+
+# ----------------------------------------------------------------------------- 1. units
+
+@pytest.mark.parametrize("key, value", [("eps", 8 / 255), ("alpha", 2 / 255),
+                                        ("stop_rmse", 0.02), ("max_rmse", 0.5)])
+def test_a_unit_interval_budget_is_refused_everywhere(small, key, value):
+    x, y, _ = images_it_gets_right(small, n=2, size=12)
+    extra = {"eps": 16} if key != "eps" else {}
+    with pytest.raises(ValueError, match=f"{key}={value:.3g} is below one pixel level"):
+        fa.attack(small, x, y, "PGD", **extra, **{key: value})
+    with pytest.raises(ValueError, match=f"{key}={value * 255:.4g}"):
+        fa.make_config("Adam", **extra, **{key: value})
+
+
+def test_the_message_says_what_8_over_255_becomes():
+    with pytest.raises(ValueError, match=r"pixels of \[0, 255\].*eps=8 here"):
+        fa.make_config("PGD", eps=8 / 255)
+
+
+def test_before_the_fix_8_over_255_left_images_untouched_now_allowed_only_on_request(small):
+    x, y, _ = images_it_gets_right(small, n=2, size=12)
+    res = fa.attack(small, x, y, "PGD", eps=8 / 255, allow_subpixel=True)
+    assert np.array_equal(res.images, x)  # what the old default silently returned
+    res = fa.attack(small, x, y, "PGD", eps=8)
+    assert res.linf[res.attacked_mask].max() > 0
+
+
+def test_compare_and_run_study_refuse_subpixel_budgets(small, tmp_path):
+    x, y, _ = images_it_gets_right(small, n=2, size=12)
+    with pytest.raises(ValueError, match="eps=0.0314 is below one pixel level"):
+        fa.compare(small, x, y, ["PGD"], {"v": small}, eps=8 / 255)
+    with pytest.raises(ValueError, match="rmse=0.02 is below one pixel level"):
+        fa.compare(small, x, y, ["PGD"], {"v": small}, rmse=[0.02, 4])
+    with pytest.raises(ValueError, match="eps=0.0314 is below one pixel level"):
+        fa.run_study([small], {"v": small}, (x, y), optimizers=["PGD"],
+                     overrides={"eps": 8 / 255}, out_dir=tmp_path, progress=False)
+    assert not (tmp_path / "cells").exists()
+
+
+# ----------------------------------------------------------------------------- 3. baseline
+
+class Constant(torch.nn.Module):
+    """Always predicts class `k` (of 10): misclassifies every image not labelled k."""
+
+    def __init__(self, k):
+        super().__init__()
+        self.k = k
+
+    def forward(self, x):
+        return torch.nn.functional.one_hot(torch.full((x.shape[0],), self.k), 10).float() * 5 \
+            + 0 * x.mean()
+
+
+def test_compare_reports_each_victims_clean_error(small):
+    x, y, _ = images_it_gets_right(small, n=6, size=12)
+    wrong = fa.load_model(Constant(int((y[0] + 1) % 10)), name="wrong", mode="pixels")
+    df = fa.compare(small, x, y, ["FGSM"], {"same": small, "wrong": wrong}, rmse=[4],
+                    n_boot=0)
+    clean = df.groupby("victim")["clean_error"].first()
+    # independent reference: the victims' errors on the clean images
+    assert clean["same"] == pytest.approx(np.mean(small.predict(x) != y))
+    assert clean["wrong"] == pytest.approx(np.mean(wrong.predict(x) != y))
+    assert clean["mean"] == pytest.approx((clean["same"] + clean["wrong"]) / 2)
+    table = fa.comparison_table(df, victim="wrong")
+    assert table.loc[0, "clean_error"] == pytest.approx(clean["wrong"])
+
+
+def test_run_study_reports_each_victims_clean_error(small, tmp_path):
+    x, y, _ = images_it_gets_right(small, n=6, size=12)
+    wrong = fa.load_model(Constant(int((y[0] + 1) % 10)), name="wrong", mode="pixels")
+    df = fa.run_study([small], {"same": small, "wrong": wrong}, (x, y), optimizers=["GD"],
+                      overrides={"max_iter": 2}, out_dir=tmp_path, progress=False)
+    assert df.loc[0, "clean_err_same"] == 0.0  # the surrogate itself gets them all right
+    assert df.loc[0, "clean_err_wrong"] == pytest.approx(np.mean(wrong.predict(x) != y))
+    cols = list(df.columns)
+    assert cols.index("clean_err_wrong") == cols.index("err_wrong") + 1
+    on_disk = pd.read_csv(tmp_path / "results.csv")
+    assert on_disk.loc[0, "clean_err_wrong"] == pytest.approx(df.loc[0, "clean_err_wrong"])
+
+
+# ----------------------------------------------------------------------------- 4. one default
+
+def test_run_study_runs_a_sign_attack_under_its_default_setting(small, tmp_path):
+    x, y, _ = images_it_gets_right(small, n=2, size=12)
+    df = fa.run_study([small], {"v": small}, (x, y), optimizers=["PGD", "GD"],
+                      overrides={"max_iter": 2}, out_dir=tmp_path, progress=False)
+    assert dict(zip(df["optimizer"], df["setting"])) == {"PGD": "fixed", "GD": "const_loss"}
+    assert fa.attack(small, x, y, "PGD").setting == "fixed"
+
+
+# ----------------------------------------------------------------------------- 2. conventions
+
+class UnitNet(torch.nn.Module):
+    """A torchvision-style network: expects normalised [0, 1] input at 12x12."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.head = torch.nn.Linear(8 * 4 * 4, 10)
+
+    def forward(self, x):
+        h = torch.relu(self.conv(x))
+        return self.head(torch.nn.functional.adaptive_avg_pool2d(h, 4).flatten(1)) * 4.0
+
+
+def test_a_bare_module_must_say_its_input_convention():
+    with pytest.raises(ValueError, match=r"unknown input convention.*mode='torch', "
+                                         r"input_size=224.*mode='pixels'"):
+        fa.load_model(UnitNet())
+    with pytest.raises(ValueError, match="input_size"):
+        fa.load_model(UnitNet(), mode="torch")
+    with pytest.raises(ValueError, match="mode='rgb'"):
+        fa.load_model(UnitNet(), mode="rgb", input_size=12)
+
+
+def test_mode_torch_wraps_the_module_as_export_does(tmp_path):
+    net = UnitNet().eval()
+    x = np.random.default_rng(0).integers(0, 256, (5, 12, 12, 3)).astype(np.uint8)
+    loaded = fa.load_model(net, mode="torch", input_size=12)
+    exported = fa.load_model(models.export(net, tmp_path / "n.pt", input_size=12, mode="torch"))
+    # independent reference: plain torch on the normalised [0, 1] input
+    t = torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        want = net((t - mean) / std).argmax(1).numpy()
+    np.testing.assert_array_equal(loaded.predict(x), want)
+    np.testing.assert_array_equal(exported.predict(x), want)
+    np.testing.assert_allclose(loaded.logits(x), exported.logits(x), rtol=1e-5, atol=1e-5)
+    pixels = fa.load_model(net, mode="pixels")  # what the old default did: another model
+    assert not np.allclose(pixels.logits(x), loaded.logits(x))
+    from fairattack._model import model_digest
+    assert model_digest(pixels) != model_digest(loaded)
+
+
+def test_a_dataparallel_checkpoint_loads_without_its_module_prefix(tmp_path):
+    import torchvision
+
+    from fairattack.models import _load_state_dict
+
+    net = torchvision.models.squeezenet1_1(weights=None)
+    torch.save(torch.nn.DataParallel(net).state_dict(), tmp_path / "dp.pth")
+    state = _load_state_dict(tmp_path / "dp.pth")
+    assert set(state) == set(net.state_dict())
+    for key, value in net.state_dict().items():
+        assert torch.equal(state[key], value)
