@@ -314,6 +314,13 @@ def model_specs(specs, what):
                 if not os.path.isfile(spec):
                     raise FileNotFoundError(f"{what}: model file {os.fspath(spec)!r} does not "
                                             "exist")
+                if not models.is_torchscript(spec):
+                    raise ValueError(
+                        f"{what}: {os.fspath(spec)!r} is not a TorchScript model (a state dict "
+                        "or checkpoint?); fairattack runs TorchScript files that take [0, 255] "
+                        "pixels. Export the network with its weights first: fairattack export "
+                        f"ARCH {os.fspath(spec)} model.pt (torchvision or --library timm), or "
+                        "fairattack.models.export(net, 'model.pt', input_size=224)")
             elif registry_name(spec) is None:
                 raise ValueError(f"{what}: unknown model {spec!r}; expected a registered name "
                                  f"({', '.join(models.available_models())}) or a TorchScript "

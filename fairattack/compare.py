@@ -256,7 +256,15 @@ def compare(surrogate, images, labels, attacks, victims, rmse=(2, 4, 6, 8, 10, 1
           the surrogate with eps/255 and torchattacks' other defaults (needs the `peers` extra);
         - (name, array): precomputed adversarial images of the same shape as `images`.
     victims: dict name -> Model (or any object with predict(images uint8) -> labels).
-    rmse: the RMSE budgets r (pixels). mode: "rescale" or "budget" (module docstring).
+    rmse: the RMSE budgets r (pixels), each at most eps.
+    mode: how an attack is brought to each budget r:
+        "rescale" (any attack): its finished perturbation is scaled per image, clipped to ε and
+            the box, to the uint8 RMSE r (within 0.05 px); it keeps the attack's direction.
+        "budget" (fairattack's own attacks; others fall back to rescale): the attack is rerun
+            with max_rmse=r, every iterate projected onto ℓ∞ ≤ ε ∩ RMSE ≤ r, so the optimizer
+            spends the RMSE where its loss gains most; it never amplifies.
+        Images that cannot reach r are evaluated at the largest RMSE ≤ r they reach
+        (n_unreachable); docs/fair-comparison.md has the details.
     eps: the common ℓ∞ budget (pixels) for every attack and every matched image.
     seed: attacks' randomness and the bootstrap. n_boot: bootstrap resamples (0: no CI).
     cache_dir: a folder where per (attack, budget) outcomes and native images are kept, keyed
@@ -279,6 +287,10 @@ def compare(surrogate, images, labels, attacks, victims, rmse=(2, 4, 6, 8, 10, 1
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     eps = _eps(eps, allow_subpixel)
     budgets = _budgets(rmse, allow_subpixel)
+    if budgets[-1] > eps:
+        raise ValueError(f"rmse={budgets[-1]:g} can never be reached with eps={eps:g} (an "
+                         "image's RMSE is at most its l-inf distance): lower the budget or "
+                         "raise eps")
     batch_size = positive_int(batch_size, "batch_size")
     seed = int_at_least(seed, "seed", 0)
     n_boot = int_at_least(n_boot, "n_boot", 0)

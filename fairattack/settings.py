@@ -197,9 +197,30 @@ def make_config(optimizer, setting=None, *, allow_subpixel=False, **overrides):
     return cfg
 
 
+def readable_config(cfg):
+    """A make_config dict as a user reads it: the optimizer, `returns` and `nesterov` by name,
+    and each float as the shortest decimal that the core's float32 holds (0.9, not
+    0.8999999761581421)."""
+    import numpy as np
+
+    out = {}
+    for key, value in cfg.items():
+        if key == "optimizer":
+            value = OPTIMIZERS[value]
+        elif key == "returns":
+            value = next(n for n, v in _RETURNS.items() if v == value)
+        elif key == "nesterov":
+            value = next((n for n, v in _NESTEROV.items() if v == value), value)
+        elif isinstance(value, float) and math.isfinite(value) and \
+                float(np.float32(value)) == value:
+            value = float(str(np.float32(value)))
+        out[key] = value
+    return out
+
+
 def describe(cfg):
     """A short human-readable line for a configuration dict."""
-    name = OPTIMIZERS[cfg["optimizer"]]
+    name = cfg["optimizer"] if isinstance(cfg["optimizer"], str) else OPTIMIZERS[cfg["optimizer"]]
     step = (f"alpha={cfg['alpha']:g}" if cfg["alpha"] > 0
             else f"first_step_rmse={cfg['first_step_rmse']:g}")
     parts = [name, f"eps={cfg['eps']:g}", f"max_iter={cfg['max_iter']}", step]
@@ -212,5 +233,6 @@ def describe(cfg):
     if cfg.get("max_rmse", 0) > 0:
         parts.append(f"max_rmse={cfg['max_rmse']:g}")
     if "returns" in cfg:
-        parts.append("returns=" + ("last" if cfg["returns"] == _RETURNS["last"] else "best"))
+        parts.append("returns=" + ("last" if cfg["returns"] in (_RETURNS["last"], "last")
+                                   else "best"))
     return " ".join(parts)

@@ -163,3 +163,74 @@ def test_a_dataparallel_checkpoint_loads_without_its_module_prefix(tmp_path):
     assert set(state) == set(net.state_dict())
     for key, value in net.state_dict().items():
         assert torch.equal(state[key], value)
+
+
+# ----------------------------------------------------------------------------- 12. results
+
+def test_config_shows_names_and_values_as_given(small):
+    x, y, _ = images_it_gets_right(small, n=2, size=12)
+    res = fa.attack(small, x, y, "NAGD", max_iter=2, momentum=0.9, nesterov="textbook")
+    assert res.config["optimizer"] == "NAGD" and res.config["returns"] == "best"
+    assert res.config["nesterov"] == "textbook"
+    assert res.config["momentum"] == 0.9 and res.config["beta2"] == 0.999
+    assert fa.attack(small, x, y, "PGD").config["returns"] == "last"
+
+
+def test_to_frame_has_the_image_its_name_and_the_prediction_after_the_attack(small):
+    x, y, names = images_it_gets_right(small, n=4, size=12)
+    res = fa.attack(small, x, y, "PGD", eps=16, index_offset=10)
+    frame = res.to_frame(names)
+    assert list(frame["image"]) == [10, 11, 12, 13] and list(frame["name"]) == names
+    # independent reference: the surrogate on the returned uint8 images
+    np.testing.assert_array_equal(frame["pred"], small.predict(res.images))
+    assert frame["pred"].dtype == np.int64
+    with pytest.raises(ValueError, match="names: expected 4 names"):
+        res.to_frame(names[:2])
+
+
+def test_save_writes_pngs_rows_and_config(small, tmp_path):
+    from fairattack import data
+
+    x, y, names = images_it_gets_right(small, n=3, size=12)
+    res = fa.attack(small, x, y, "FGSM", eps=8)
+    res.save(tmp_path / "out", [f"{n}.JPEG" for n in names])
+    files, images = data.read_image_folder(tmp_path / "out", "out")
+    assert [f.name for f in files] == [f"{n}.png" for n in names]
+    np.testing.assert_array_equal(images, res.images)
+    rows = pd.read_csv(tmp_path / "out" / "results.csv")
+    assert list(rows["png"]) == [f"{n}.png" for n in names]
+    np.testing.assert_allclose(rows["linf"], res.linf)
+    import json
+    meta = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert meta["config"]["optimizer"] == "FGSM" and meta["config"]["eps"] == 8
+
+
+def test_help_of_attack_and_compare_stand_alone():
+    assert "Returns an `AttackResult`" in fa.attack.__doc__
+    for status in ("stop_loss", "stop_rmse", "max_iter", "skipped", "nan"):
+        assert f'"{status}"' in fa.AttackResult.__doc__
+    assert "module docstring" not in fa.compare.__doc__
+    assert '"rescale"' in fa.compare.__doc__ and '"budget"' in fa.compare.__doc__
+
+
+def test_an_imagefolder_tree_with_a_class_index_file(tmp_path):
+    from PIL import Image
+
+    from fairattack import data
+
+    rng = np.random.default_rng(0)
+    for folder in ("cat", "dog"):
+        (tmp_path / folder).mkdir()
+        for i in range(2):
+            Image.fromarray(rng.integers(0, 256, (8, 8, 3)).astype(np.uint8)).save(
+                tmp_path / folder / f"{i}.png")
+    with pytest.raises(ValueError, match=r"ImageFolder tree \(cat/, dog/\).*'cat 281'"):
+        data.open_dataset(tmp_path)
+    (tmp_path / "classes.txt").write_text("cat 281\n")
+    with pytest.raises(ValueError, match="no class index for the folder 'dog'"):
+        data.open_dataset(tmp_path, labels=tmp_path / "classes.txt")
+    (tmp_path / "classes.txt").write_text("cat 281\ndog 207\n")
+    ds = data.open_dataset(tmp_path, labels=tmp_path / "classes.txt")
+    assert ds.layout == "class_folders"
+    assert list(ds.names) == ["cat/0.png", "cat/1.png", "dog/0.png", "dog/1.png"]
+    assert list(ds.labels) == [281, 281, 207, 207]

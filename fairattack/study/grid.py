@@ -302,10 +302,9 @@ def _work_item(cell, start, chunk_size, batch_size, rounding, surrogate_model, v
         seconds = time.perf_counter() - began
         adv = res.images
         attacked = np.asarray(res.attacked_mask)
-        surrogate_pred = np.full(len(y), -1, np.int64)
-        if attacked.any():
-            surrogate_pred[attacked] = model.predict(adv[attacked], batch_size=batch_size)
-        frame = res.to_frame()
+        # the surrogate's class of each attacked uint8 image (fa.attack measured it), else -1
+        surrogate_pred = np.where(attacked, res.pred, -1).astype(np.int64)
+        frame = res.to_frame().drop(columns=["image", "pred"])  # the chunk record's columns
         frame.insert(0, "png", selection.pngs[start:stop])
         frame.insert(0, "name", selection.names[start:stop])
         frame["surrogate_pred"] = surrogate_pred
