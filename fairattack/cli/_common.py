@@ -62,7 +62,9 @@ class Formatter(argparse.RawDescriptionHelpFormatter):
 
     def _get_help_string(self, action):
         text = action.help or ""
-        if "default" in text or action.default in (None, False, [], argparse.SUPPRESS):
+        default = action.default
+        if "default" in text or default is None or default is False or default == [] \
+                or default == argparse.SUPPRESS:  # `is`: 0 is a default worth showing
             return text
         return f"{text} (default: %(default)s)" if text else "default: %(default)s"
 

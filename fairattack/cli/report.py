@@ -87,6 +87,8 @@ def _report_comparison(out_dir):
     csv = out_dir / "compare.csv"
     try:
         df = pd.read_csv(csv)
+        if "rmse" in df.columns:  # "native" or a budget: the CSV reads them all as text
+            df["rmse"] = [r if r == "native" else float(r) for r in df["rmse"]]
         table = comparison_table(df)
     except (ValueError, UnicodeDecodeError) as error:
         raise UsageError(f"{csv}: malformed comparison file ({error})") from None
