@@ -116,9 +116,10 @@ class AttackResult:
 
     def save(self, folder, names=None):
         """Write the adversarial images as folder/<name>.png (names: one per image, e.g. the
-        clean files' names; default image_00000 ...) and their rows as folder/results.csv
-        (to_frame with a png column) and the configuration as folder/config.json. Returns the
-        folder. Re-read the PNGs with fairattack.data.read_image_folder."""
+        clean files' names; default image_00000 ...), their rows as folder/attack.csv
+        (to_frame with a png column) and the configuration as folder/attack.json. Returns the
+        folder. Re-read the PNGs with fairattack.data.read_image_folder; compare them with
+        `fairattack compare --clean CLEAN --adv NAME=folder`."""
         import json
         from pathlib import Path
 
@@ -134,10 +135,10 @@ class AttackResult:
         for image, png in zip(self.images, pngs):
             write_png(folder / png, image)
         frame.insert(2, "png", pngs)
-        write_atomic(folder / "results.csv", frame.to_csv(index=False).encode())
+        write_atomic(folder / "attack.csv", frame.to_csv(index=False).encode())
         meta = {"optimizer": self.optimizer, "setting": self.setting, "n_images": n,
                 "config": self.config}
-        write_atomic(folder / "config.json", (json.dumps(meta, indent=1) + "\n").encode())
+        write_atomic(folder / "attack.json", (json.dumps(meta, indent=1) + "\n").encode())
         return folder
 
     def __repr__(self):

@@ -119,3 +119,15 @@ def test_a_state_dict_points_at_export_then_export_makes_a_model(user_files, tmp
     np.testing.assert_allclose(fa.load_model(tmp_path / "sq.pt").logits(x),
                                reference.logits(x), rtol=1e-4, atol=1e-4)
     assert json.dumps(models.read_metadata(tmp_path / "sq.pt")).find("torchvision") > 0
+
+
+def test_a_failed_run_leaves_no_output_folder(user_files, tmp_path):
+    root, s, v, folder = user_files
+    out = cli("run", "--surrogates", s, "--victims", v, "--data", folder, "--out",
+              tmp_path / "study", cwd=tmp_path)  # a plain TorchScript file: size unknown
+    one_error_line(out, "unknown input size")
+    assert "--image-size" in out.stderr
+    out = cli("compare", "--surrogates", s, "--victims", v, "--data", folder, "--attacks",
+              "PGD", "--out", tmp_path / "cmp", cwd=tmp_path)
+    one_error_line(out, "unknown input size; pass --image-size")
+    assert not any(tmp_path.iterdir())

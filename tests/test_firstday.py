@@ -189,6 +189,7 @@ def test_to_frame_has_the_image_its_name_and_the_prediction_after_the_attack(sma
 
 
 def test_save_writes_pngs_rows_and_config(small, tmp_path):
+    # PNGs with the clean files' names: what `fairattack compare --adv` reads
     from fairattack import data
 
     x, y, names = images_it_gets_right(small, n=3, size=12)
@@ -197,11 +198,11 @@ def test_save_writes_pngs_rows_and_config(small, tmp_path):
     files, images = data.read_image_folder(tmp_path / "out", "out")
     assert [f.name for f in files] == [f"{n}.png" for n in names]
     np.testing.assert_array_equal(images, res.images)
-    rows = pd.read_csv(tmp_path / "out" / "results.csv")
+    rows = pd.read_csv(tmp_path / "out" / "attack.csv")
     assert list(rows["png"]) == [f"{n}.png" for n in names]
     np.testing.assert_allclose(rows["linf"], res.linf)
     import json
-    meta = json.loads((tmp_path / "out" / "config.json").read_text())
+    meta = json.loads((tmp_path / "out" / "attack.json").read_text())
     assert meta["config"]["optimizer"] == "FGSM" and meta["config"]["eps"] == 8
 
 

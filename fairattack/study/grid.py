@@ -160,8 +160,13 @@ def run_study(surrogates, victims, data, optimizers=None, settings=None,
     ranks = Ranks(device)
     try:
         source = ImageSource(data, labels, n_images, seed, batch_size, folder, progress)
-        folder.root.mkdir(parents=True, exist_ok=True)
         sizes = {s: input_size(spec) or image_size for s, spec in surrogate_specs.items()}
+        unknown = [s for s, size in sizes.items() if size is None]
+        if unknown and source.arrays is None:  # before the folder is made: no half-made study
+            raise ValueError(f"surrogate {unknown[0]!r}: unknown input size (a TorchScript "
+                             "file without fairattack's metadata); pass image_size=... "
+                             "(--image-size), or export it with fairattack.models.export")
+        folder.root.mkdir(parents=True, exist_ok=True)
         models = {}
 
         def surrogate_model(name):
