@@ -192,7 +192,10 @@ def make_config(optimizer, setting=None, *, allow_subpixel=False, **overrides):
         # the sign attacks' usual step: FGSM one step of eps, the iterative ones eps / steps
         steps = 1 if name == "FGSM" else max(int(cfg["max_iter"]), 1)
         cfg["alpha"] = float(cfg["eps"]) / steps
-    cfg = _core.check_config(cfg)
+    try:
+        cfg = _core.check_config(cfg)
+    except ValueError as error:  # the core names its struct's fields: cfg.eps -> eps
+        raise ValueError(str(error).replace("cfg.", "")) from None
     cfg.update(transform)
     return cfg
 

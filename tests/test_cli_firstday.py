@@ -32,6 +32,8 @@ RUN = ["run", "--surrogates", "efficientnet-lite0", "--victims", "efficientnet-l
     (RUN + ["--eps", "8/255"], "8, not 8/255"),
     (RUN + ["--eps", "-4"], "argument --eps: -4 is not a positive number"),
     (RUN + ["--eps", "0.03"], "eps=0.03 is below one pixel level"),
+    (RUN + ["--beta1", "2"], "--beta1 2.0: beta1=2 must be in [0, 1)"),
+    (RUN + ["--stop-rmse", "20"], "--stop-rmse 20.0: stop_rmse=20 can never be reached"),
     (RUN + ["--optimizers", "adamm"], "unknown optimizer 'adamm' (did you mean Adam?)"),
     (RUN + ["--settings", "const-loss"], "unknown setting 'const-loss' (did you mean "
      "const_loss?)"),

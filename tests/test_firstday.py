@@ -235,3 +235,8 @@ def test_an_imagefolder_tree_with_a_class_index_file(tmp_path):
     assert ds.layout == "class_folders"
     assert list(ds.names) == ["cat/0.png", "cat/1.png", "dog/0.png", "dog/1.png"]
     assert list(ds.labels) == [281, 281, 207, 207]
+
+
+def test_core_errors_name_the_argument_not_the_struct():
+    with pytest.raises(ValueError, match=r"^beta1=2 must be in \[0, 1\)"):
+        fa.make_config("Adam", beta1=2)

@@ -104,6 +104,23 @@ def _attacks(texts):
     return optimizers, attacks
 
 
+def _check_overrides(overrides, allow_subpixel):
+    """Each hyper-parameter option checked alone, the error naming the option (--beta1), not
+    the first cell that would use it."""
+    from ..settings import make_config
+
+    for key, value in overrides.items():
+        given = {key: value}
+        if "eps" in overrides:  # the bounds that depend on it (stop_rmse <= eps) see it
+            given["eps"] = overrides["eps"]
+        try:
+            make_config("GD", allow_subpixel=allow_subpixel, **given)
+        except (TypeError, ValueError) as error:
+            flag = "--" + key.replace("_", "-")
+            raise UsageError(f"{flag} {value}: " + str(error).replace(
+                "allow_subpixel=True", "--allow-subpixel")) from None
+
+
 def cmd_run(args):
     from ..study import run_study
 
@@ -119,6 +136,7 @@ def cmd_run(args):
             raise UsageError(f"model file {spec!r} does not exist")
     started = time.time()
     overrides = _overrides(args)
+    _check_overrides(overrides, args.allow_subpixel)
     if args.allow_subpixel:
         overrides["allow_subpixel"] = True
     df = run_study(args.surrogates, args.victims, args.data, optimizers=optimizers,
