@@ -68,6 +68,7 @@ class Model:
         self.device = device
         self.source = source
         self._classes = {}
+        self._convention = None  # how load_model wrapped a torch module (mode, size, ...)
 
     def __repr__(self):
         return f"Model(name={self.name!r}, device={self.device!r})"
@@ -165,17 +166,65 @@ def _private_copy(module):
                         "fairattack.models.export and load the file") from error
 
 
-def load_model(source, device="cpu", name=None):
+#: The input conventions a bare torch module may declare to load_model: the normalisations of
+#: fairattack.models.export, or "pixels" (it already takes float NCHW RGB in [0, 255]).
+INPUT_MODES = models.MODES + ("pixels",)
+
+
+def _module_convention(source, mode, input_size, mean, std):
+    """A user's torch module as a module that follows fairattack's convention (float NCHW RGB in
+    [0, 255] -> logits): wrapped as export wraps it, or as it is for mode="pixels". A bare module
+    without a declared convention is refused: its input could be [0, 1] or normalised."""
+    from .models import ImageNetWrapper
+
+    if isinstance(source, ImageNetWrapper):
+        if mode is not None or mean is not None or std is not None:
+            raise ValueError("mode/mean/std: source is an ImageNetWrapper, which already "
+                             "resizes and normalises; pass it without them")
+        return source
+    if mode is None and mean is None and std is None:
+        raise ValueError(
+            f"source is a torch.nn.Module ({type(source).__name__}) of unknown input convention: "
+            "fairattack feeds float NCHW RGB in [0, 255]. Say what it expects: "
+            "load_model(net, mode='torch', input_size=224) for a torchvision-style net ([0, 1] "
+            "then ImageNet mean/std), mode='caffe' or 'tf' (or mean=..., std=... in pixels), "
+            "which wrap it as fairattack.models.export does; mode='pixels' if it already takes "
+            "[0, 255] pixels")
+    if mode == "pixels":
+        if mean is not None or std is not None:
+            raise ValueError("mode='pixels' takes no mean/std (the module normalises itself)")
+        return source
+    if mode is not None and mode not in models.MODES:
+        raise ValueError(f"mode={mode!r}; expected one of {INPUT_MODES} (or mean/std)")
+    if input_size is None:
+        raise ValueError(f"input_size: mode={mode!r} wraps the module as export does, which "
+                         "resizes every image to the network's input size; pass "
+                         "input_size=224 (or (height, width))")
+    return ImageNetWrapper(source, input_size, mode, mean, std)
+
+
+def load_model(source, device="cpu", name=None, *, mode=None, input_size=None, mean=None,
+               std=None):
     """Load a classifier for fairattack.
 
-    source: a TorchScript file path, the bytes of one, or a torch.nn.Module (scripted, or traced
-    on a 224x224 input if scripting fails; a copy is compiled, the module itself is left as it
-    was). The model takes float NCHW RGB in [0, 255] and returns logits [N, K]; wrap a plain
-    network with `fairattack.models.ImageNetWrapper` to bake in resizing and normalisation.
+    source: a TorchScript file path (e.g. from `fairattack.models.export` or `fairattack
+    export`), the bytes of one, or a torch.nn.Module. A file follows fairattack's convention:
+    float NCHW RGB in [0, 255] in, logits [N, K] out. A module must say its input convention:
+      mode="torch" | "caffe" | "tf" (or mean=, std= in pixels) with input_size=...: wrapped as
+        `fairattack.models.export` wraps it (resize to input_size, normalise), e.g.
+        load_model(torchvision_net, mode="torch", input_size=224);
+      mode="pixels": the module already takes float NCHW RGB in [0, 255];
+      a `fairattack.models.ImageNetWrapper` needs neither.
+    A copy is scripted (or traced if scripting fails); the module itself is left as it was.
     device: "cpu", "cuda" (torch's current GPU) or "cuda:N"; the model then runs there whatever
     device the calling thread has current.
+    Returns a `Model` (predict, logits, loss_and_grad; the surrogate or victim of every call).
     """
     kind, index, device_name = _parse_device(device)
+    if isinstance(source, (str, os.PathLike, bytes, bytearray)) and (
+            mode is not None or input_size is not None or mean is not None or std is not None):
+        raise ValueError("mode/input_size/mean/std are for a torch.nn.Module source; a "
+                         "TorchScript file already takes [0, 255] pixels")
     if isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
         if not os.path.exists(path):
@@ -194,8 +243,11 @@ def load_model(source, device="cpu", name=None):
         from .models import ImageNetWrapper, _quiet_jit, _script
 
         with _quiet_jit():  # torch.jit is deprecated upstream; the C++ shim still needs it
-            module = _private_copy(source).eval()
+            module = _module_convention(_private_copy(source), mode, input_size, mean,
+                                        std).eval()
             if isinstance(module, ImageNetWrapper):
+                for p in module.parameters():
+                    p.requires_grad_(False)
                 module = _script(module)[0]  # keeps the resize branch dynamic
             elif not isinstance(module, torch.jit.ScriptModule):
                 try:
@@ -207,7 +259,10 @@ def load_model(source, device="cpu", name=None):
             torch.jit.save(module, buffer)
         core = _core.Model(buffer.getvalue(), kind, index)
         default_name = type(source).__name__
-    return Model(core, name or default_name, device_name, source)
+    model = Model(core, name or default_name, device_name, source)
+    if mode not in (None, "pixels") or mean is not None:  # part of what the model is made of
+        model._convention = [mode, input_size, mean, std]
+    return model
 
 
 def get_model(name, device="cpu", cache_dir=None):
@@ -267,6 +322,13 @@ def model_specs(specs, what):
                 if not os.path.isfile(spec):
                     raise FileNotFoundError(f"{what}: model file {os.fspath(spec)!r} does not "
                                             "exist")
+                if not models.is_torchscript(spec):
+                    raise ValueError(
+                        f"{what}: {os.fspath(spec)!r} is not a TorchScript model (a state dict "
+                        "or checkpoint?); fairattack runs TorchScript files that take [0, 255] "
+                        "pixels. Export the network with its weights first: fairattack export "
+                        f"ARCH {os.fspath(spec)} model.pt (torchvision or --library timm), or "
+                        "fairattack.models.export(net, 'model.pt', input_size=224)")
             elif registry_name(spec) is None:
                 raise ValueError(f"{what}: unknown model {spec!r}; expected a registered name "
                                  f"({', '.join(models.available_models())}) or a TorchScript "
@@ -394,6 +456,8 @@ def model_digest(spec):
 
         if isinstance(source, torch.nn.Module):
             digest = [type(source).__qualname__]
+            if getattr(spec, "_convention", None) is not None:  # the wrapping load_model added
+                digest.append(["convention", *map(str, spec._convention)])
             for key, value in source.state_dict().items():
                 value = value.detach().cpu().contiguous()
                 digest.append([key, str(value.dtype), list(value.shape),

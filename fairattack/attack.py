@@ -7,11 +7,12 @@ import os
 import numpy as np
 
 from . import _core
-from ._model import Model, check_labels
+from ._model import Model, check_labels, predict_any
 from ._validate import (check_pixels, images_f32, is_integral, labels_i64, positive_int,
                         round_to_uint8)
 from .outcome import attacked_mask
-from .settings import OPTIMIZERS, core_config, default_setting, make_config, transform_of
+from .settings import (OPTIMIZERS, core_config, default_setting, make_config, readable_config,
+                       transform_of)
 
 STATUS = tuple(_core.IMAGE_STATUS)
 METRICS = ("rmse", "linf", "l2", "l1", "l0", "psnr", "ssim")
@@ -21,10 +22,23 @@ METRICS = ("rmse", "linf", "l2", "l1", "l0", "psnr", "ssim")
 class AttackResult:
     """Adversarial images and per-image arrays (NumPy, one entry per input image).
 
-    Metrics are measured on the uint8 images (what victims see) against the clean input:
+    images: uint8 [N, H, W, 3], what victims see; labels: int64 [N].
+    Metrics (float32 [N]) are measured on the uint8 images against the clean input:
     rmse = sqrt(mean(δ²)) in pixels, linf = max|δ|, l2 = ‖δ‖₂, l1 = mean|δ|, l0 = share of values
-    changed by more than 0.5, psnr in dB, ssim. loss / clean_loss are the surrogate's
+    changed by more than 0.5, psnr in dB, ssim. loss / clean_loss (float32) are the surrogate's
     cross-entropy in nats at the returned (float) iterate and at the clean image.
+    clean_pred / pred: int64 [N], the surrogate's class of the clean and of the returned uint8
+    image. iterations: int32 [N], steps taken; alpha: float32 [N], the step size used.
+    status: str [N], one of
+      "stop_loss"  stopped when the loss reached stop_loss (const_loss, rmse_loss)
+      "stop_rmse"  stopped when the RMSE reached stop_rmse (const_rmse)
+      "max_iter"   ran the step cap (every image of `fixed`)
+      "skipped"    not attacked: the surrogate misclassifies the clean image (returned as is)
+      "nan"        failed: a non-finite loss or logit (returned unchanged, never a success)
+    attacked_mask: the images that count (neither skipped nor failed).
+    index: int64 [N], each image's number (index_offset + i), the key of its randomness.
+    optimizer, setting: names; config: the resolved configuration as given (names, not the
+    core's codes: {"optimizer": "PGD", "returns": "last", "momentum": 0.9, ...}).
     """
 
     images: np.ndarray
@@ -45,6 +59,8 @@ class AttackResult:
     optimizer: str
     setting: str
     config: dict
+    pred: np.ndarray = None
+    index: np.ndarray = None
 
     @property
     def attacked_mask(self):
@@ -77,14 +93,53 @@ class AttackResult:
             out[key] = float(values.mean()) if values.size else float("nan")
         return out
 
-    def to_frame(self):
-        """One row per image (pandas DataFrame)."""
+    def to_frame(self, names=None):
+        """One row per image (pandas DataFrame): image (its index), name (when `names`, one
+        per image, is given), label, status, the metrics, loss, clean_loss, clean_pred, pred
+        (the surrogate's class after the attack), iterations, alpha."""
         import pandas as pd
 
-        columns = {"label": self.labels, "status": self.status}
-        for key in METRICS + ("loss", "clean_loss", "clean_pred", "iterations", "alpha"):
-            columns[key] = getattr(self, key)
+        n = len(self.images)
+        columns = {"image": self.index if self.index is not None else np.arange(n)}
+        if names is not None:
+            names = [str(name) for name in names]
+            if len(names) != n:
+                raise ValueError(f"names: expected {n} names (one per image), got {len(names)}")
+            columns["name"] = names
+        columns.update(label=self.labels, status=self.status)
+        for key in METRICS + ("loss", "clean_loss", "clean_pred", "pred", "iterations",
+                              "alpha"):
+            value = getattr(self, key)
+            if value is not None:
+                columns[key] = value
         return pd.DataFrame(columns)
+
+    def save(self, folder, names=None):
+        """Write the adversarial images as folder/<name>.png (names: one per image, e.g. the
+        clean files' names; default image_00000 ...), their rows as folder/attack.csv
+        (to_frame with a png column) and the configuration as folder/attack.json. Returns the
+        folder. Re-read the PNGs with fairattack.data.read_image_folder; compare them with
+        `fairattack compare --clean CLEAN --adv NAME=folder`."""
+        import json
+        from pathlib import Path
+
+        from .store import png_names, write_atomic, write_png
+
+        n = len(self.images)
+        if names is None:
+            names = [f"image_{int(i):05d}" for i in self.to_frame()["image"]]
+        frame = self.to_frame(names)
+        pngs = png_names(list(frame["name"]))
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        for image, png in zip(self.images, pngs):
+            write_png(folder / png, image)
+        frame.insert(2, "png", pngs)
+        write_atomic(folder / "attack.csv", frame.to_csv(index=False).encode())
+        meta = {"optimizer": self.optimizer, "setting": self.setting, "n_images": n,
+                "config": self.config}
+        write_atomic(folder / "attack.json", (json.dumps(meta, indent=1) + "\n").encode())
+        return folder
 
     def __repr__(self):
         s = self.summary()
@@ -219,16 +274,25 @@ def attack(model, images, labels, optimizer="Adam", setting=None, *, batch_size=
     di_prob / di_min_scale / si_copies / ti_kernel: the DI, SI and TI input transforms of the
         gradient (docs/protocol.md#input-transforms), applied by a Model's gradient pass; a Python
         callable cannot take them.
+    allow_subpixel: eps, alpha, stop_rmse and max_rmse are pixels of [0, 255] images; a value
+        in (0, 1) is refused as a [0, 1] unit (eps=8/255 meant as eps=8) unless True.
     Memory: the output is one preallocated uint8 array and metrics are measured per batch, so
     the attack holds about one uint8 copy of the input plus a batch of floats.
     The core runs without the GIL; Ctrl-C stops it with KeyboardInterrupt.
+
+    Returns an `AttackResult`: .images (uint8 [N, H, W, 3], within eps of the clean images),
+    per-image arrays (rmse, linf, l2, l1, l0, psnr, ssim, loss, clean_loss, clean_pred, pred,
+    iterations, alpha, status: "stop_loss" / "stop_rmse" / "max_iter" / "skipped" / "nan"),
+    .attacked_mask, .summary(), .to_frame(names), .save(folder, names) and .config, the
+    resolved configuration by name.
     """
     if isinstance(model, Model):
         pass
     elif _is_torch_module(model):
         raise TypeError(f"model is a torch.nn.Module ({type(model).__name__}): load it with "
-                        "fairattack.load_model(module) first (a network that takes float NCHW "
-                        "RGB in [0, 255]; see fairattack.models.ImageNetWrapper)")
+                        "fairattack.load_model(module, mode=..., input_size=...) first (mode "
+                        "'torch', 'caffe' or 'tf' wraps it with resizing and normalisation; "
+                        "'pixels' for a network that takes float NCHW RGB in [0, 255])")
     elif not callable(model):
         raise TypeError("model must be a fairattack.Model (see fairattack.load_model) or a "
                         f"callable oracle, got {type(model).__name__}")
@@ -263,8 +327,8 @@ def attack(model, images, labels, optimizer="Adam", setting=None, *, batch_size=
     adv = np.empty(images.shape, np.uint8)
     per_image = {key: np.empty(n, np.float32) for key in METRICS + ("loss", "clean_loss",
                                                                     "alpha")}
-    per_image.update(clean_pred=np.empty(n, np.int64), iterations=np.empty(n, np.int32),
-                     status=np.empty(n, np.int32))
+    per_image.update(clean_pred=np.empty(n, np.int64), pred=np.empty(n, np.int64),
+                     iterations=np.empty(n, np.int32), status=np.empty(n, np.int32))
     failed_code = STATUS.index("nan")
     max_rmse = float(cfg["max_rmse"])
     base = core_config(cfg)
@@ -287,9 +351,13 @@ def attack(model, images, labels, optimizer="Adam", setting=None, *, batch_size=
         if max_rmse > 0:  # the joint budget holds on the uint8 images too, not only the floats
             _keep_rmse_budget(adv[start:stop], clean, eps, max_rmse)
         del result, out["adv"]
+        # the surrogate's class of what victims see (the returned uint8 image)
+        per_image["pred"][start:stop] = predict_any(model, adv[start:stop], stop - start)
         metrics = _core.metrics(adv[start:stop].astype(np.float32), clean)
         for key, values in list(metrics.items()) + list(out.items()):
             per_image[key][start:stop] = values
     status = np.array(STATUS, dtype=object)[per_image.pop("status")].astype(str)
     return AttackResult(images=adv, labels=y, status=status, **per_image,
-                        optimizer=OPTIMIZERS[cfg["optimizer"]], setting=setting, config=cfg)
+                        optimizer=OPTIMIZERS[cfg["optimizer"]], setting=setting,
+                        config=readable_config(cfg),
+                        index=np.arange(offset, offset + n, dtype=np.int64))

@@ -56,7 +56,7 @@ from ._model import Model, check_labels, model_identity, predict_any, victims_of
 from ._validate import images_f32, int_at_least, positive_int, round_to_uint8
 from .outcome import bootstrap_ci, mean_over_victims, victim_outcome
 from .peers import peer_by_name, run_peer
-from .settings import make_config
+from .settings import check_pixel_units, make_config
 from .spec import CONFIG_KEYS, TRANSFORMS, coerce
 from .store import CompareCache, digest_parts
 
@@ -71,9 +71,13 @@ _RESERVED = ("eps", "max_rmse", "batch_size", "progress", "model", "images", "la
 
 # ----------------------------------------------------------------------------- matching
 
-def _eps(eps):
+def _eps(eps, allow_subpixel=False):
     if isinstance(eps, bool) or not isinstance(eps, (int, float, np.integer, np.floating)) \
-            or not math.isfinite(eps) or not 0.5 <= eps <= 255:
+            or not math.isfinite(eps) or not 0 < eps <= 255:
+        raise ValueError(f"eps must be a number of pixels in [0.5, 255] (uint8 images need at "
+                         f"least half a level), got {eps!r}")
+    check_pixel_units("eps", float(eps), allow_subpixel)
+    if eps < 0.5:
         raise ValueError(f"eps must be a number of pixels in [0.5, 255] (uint8 images need at "
                          f"least half a level), got {eps!r}")
     return float(eps)
@@ -157,7 +161,7 @@ def _parse_attacks(attacks, surrogate, eps, shape):
     for i, item in enumerate(attacks):
         where = f"attacks[{i}]"
         attack = coerce(item, where, shape=shape, reserved=_RESERVED,
-                        allowed=CONFIG_KEYS + TRANSFORMS + ("rounding",))
+                        allowed=CONFIG_KEYS + TRANSFORMS + ("rounding", "allow_subpixel"))
         if attack.kind == "peer" and attack.fn is None:
             attack.fn = peer_by_name(attack.name, surrogate, eps)
         if attack.kind == "fairattack":  # fails early, naming the attack
@@ -207,7 +211,7 @@ def _native(attack, surrogate, x, y, kept, eps, batch_size, progress, seed, max_
     return round_to_uint8(images_f32(out, where))
 
 
-def _budgets(rmse):
+def _budgets(rmse, allow_subpixel=False):
     values = np.atleast_1d(np.asarray(rmse, dtype=object))
     out = []
     for v in values:
@@ -215,7 +219,7 @@ def _budgets(rmse):
                                                                   np.floating)) \
                 or not math.isfinite(v) or v <= 0:
             raise ValueError(f"rmse must be a list of positive RMSE budgets (pixels), got {v!r}")
-        out.append(float(v))
+        out.append(check_pixel_units("rmse", float(v), allow_subpixel))
     if len(set(out)) != len(out):
         raise ValueError(f"rmse: budgets must be distinct, got {out}")
     return sorted(out)
@@ -237,7 +241,7 @@ class ComparisonFrame(pd.DataFrame):
 
 def compare(surrogate, images, labels, attacks, victims, rmse=(2, 4, 6, 8, 10, 12),
             mode="rescale", eps=16, batch_size=16, progress=False, seed=0, n_boot=1000,
-            cache_dir=None):
+            cache_dir=None, allow_subpixel=False):
     """Every attack's own ℓ∞, RMSE and ASR, and its ASR at each common RMSE budget.
 
     surrogate: the model the attacks run on (a fairattack Model, or a callable oracle for
@@ -257,17 +261,29 @@ def compare(surrogate, images, labels, attacks, victims, rmse=(2, 4, 6, 8, 10, 1
     victims: dict name -> Model, a list of Models, registry names or TorchScript paths (loaded
         on the surrogate's device), or objects with predict(images uint8) -> labels [n].
     Labels are checked against the number of classes of the surrogate and every victim.
-    rmse: the RMSE budgets r (pixels). mode: "rescale" or "budget" (module docstring).
+    rmse: the RMSE budgets r (pixels), each at most eps.
+    mode: how an attack is brought to each budget r:
+        "rescale" (any attack): its finished perturbation is scaled per image, clipped to ε and
+            the box, to the uint8 RMSE r (within 0.05 px); it keeps the attack's direction.
+        "budget" (fairattack's own attacks; others fall back to rescale): the attack is rerun
+            with max_rmse=r, every iterate projected onto ℓ∞ ≤ ε ∩ RMSE ≤ r, so the optimizer
+            spends the RMSE where its loss gains most; it never amplifies.
+        Images that cannot reach r are evaluated at the largest RMSE ≤ r they reach
+        (n_unreachable); docs/fair-comparison.md has the details.
     eps: the common ℓ∞ budget (pixels) for every attack and every matched image.
     seed: attacks' randomness and the bootstrap. n_boot: bootstrap resamples (0: no CI).
     cache_dir: a folder where per (attack, budget) outcomes and native images are kept, keyed
         by what determines them (images, the models' content, attack, budget, eps, fairattack's
         version): a rerun skips finished parts. Callables and peer objects have no such key and
         always run.
+    allow_subpixel: eps and the rmse budgets are pixels of [0, 255] images; one in (0, 1) is
+        refused as a [0, 1] unit (8/255 meant as 8) unless allow_subpixel=True.
 
     Returns a tidy pandas DataFrame, one row per (attack, rmse, victim): attack, how ("native",
     "rescale" or "budget"), rmse (the budget, or "native" for the attack's own output), victim
-    (each and "mean"), asr, ci_low, ci_high (bootstrap 95%), n_images, n_failed, n_unreachable,
+    (each and "mean"), asr, ci_low, ci_high (bootstrap 95%), clean_error (the victim's error on
+    the same clean images: the baseline of its asr; both are over the images that count, those
+    the surrogate classifies correctly), n_images, n_failed, n_unreachable,
     rmse_mean and linf_mean (of the evaluated uint8 images: the native row carries the
     attack's own RMSE and ℓ∞). An image whose logits a victim cannot compute (non-finite) is a
     failure for that victim (`fairattack.outcome`): n_failed counts them, and asr and its
@@ -278,8 +294,12 @@ def compare(surrogate, images, labels, attacks, victims, rmse=(2, 4, 6, 8, 10, 1
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    eps = _eps(eps)
-    budgets = _budgets(rmse)
+    eps = _eps(eps, allow_subpixel)
+    budgets = _budgets(rmse, allow_subpixel)
+    if budgets[-1] > eps:
+        raise ValueError(f"rmse={budgets[-1]:g} can never be reached with eps={eps:g} (an "
+                         "image's RMSE is at most its l-inf distance): lower the budget or "
+                         "raise eps")
     batch_size = positive_int(batch_size, "batch_size")
     seed = int_at_least(seed, "seed", 0)
     n_boot = int_at_least(n_boot, "n_boot", 0)
@@ -290,6 +310,9 @@ def compare(surrogate, images, labels, attacks, victims, rmse=(2, 4, 6, 8, 10, 1
     judges = dict({surrogate.name: surrogate} if isinstance(surrogate, Model) else {}, **victims)
     y_all = check_labels(labels, x_all.shape[0], judges, *x_all.shape[1:3])
     attack_list = _parse_attacks(attacks, surrogate, eps, x_all.shape)
+    for attack in attack_list:
+        if allow_subpixel and attack.kind == "fairattack":  # the same eps reaches fa.attack
+            attack.params.setdefault("allow_subpixel", True)
 
     # the images that count, once for every attack (the paired test needs the same images)
     if surrogate is None:
@@ -334,9 +357,17 @@ def compare(surrogate, images, labels, attacks, victims, rmse=(2, 4, 6, 8, 10, 1
             victim_outcome(predict_any(v, adv, batch_size, f"victim {name!r}"), y)
             for name, v in victims.items())))
         rmse_img, linf_img = _image_rmse(adv, x_f)
-        return {"fooled": fooled, "failed": failed, "reached": np.asarray(reached, bool), "rmse_image": rmse_img,
-                "linf_image": linf_img}
+        return {"fooled": fooled, "failed": failed, "reached": np.asarray(reached, bool),
+                "rmse_image": rmse_img, "linf_image": linf_img}
 
+    # each victim's error on the clean images that count: the baseline of its ASR
+    # (an image whose clean logits a victim cannot compute is left out of that victim's rate)
+    clean_error = []
+    for name, v in victims.items():
+        fooled_clean, failed_clean = victim_outcome(
+            predict_any(v, x, batch_size, f"victim {name!r}"), y)
+        judged_clean = fooled_clean[~failed_clean]
+        clean_error.append(float(judged_clean.mean()) if judged_clean.size else float("nan"))
     rows, per_image, hits = [], [], 0
     attacks_iter = attack_list
     if progress:
@@ -380,7 +411,7 @@ def compare(surrogate, images, labels, attacks, victims, rmse=(2, 4, 6, 8, 10, 1
                     adv, rmse_img = _round_to_budget(adv, x, x_f, r, eps)
                     result = evaluate(adv, rmse_img >= r - RMSE_TOL)
                 cache.put("cells", f"{attack.name}__{r}", key, **result)
-            rows += _rows(attack.name, how, r, list(victims), result, seed, n_boot)
+            rows += _rows(attack.name, how, r, list(victims), result, seed, n_boot, clean_error)
             per_image.append(_per_image(attack.name, how, r, list(victims), kept, result))
 
     df = ComparisonFrame(rows)
@@ -390,7 +421,7 @@ def compare(surrogate, images, labels, attacks, victims, rmse=(2, 4, 6, 8, 10, 1
     return df
 
 
-def _rows(attack, how, r, victim_names, result, seed, n_boot):
+def _rows(attack, how, r, victim_names, result, seed, n_boot, clean_error):
     fooled, failed = result["fooled"], result["failed"]  # [V, n]
     n = fooled.shape[1]
     mean, judged = mean_over_victims(fooled, failed)
@@ -402,13 +433,15 @@ def _rows(attack, how, r, victim_names, result, seed, n_boot):
               "rmse_mean": float(result["rmse_image"].mean()),
               "linf_mean": float(result["linf_image"].mean())}
     rows = []
-    for name, outcome, n_failed in outcomes:
+    clean_error = list(clean_error) + [float(np.mean(clean_error))]
+    for (name, outcome, n_failed), clean in zip(outcomes, clean_error):
         low, high = bootstrap_ci(outcome, seed, n_boot)
         rows.append({**common, "victim": name,
                      "asr": float(outcome.mean()) if outcome.size else float("nan"),
-                     "ci_low": low, "ci_high": high, "n_failed": n_failed})
-    order = ("attack", "how", "rmse", "victim", "asr", "ci_low", "ci_high", "n_images",
-             "n_failed", "n_unreachable", "rmse_mean", "linf_mean")
+                     "ci_low": low, "ci_high": high, "clean_error": float(clean),
+                     "n_failed": n_failed})
+    order = ("attack", "how", "rmse", "victim", "asr", "ci_low", "ci_high", "clean_error",
+             "n_images", "n_failed", "n_unreachable", "rmse_mean", "linf_mean")
     return [{k: row[k] for k in order} for row in rows]
 
 
@@ -444,7 +477,7 @@ def comparison_table(df, victim="mean"):
         rows = sub[sub["attack"] == attack]
         native = rows[rows["how"] == "native"].iloc[0]
         entry = {"attack": attack, "linf": native["linf_mean"], "rmse": native["rmse_mean"],
-                 "asr": native["asr"]}
+                 "clean_error": native.get("clean_error", float("nan")), "asr": native["asr"]}
         for _, row in rows[rows["how"] != "native"].iterrows():
             entry[f"asr@{row['rmse']:g}"] = (f"{row['asr']:.3f} [{row['ci_low']:.3f}, "
                                               f"{row['ci_high']:.3f}]")

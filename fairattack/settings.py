@@ -43,6 +43,21 @@ _C_INTS = {"seed": (64, False), "index_offset": (64, True)}
 #: resolved configuration (make_config returns them), applied by the model's gradient pass.
 TRANSFORM_DEFAULTS = {"di_prob": 0.0, "di_min_scale": 0.9, "si_copies": 0, "ti_kernel": 0}
 TRANSFORM_FIELDS = tuple(TRANSFORM_DEFAULTS)
+#: The fields in pixels (of [0, 255] images) that a [0, 1] habit gets wrong by a factor 255:
+#: given below one pixel level (8/255 for 8), `make_config` refuses them unless allow_subpixel.
+PIXEL_FIELDS = ("eps", "alpha", "stop_rmse", "max_rmse")
+
+
+def check_pixel_units(name, value, allow_subpixel=False):
+    """The one rule for a budget or step in pixels: a value in (0, 1) is below one pixel level
+    of [0, 255] images, almost surely a [0, 1] unit (8/255 meant as 8): ValueError naming the
+    argument, unless allow_subpixel. Returns value."""
+    if not allow_subpixel and 0 < value < 1:
+        raise ValueError(f"{name}={value:.3g} is below one pixel level: fairattack measures "
+                         f"{name} in pixels of [0, 255] images, so {value:.3g} in [0, 1] units "
+                         f"is {name}={value * 255:.4g} here; pass {name}={value * 255:.4g}, or "
+                         f"allow_subpixel=True if {value:.3g} pixels is meant")
+    return value
 
 
 def optimizer_index(optimizer):
@@ -93,7 +108,7 @@ def core_config(cfg):
     return {key: value for key, value in cfg.items() if key in _FIELD_TYPES}
 
 
-def make_config(optimizer, setting=None, **overrides):
+def make_config(optimizer, setting=None, *, allow_subpixel=False, **overrides):
     """The full, checked configuration of one attack as a dict of the core's fields.
 
     setting:
@@ -114,6 +129,9 @@ def make_config(optimizer, setting=None, **overrides):
       model's gradient pass applies them).
       Giving `alpha` switches calibration off and vice versa. NumPy scalars are accepted;
       integer fields (max_iter, si_copies, ...) must be integers.
+    allow_subpixel: eps, alpha, stop_rmse and max_rmse are pixels of [0, 255]
+      images; one given in (0, 1) is refused as a [0, 1] unit (eps=8/255 meant as eps=8) unless
+      allow_subpixel=True (`check_pixel_units`).
     """
     index = optimizer_index(optimizer)
     name = OPTIMIZERS[index]
@@ -170,6 +188,8 @@ def make_config(optimizer, setting=None, **overrides):
                                bits=_C_INTS.get(key, (32, True)))
         else:
             cfg[key] = real(value, key)
+        if key in PIXEL_FIELDS:
+            check_pixel_units(key, cfg[key], allow_subpixel)
     if name == "FGSM" and setting in ("const_rmse", "const_rmse_authors"):
         raise ValueError(f"setting={setting!r} does not apply to FGSM, which is one step of eps "
                          "by definition; use setting='fixed' (or PGD for several steps)")
@@ -180,14 +200,38 @@ def make_config(optimizer, setting=None, **overrides):
         # the sign attacks' usual step: FGSM one step of eps, the iterative ones eps / steps
         steps = 1 if name == "FGSM" else max(int(cfg["max_iter"]), 1)
         cfg["alpha"] = float(cfg["eps"]) / steps
-    cfg = _core.check_config(cfg)
+    try:
+        cfg = _core.check_config(cfg)
+    except ValueError as error:  # the core names its struct's fields: cfg.eps -> eps
+        raise ValueError(str(error).replace("cfg.", "")) from None
     cfg.update(transform)
     return cfg
 
 
+def readable_config(cfg):
+    """A make_config dict as a user reads it: the optimizer, `returns` and `nesterov` by name,
+    and each float as the shortest decimal that the core's float32 holds (0.9, not
+    0.8999999761581421)."""
+    import numpy as np
+
+    out = {}
+    for key, value in cfg.items():
+        if key == "optimizer":
+            value = OPTIMIZERS[value]
+        elif key == "returns":
+            value = next(n for n, v in _RETURNS.items() if v == value)
+        elif key == "nesterov":
+            value = next((n for n, v in _NESTEROV.items() if v == value), value)
+        elif isinstance(value, float) and math.isfinite(value) and \
+                float(np.float32(value)) == value:
+            value = float(str(np.float32(value)))
+        out[key] = value
+    return out
+
+
 def describe(cfg):
     """A short human-readable line for a configuration dict."""
-    name = OPTIMIZERS[cfg["optimizer"]]
+    name = cfg["optimizer"] if isinstance(cfg["optimizer"], str) else OPTIMIZERS[cfg["optimizer"]]
     step = (f"alpha={cfg['alpha']:g}" if cfg["alpha"] > 0
             else f"first_step_rmse={cfg['first_step_rmse']:g}")
     parts = [name, f"eps={cfg['eps']:g}", f"max_iter={cfg['max_iter']}", step]
@@ -200,5 +244,6 @@ def describe(cfg):
     if cfg.get("max_rmse", 0) > 0:
         parts.append(f"max_rmse={cfg['max_rmse']:g}")
     if "returns" in cfg:
-        parts.append("returns=" + ("last" if cfg["returns"] == _RETURNS["last"] else "best"))
+        parts.append("returns=" + ("last" if cfg["returns"] in (_RETURNS["last"], "last")
+                                   else "best"))
     return " ".join(parts)

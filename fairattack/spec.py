@@ -120,7 +120,8 @@ def from_dict(name, spec, where, allowed=None, reserved=()):
     bad = sorted(set(spec) & set(reserved))
     if bad:
         raise ValueError(f"{where} ({name!r}): {bad} are set by the caller; remove them")
-    allowed = CONFIG_KEYS + TRANSFORMS if allowed is None else tuple(allowed)
+    allowed = CONFIG_KEYS + TRANSFORMS + ("allow_subpixel",) if allowed is None \
+        else tuple(allowed)
     unknown = [k for k in spec if k not in ("optimizer", "setting") + allowed]
     if unknown:
         raise TypeError(f"{where}: unknown key {unknown[0]!r}; expected 'optimizer', 'setting' "

@@ -52,7 +52,7 @@ class OneLabel:
         return np.argmax(MODEL.logits(images))
 
 
-MODEL = fa.load_model(Net(), name="net")
+MODEL = fa.load_model(Net(), name="net", mode="pixels")
 X = np.random.default_rng(0).integers(0, 256, (3, 8, 8, 3)).astype(np.uint8)
 Y = MODEL.predict(X)
 
@@ -92,7 +92,7 @@ ERRORS = {
     "images > 255 evaluate": (lambda: fa.evaluate(MODEL, X * 1.01, Y), ValueError, r"\[0, 255\], got values in \[0, 257"),
     "images < 0 attack": (lambda: fa.attack(MODEL, X.astype(np.int16) - 1, Y), ValueError, r"\[0, 255\], got values in \[-1"),
     "images int64 > 255": (lambda: MODEL.predict(X.astype(np.int64) * 2), ValueError, r"\[0, 255\]"),
-    "images size model cannot take": (lambda: fa.attack(fa.load_model(FixedSize(), name="fixed"), np.zeros((1, 9, 8, 3), np.uint8), [0]), ValueError, "'fixed' cannot take images of size 9x8"),
+    "images size model cannot take": (lambda: fa.attack(fa.load_model(FixedSize(), name="fixed", mode="pixels"), np.zeros((1, 9, 8, 3), np.uint8), [0]), ValueError, "'fixed' cannot take images of size 9x8"),
     "measure shapes": (lambda: fa.measure(X, X[:2]), ValueError, "adv has shape"),
     # labels
     "labels short": (lambda: fa.attack(MODEL, X, Y[:2]), ValueError, "labels has 2 entries but there are 3 images"),
@@ -107,7 +107,7 @@ ERRORS = {
     "model a number": (lambda: fa.attack(42, X, Y), TypeError, "model must be a fairattack.Model"),
     "model a string": (lambda: fa.attack("lite0.pt", X, Y), TypeError, "model must be"),
     "model file missing": (lambda: fa.load_model("/nonexistent/model.pt"), FileNotFoundError, "does not exist"),
-    "model device": (lambda: fa.load_model(Net(), device="tpu"), ValueError, "device must be 'cpu' or 'cuda'"),
+    "model device": (lambda: fa.load_model(Net(), device="tpu", mode="pixels"), ValueError, "device must be 'cpu' or 'cuda'"),
     "model source type": (lambda: fa.load_model(3.5), TypeError, "source must be"),
     "victims empty": (lambda: fa.evaluate({}, X, Y), ValueError, "at least one"),
     "victims not models": (lambda: fa.evaluate({"a": 3}, X, Y), TypeError, r"victims\['a'\]"),
@@ -140,7 +140,7 @@ ERRORS = {
     "FGSM const_rmse_authors": (attack(optimizer="FGSM", setting="const_rmse_authors"), ValueError, "FGSM"),
     "const_rmse eps < 15": (attack(setting="const_rmse", eps=8), ValueError, "stop_rmse=15 can never be reached with eps=8"),
     "stop_rmse > eps": (attack(stop_rmse=20), ValueError, "stop_rmse=20 can never be reached"),
-    "eps < 0.5 fractional": (lambda: fa.attack(MODEL, X * 0.99 + 0.25, Y, eps=0.3), ValueError, r"eps=0\.3 < 0\.5"),
+    "eps < 0.5 fractional": (lambda: fa.attack(MODEL, X * 0.99 + 0.25, Y, eps=0.3, allow_subpixel=True), ValueError, r"eps=0\.3 < 0\.5"),
     # integers that cross into C: no wrap, no truncation; no bool where a count is meant
     "ti_kernel 2**32 + 1": (attack(ti_kernel=2**32 + 1), ValueError, r"ti_kernel=4294967297 is out of range: .* signed 32-bit"),
     "si_copies 2**32 + 3": (attack(si_copies=2**32 + 3), ValueError, r"si_copies=4294967299 is out of range"),
@@ -157,8 +157,8 @@ ERRORS = {
     "run_study chunk_size True": (lambda: fa.run_study({"s": MODEL}, {"v": MODEL}, (X, Y), out_dir="/tmp/never-study", chunk_size=True), TypeError, "chunk_size must be an integer"),
     "select n True": (lambda: data.select(data.Dataset(None, (), np.zeros(0, np.int64), "flat"), MODEL, True, 8), TypeError, "n must be an integer"),
     # a model's own error is its own, not the image size's
-    "forward raises": (lambda: fa.attack(fa.load_model(Boom(), name="boom"), X, Y), RuntimeError, r"model 'boom' failed on a 8x8 image: .*boom"),
-    "forward raises (predict)": (lambda: fa.load_model(Boom(), name="boom").predict(X), RuntimeError, r"model 'boom' failed on a 8x8 image"),
+    "forward raises": (lambda: fa.attack(fa.load_model(Boom(), name="boom", mode="pixels"), X, Y), RuntimeError, r"model 'boom' failed on a 8x8 image: .*boom"),
+    "forward raises (predict)": (lambda: fa.load_model(Boom(), name="boom", mode="pixels").predict(X), RuntimeError, r"model 'boom' failed on a 8x8 image"),
     # which names clash
     "data names twice": (lambda: fa.run_study({"s": MODEL}, {"v": MODEL}, (X, Y, ["a", "b", "a"]), out_dir="/tmp/never-study"), ValueError, r"two images have the same name 'a' \(images 0 and 2\)"),
     # one label check for attack, evaluate and compare
@@ -241,7 +241,7 @@ def test_fractional_float_images_keep_the_budget():
 
 
 def test_nan_logits_are_failures_not_class_zero():
-    victim = fa.load_model(AlwaysNaN(), name="nan")
+    victim = fa.load_model(AlwaysNaN(), name="nan", mode="pixels")
     with pytest.warns(RuntimeWarning, match="non-finite logits for 3 of 3"):
         assert list(victim.predict(X)) == [-1, -1, -1]
     with pytest.warns(RuntimeWarning, match="left out of its error rate"):

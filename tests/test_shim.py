@@ -109,7 +109,7 @@ def reference(net, x, labels):
 @pytest.fixture(scope="module")
 def depthwise():
     net = DepthwiseNet().eval()
-    return net, fa.load_model(net)
+    return net, fa.load_model(net, mode="pixels")
 
 
 # ------------------------------------------------------------------ grad mode of the caller

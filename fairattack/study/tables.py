@@ -22,12 +22,14 @@ TAIL_COLUMNS = ("asr", "asr_ci_low", "asr_ci_high", "seconds")
 BOOTSTRAP = 1000
 
 
-def summarize(frame, predictions, stop_rmse, seed=0):
+def summarize(frame, predictions, stop_rmse, seed=0, clean_predictions=None):
     """One table row from per-image records (frame: label, status, metrics...; predictions:
     {victim: [n] predicted class, -1 where not evaluated}): counts, means over attacked images,
     victim error rates and failures (-1 among attacked images: no finite logits; left out of
     the rate, counted in n_failed_<victim>), ASR (per image, the mean over the victims that
-    judged it; then over images) and its bootstrap 95% interval."""
+    judged it; then over images) and its bootstrap 95% interval. clean_predictions:
+    {victim: [n] predicted class of the clean images}: clean_err_<victim>, the victim's error on
+    the same (attacked) clean images, the baseline of its err_<victim>."""
     status = frame["status"].to_numpy().astype(str)
     attacked = attacked_mask(status)
     labels = frame["label"].to_numpy()
@@ -48,6 +50,9 @@ def summarize(frame, predictions, stop_rmse, seed=0):
         failed.append(bad)
         row[f"err_{victim}"] = error_rate(f, bad)
         row[f"n_failed_{victim}"] = int(bad.sum())
+        if clean_predictions is not None and victim in clean_predictions:
+            row[f"clean_err_{victim}"] = error_rate(*victim_outcome(
+                np.asarray(clean_predictions[victim])[attacked], labels[attacked]))
     per_image, judged = mean_over_victims(fooled, failed) if fooled else (None, None)
     if fooled and judged.any():
         per_image = per_image[judged]
@@ -64,7 +69,9 @@ def frame_of(rows, victim_names=None):
         return pd.DataFrame(columns=list(COLUMNS) + list(TAIL_COLUMNS))
     if victim_names is None:
         victim_names = [c[4:] for c in df.columns if c.startswith("err_")]
-    errs = [f"err_{v}" for v in victim_names]
+    # each victim's error after the attack, then its clean error on the same images (baseline)
+    errs = [c for v in victim_names for c in (f"err_{v}", f"clean_err_{v}")
+            if c.startswith("err_") or c in df.columns]
     failed = [f"n_failed_{v}" for v in victim_names]  # images each victim failed on
     columns = [c for c in COLUMNS if c in df.columns] + errs + failed + list(TAIL_COLUMNS)
     df = df.reindex(columns=columns)
