@@ -578,7 +578,7 @@ def test_torchattacks_objects_and_names(tmp_path):
 def test_missing_torchattacks_names_the_extra(monkeypatch):
     oracle, x, y, victims = _oracle_case()
     monkeypatch.setitem(sys.modules, "torchattacks", None)
-    with pytest.raises(ModuleNotFoundError, match=r"fairattack\[peers\]"):
+    with pytest.raises(ModuleNotFoundError, match=r"pip install torchattacks==3\.5\.1"):
         fa.compare(oracle, x, y, ["ta:PGD"], victims, rmse=[2])
 
 

@@ -467,7 +467,7 @@ def test_cuda_transforms_through_the_shim_match_the_cpu(transform):
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cuda.matmul.allow_tf32 = False
     net = SmallNet().eval()
-    cpu, gpu = fa.load_model(net), fa.load_model(net, device="cuda")
+    cpu, gpu = fa.load_model(net, mode="pixels"), fa.load_model(net, device="cuda", mode="pixels")
     x = np.random.default_rng(0).integers(0, 256, (6, 16, 16, 3)).astype(np.uint8)
     y = cpu.predict(x)
     kw = dict(optimizer="MI-FGSM", setting="fixed", eps=8, max_iter=5, **transform)

@@ -115,7 +115,7 @@ def test_compare_cache_knows_retrained_weights_with_the_same_size_and_mtime(tmp_
     save_tiny(path, 1)
     x = np.random.default_rng(0).integers(0, 256, (6, 16, 16, 3)).astype(np.uint8)
     y = surrogate.predict(x)
-    kwargs = dict(attacks=["FGSM"], rmse=[0.5], eps=2, n_boot=20, cache_dir=tmp_path / "cache")
+    kwargs = dict(attacks=["FGSM"], rmse=[1], eps=2, n_boot=20, cache_dir=tmp_path / "cache")
     first = fa.compare(surrogate, x, y, victims={"v": fa.load_model(path)}, **kwargs)
     stamp = os.stat(path)
     (tmp_path / "retrained").mkdir()
