@@ -54,7 +54,7 @@ from . import _core
 from ._model import Model, file_stamp, predict_any, victims_of
 from ._validate import images_f32, int_at_least, labels_i64, positive_int, round_to_uint8
 from .outcome import bootstrap_ci, fooled_mask
-from .peers import peer_by_name, run_peer
+from . import peers
 from .settings import make_config
 from .spec import CONFIG_KEYS, TRANSFORMS, coerce
 from .store import CompareCache, digest_parts
@@ -155,8 +155,7 @@ def _parse_attacks(attacks, surrogate, eps, shape):
         where = f"attacks[{i}]"
         attack = coerce(item, where, shape=shape, reserved=_RESERVED,
                         allowed=CONFIG_KEYS + TRANSFORMS + ("rounding",))
-        if attack.kind == "peer" and attack.fn is None:
-            attack.fn = peer_by_name(attack.name, surrogate, eps)
+        attack.build(surrogate, eps)  # a peer named by text, on the surrogate
         if attack.kind == "fairattack":  # fails early, naming the attack
             params = {k: v for k, v in attack.params.items() if k != "rounding"}
             try:
@@ -172,8 +171,10 @@ def _parse_attacks(attacks, surrogate, eps, shape):
     return out
 
 
-def _native(attack, surrogate, x, y, kept, eps, batch_size, progress, seed, max_rmse=None):
-    """uint8 adversarial images of the kept images (attack.kind decides how)."""
+def _native(attack, surrogate, x, y, kept, eps, batch_size, progress, seed, max_rmse=None,
+            spent=None):
+    """uint8 adversarial images of the kept images (attack.kind decides how). spent: a dict
+    that receives {attack name: grad_evals per image} where the attack reports them."""
     if attack.kind == "images":
         out = attack.images[kept]
     elif attack.kind == "fairattack":
@@ -189,9 +190,14 @@ def _native(attack, surrogate, x, y, kept, eps, batch_size, progress, seed, max_
                 kwargs["stop_rmse"] = float(max_rmse)
         res = run_attack(surrogate, x, y, attack.optimizer, batch_size=batch_size,
                          progress=progress, eps=eps, **kwargs)
+        if spent is not None and getattr(res, "grad_evals", None) is not None:
+            spent[attack.name] = np.asarray(res.grad_evals, np.float64)
         return res.images
     elif attack.kind == "peer":
-        out = run_peer(attack.fn, x, y, batch_size, seed)
+        done = peers.run(attack.fn, x, y, eps, batch_size, seed, name=attack.name)
+        if spent is not None:
+            spent[attack.name] = done.grad_evals
+        return done.images
     else:
         out = attack.fn(x.copy(), y.copy())
     where = f"attack {attack.name!r} returned"
@@ -222,10 +228,26 @@ def _budgets(rmse):
 
 class ComparisonFrame(pd.DataFrame):
     """The table `compare` returns: a pandas DataFrame that also carries `per_image`, every
-    image's outcome (a DataFrame; kept through filtering and copies). Not in `attrs`: pandas
-    compares attrs when concatenating, which a DataFrame inside them breaks."""
+    image's outcome, and `clean_per_image`, each victim's outcome on the clean images (columns
+    image, victim, fooled: a_0 of the curve summaries) (DataFrames kept through filtering and
+    copies). Not in `attrs`: pandas compares attrs when concatenating, which a DataFrame inside
+    them breaks."""
 
-    _metadata = ["per_image"]
+    def curve_summaries(self):
+        """rmse50 (with its bootstrap interval) and the normalised AUC per (attack, victim):
+        `fairattack.curves.summaries`."""
+        from .curves import summaries
+
+        return summaries(self)
+
+    def ranks(self):
+        """Each attack's rank by ASR natively and at every budget, with the shift:
+        `fairattack.curves.ranks`."""
+        from .curves import ranks
+
+        return ranks(self)
+
+    _metadata = ["per_image", "clean_per_image"]
 
     @property
     def _constructor(self):
@@ -309,6 +331,9 @@ def compare(surrogate, images, labels, attacks, victims, rmse=(2, 4, 6, 8, 10, 1
             return digest_parts(attack.images[kept])
         if attack.kind == "fairattack" and surrogate_id is not None:
             return digest_parts(attack.identity(), surrogate_id, seed, _core.VERSION)
+        if attack.kind == "peer" and attack.peer is not None and surrogate_id is not None:
+            return digest_parts(attack.identity(), surrogate_id, seed, batch_size,
+                                _core.VERSION)  # a peer by name: seeded once per run
         return None
 
     def cell_key(attack, how, r):
@@ -325,6 +350,7 @@ def compare(surrogate, images, labels, attacks, victims, rmse=(2, 4, 6, 8, 10, 1
                 "linf_image": linf_img}
 
     rows, per_image, hits = [], [], 0
+    spent = {}  # attack name -> grad_evals per image, where the attack reports them
     attacks_iter = attack_list
     if progress:
         from tqdm.auto import tqdm
@@ -344,10 +370,13 @@ def compare(surrogate, images, labels, attacks, victims, rmse=(2, 4, 6, 8, 10, 1
                 hit = cache.get("native", attack.name, key)
                 if hit is not None:
                     native = hit["adv"]
+                    if "grad_evals" in hit:
+                        spent[attack.name] = hit["grad_evals"]
                 else:
                     native = _native(attack, surrogate, x, y, kept, eps, batch_size, progress,
-                                     seed)
-                    cache.put("native", attack.name, key, adv=native)
+                                     seed, spent=spent)
+                    extra = {"grad_evals": spent[attack.name]} if attack.name in spent else {}
+                    cache.put("native", attack.name, key, adv=native, **extra)
             return native
 
         cells = [("native", "native")] + [
@@ -370,8 +399,15 @@ def compare(surrogate, images, labels, attacks, victims, rmse=(2, 4, 6, 8, 10, 1
             rows += _rows(attack.name, how, r, list(victims), result, seed, n_boot)
             per_image.append(_per_image(attack.name, how, r, list(victims), kept, result))
 
+    clean = np.stack([fooled_mask(predict_any(v, x, batch_size), y) for v in victims.values()])
     df = ComparisonFrame(rows)
     df.per_image = pd.concat(per_image, ignore_index=True)
+    df.clean_per_image = pd.DataFrame({
+        "image": np.tile(kept, len(victims)),
+        "victim": np.repeat(np.array(list(victims), dtype=object), n),
+        "fooled": clean.reshape(-1).astype(bool)})
+    df.attrs["seed"], df.attrs["n_boot"] = seed, n_boot
+    df.attrs["grad_evals"] = {name: float(np.mean(v)) for name, v in spent.items()}
     df.attrs["eps"], df.attrs["mode"] = eps, mode
     df.attrs["cells"], df.attrs["cached_cells"] = len(attack_list) * (1 + len(budgets)), hits
     return df
@@ -412,7 +448,10 @@ def _per_image(attack, how, r, victim_names, kept, result):
 
 def comparison_table(df, victim="mean"):
     """One row per attack: its own ℓ∞ and RMSE, native ASR, and "ASR [low, high]" at each
-    budget, for one victim (default the mean), as a pandas DataFrame."""
+    budget, for one victim (default the mean), as a pandas DataFrame. From a frame of `compare`
+    (which carries the per-image outcomes) also the curve summaries (fairattack.curves):
+    rmse50 ("r [low, high]", or "not reached"), auc, rank (native) and at each budget rank@r
+    and shift@r (native rank − rank at r)."""
     for column in ("attack", "rmse", "victim", "asr", "ci_low", "ci_high", "rmse_mean",
                    "linf_mean"):
         if column not in getattr(df, "columns", ()):
@@ -430,4 +469,35 @@ def comparison_table(df, victim="mean"):
             entry[f"asr@{row['rmse']:g}"] = (f"{row['asr']:.3f} [{row['ci_low']:.3f}, "
                                               f"{row['ci_high']:.3f}]")
         out.append(entry)
-    return pd.DataFrame(out)
+    table = pd.DataFrame(out)
+    if getattr(df, "clean_per_image", None) is not None and "how" in df.columns:
+        _add_curve_columns(table, df, victim)
+    return table
+
+
+def _add_curve_columns(table, df, victim):
+    """comparison_table's rmse50, auc, rank, rank@r and shift@r columns (in place)."""
+    from .curves import ranks, summaries
+
+    summary = summaries(df)
+    summary = summary[summary["victim"] == victim].set_index("attack")
+    order = ranks(df)
+    order = order[order["victim"] == victim]
+
+    def text(row):
+        if not row["rmse50_reached"]:
+            return "not reached"
+        if math.isnan(row["rmse50_low"]):
+            return f"{row['rmse50']:.2f}"
+        return f"{row['rmse50']:.2f} [{row['rmse50_low']:.2f}, {row['rmse50_high']:.2f}]"
+
+    attacks = table["attack"]
+    table["rmse50"] = [text(summary.loc[a]) if a in summary.index else "" for a in attacks]
+    table["auc"] = [summary.loc[a, "auc"] if a in summary.index else np.nan for a in attacks]
+    native = order[order["rmse"].map(lambda r: isinstance(r, str))].set_index("attack")
+    table["rank"] = [int(native.loc[a, "rank"]) for a in attacks]
+    matched = order[order["rmse"].map(lambda r: not isinstance(r, str))]
+    for r in sorted({float(v) for v in matched["rmse"]}):
+        cell = matched[matched["rmse"].map(float) == r].set_index("attack")
+        table[f"rank@{r:g}"] = [int(cell.loc[a, "rank"]) for a in attacks]
+        table[f"shift@{r:g}"] = [int(cell.loc[a, "shift"]) for a in attacks]
