@@ -226,13 +226,16 @@ def _counting(module, counts):
                 x.register_hook(counts.add_grad)
             return self.inner(x)
 
-    return Counting(module)
+    # the peer reads and restores its model's mode (torchattacks does): show it the inner one
+    return Counting(module).train(module.training)
 
 
 def _call(obj, kind, xb, yb):
     if kind == "transferattack":
         delta = obj(xb, yb) if callable(obj) else obj.forward(xb, yb)
-        return None if not hasattr(delta, "shape") else xb + delta.to(xb.device)
+        if not hasattr(delta, "shape") or tuple(delta.shape) != tuple(xb.shape):
+            return delta  # the caller names the shape
+        return xb + delta.to(xb.device)
     return obj(xb, yb)
 
 
@@ -261,6 +264,7 @@ def run(obj, images, labels, eps, batch_size=16, seed=0, name=None):
     if inner is None:
         raise TypeError(f"attack {label}: a {kind} attack holds its surrogate as .model; it "
                         "has none")
+    training = getattr(inner, "training", None)
     obj.model = _counting(inner, counts)
     device = getattr(obj, "device", None) or "cpu"
     out = np.empty_like(x_u8)
@@ -286,6 +290,8 @@ def run(obj, images, labels, eps, batch_size=16, seed=0, name=None):
                                                             kind, start)
     finally:
         obj.model = inner
+        if training is not None:
+            inner.train(training)
     return PeerResult(out, linf, grads, forwards, kind)
 
 
