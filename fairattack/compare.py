@@ -269,9 +269,12 @@ def compare(surrogate, images, labels, attacks, victims, rmse=(2, 4, 6, 8, 10, 1
         - dicts {"name": ..., "optimizer": ..., any fa.attack keyword: setting, di_prob,
           ti_kernel, si_copies, max_iter, ...};
         - (name, fn) with fn(images uint8 NHWC, labels) -> adversarial uint8 NHWC;
-        - (name, torchattacks attack object) (its model takes [0, 1] NCHW; images are
-          converted there and back, rounded to uint8), or "ta:PGD" to build torchattacks.PGD on
-          the surrogate with eps/255 and torchattacks' other defaults (needs the `peers` extra);
+        - (name, peer attack object): a torchattacks, torchattack or TransferAttack-style
+          attack (fairattack.peers: images converted to [0, 1] NCHW and back, rounded to
+          uint8, refused past ε), or a peer by name with parameters in pixels,
+          "ta:PGD,steps=20,alpha=1.6", "torchattack:VMIFGSM", "transferattack:MIFGSM",
+          "NAME=ta:PGD,...", built on surrogate.as_torch_module() with eps/255 (the `peers`
+          extra; docs/fair-comparison.md#peer-attacks);
         - (name, array): precomputed adversarial images of the same shape as `images`.
     victims: dict name -> Model (or any object with predict(images uint8) -> labels).
     rmse: the RMSE budgets r (pixels). mode: "rescale" or "budget" (module docstring).
@@ -279,7 +282,8 @@ def compare(surrogate, images, labels, attacks, victims, rmse=(2, 4, 6, 8, 10, 1
     seed: attacks' randomness and the bootstrap. n_boot: bootstrap resamples (0: no CI).
     cache_dir: a folder where per (attack, budget) outcomes and native images are kept, keyed
         by what determines them (images, models' files, attack, budget, eps, fairattack's
-        version): a rerun skips finished parts. Callables and peer objects have no such key and always run.
+        version): a rerun skips finished parts. Peers by name are keyed by their name,
+        parameters and library version; callables and peer objects have no key and always run.
 
     Returns a tidy pandas DataFrame, one row per (attack, rmse, victim): attack, how ("native",
     "rescale" or "budget"), rmse (the budget, or "native" for the attack's own output), victim
@@ -287,7 +291,11 @@ def compare(surrogate, images, labels, attacks, victims, rmse=(2, 4, 6, 8, 10, 1
     rmse_mean and linf_mean (of the evaluated uint8 images: the native row carries the
     attack's own RMSE and ℓ∞). df.per_image holds every image's outcome (columns
     attack, rmse, how, image (index into `images`), victim, fooled, reached, rmse_image,
-    linf_image) for `paired_test`.
+    linf_image) for `paired_test`; df.clean_per_image each victim's outcome on the clean
+    images (image, victim, fooled). df.curve_summaries() and df.ranks() give rmse50 (with a
+    bootstrap CI from the same resamples), the normalised AUC and the ranks with their shifts
+    (fairattack.curves); df.attrs["grad_evals"] the mean gradient evaluations per image of the
+    attacks that report them (peers, counted through their model).
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")

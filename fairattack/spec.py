@@ -8,7 +8,9 @@ Forms an attack can be given in (`fa.compare`, `fa.run_study`, the CLI):
 - a dict {"optimizer": ..., "setting": ..., hyper-parameters and transforms}, with "name" in a
   list (compare) or keyed by its name (run_study);
 - compare only: (name, fn), (name, peer attack object), (name, adversarial images), or a peer
-  attack by name ("ta:PGD").
+  attack by name in the same grammar, [NAME=]LIBRARY:ATTACK[,key=value...]
+  ("ta:PGD,steps=20,alpha=1.6", "torchattack:VMIFGSM", "transferattack:MIFGSM": fairattack.peers
+  says what the values mean).
 
 `resolve` applies the override layers of a study (its flat overrides, then those per setting,
 per optimizer, the attack's own, then those per attack name) and returns the resolved config.
