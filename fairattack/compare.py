@@ -247,7 +247,7 @@ class ComparisonFrame(pd.DataFrame):
 
         return ranks(self)
 
-    _metadata = ["per_image", "clean_per_image"]
+    _metadata = ["per_image", "clean_per_image", "examples", "example_images"]
 
     @property
     def _constructor(self):
@@ -256,7 +256,7 @@ class ComparisonFrame(pd.DataFrame):
 
 def compare(surrogate, images, labels, attacks, victims, rmse=(2, 4, 6, 8, 10, 12),
             mode="rescale", eps=16, batch_size=16, progress=False, seed=0, n_boot=1000,
-            cache_dir=None):
+            cache_dir=None, examples=0):
     """Every attack's own ℓ∞, RMSE and ASR, and its ASR at each common RMSE budget.
 
     surrogate: the model the attacks run on (a fairattack Model, or a callable oracle for
@@ -280,6 +280,9 @@ def compare(surrogate, images, labels, attacks, victims, rmse=(2, 4, 6, 8, 10, 1
     rmse: the RMSE budgets r (pixels). mode: "rescale" or "budget" (module docstring).
     eps: the common ℓ∞ budget (pixels) for every attack and every matched image.
     seed: attacks' randomness and the bootstrap. n_boot: bootstrap resamples (0: no CI).
+    examples: keep the native adversarial images of the first `examples` images that count,
+        per attack, in df.examples ({attack: uint8 [k, H, W, 3]}; df.example_images: their
+        indices into `images`).
     cache_dir: a folder where per (attack, budget) outcomes and native images are kept, keyed
         by what determines them (images, models' files, attack, budget, eps, fairattack's
         version): a rerun skips finished parts. Peers by name are keyed by their name,
@@ -304,6 +307,7 @@ def compare(surrogate, images, labels, attacks, victims, rmse=(2, 4, 6, 8, 10, 1
     batch_size = positive_int(batch_size, "batch_size")
     seed = int_at_least(seed, "seed", 0)
     n_boot = int_at_least(n_boot, "n_boot", 0)
+    examples = int_at_least(examples, "examples", 0)
     x_all = images_f32(images)
     x_u8 = round_to_uint8(x_all)
     y_all = labels_i64(labels, x_all.shape[0])
@@ -357,7 +361,7 @@ def compare(surrogate, images, labels, attacks, victims, rmse=(2, 4, 6, 8, 10, 1
         return {"fooled": fooled, "reached": np.asarray(reached, bool), "rmse_image": rmse_img,
                 "linf_image": linf_img}
 
-    rows, per_image, hits = [], [], 0
+    rows, per_image, hits, shown = [], [], 0, {}
     spent = {}  # attack name -> grad_evals per image, where the attack reports them
     attacks_iter = attack_list
     if progress:
@@ -406,6 +410,8 @@ def compare(surrogate, images, labels, attacks, victims, rmse=(2, 4, 6, 8, 10, 1
                 cache.put("cells", f"{attack.name}__{r}", key, **result)
             rows += _rows(attack.name, how, r, list(victims), result, seed, n_boot)
             per_image.append(_per_image(attack.name, how, r, list(victims), kept, result))
+        if examples:
+            shown[attack.name] = np.array(native_images()[:examples])
 
     clean = np.stack([fooled_mask(predict_any(v, x, batch_size), y) for v in victims.values()])
     df = ComparisonFrame(rows)
@@ -415,6 +421,7 @@ def compare(surrogate, images, labels, attacks, victims, rmse=(2, 4, 6, 8, 10, 1
         "victim": np.repeat(np.array(list(victims), dtype=object), n),
         "fooled": clean.reshape(-1).astype(bool)})
     df.attrs["seed"], df.attrs["n_boot"] = seed, n_boot
+    df.examples, df.example_images = shown, kept[:examples]
     df.attrs["grad_evals"] = {name: float(np.mean(v)) for name, v in spent.items()}
     df.attrs["eps"], df.attrs["mode"] = eps, mode
     df.attrs["cells"], df.attrs["cached_cells"] = len(attack_list) * (1 + len(budgets)), hits
