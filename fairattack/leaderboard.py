@@ -123,6 +123,15 @@ def _combine(frames):
     return df
 
 
+def checked_budgets(rmse, eps):
+    """The sorted RMSE budgets, each in (0, eps] (ValueError naming rmse otherwise)."""
+    budgets = _budgets(rmse)
+    if budgets[-1] > _eps(eps):
+        raise ValueError(f"rmse: the budget {budgets[-1]:g} is above eps={eps:g}; an RMSE "
+                         "budget cannot exceed the l-inf budget (RMSE <= l-inf)")
+    return budgets
+
+
 def leaderboard(surrogates, images, labels, attacks, victims, rmse=(1, 2, 4, 8), eps=16,
                 mode="rescale", out=None, n_boot=1000, seed=0, batch_size=16, examples=3,
                 device="cpu", progress=False):
@@ -145,7 +154,7 @@ def leaderboard(surrogates, images, labels, attacks, victims, rmse=(1, 2, 4, 8),
     compare frame}, "cells", "reused" (cells taken from out), "files" (written paths).
     """
     eps = _eps(eps)
-    budgets = _budgets(rmse)
+    budgets = checked_budgets(rmse, eps)
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     n_boot = int_at_least(n_boot, "n_boot", 0)
