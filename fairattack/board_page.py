@@ -104,6 +104,8 @@ tr:nth-child(even) td{background:#fafafa}
 .examples td{text-align:center;vertical-align:top;font-size:11px}
 .examples img{width:112px;height:112px;image-rendering:pixelated}
 figure{margin:1em 0} figure img{max-width:100%}
+.scroll{overflow-x:auto}
+.examples td:first-child{vertical-align:middle;text-align:left}
 """
 
 _SCRIPT = """
@@ -135,8 +137,8 @@ def _table(rows, shown, ident):
             cells.append(f"<td data-value=\"{html.escape(str(v))}\">"
                          f"{html.escape(text(row))}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
-    return (f"<table class=\"board\" id=\"{ident}\"><thead><tr>{head}</tr></thead><tbody>"
-            + "".join(body) + "</tbody></table>")
+    return (f"<div class=\"scroll\"><table class=\"board\" id=\"{ident}\"><thead><tr>{head}"
+            "</tr></thead><tbody>" + "".join(body) + "</tbody></table></div>")
 
 
 def page(table, frames, clean, meta):

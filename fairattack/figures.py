@@ -291,7 +291,8 @@ def plot_asr_at_rmse(df, path=None, victims=None, title=None):
 def plot_rank_shifts(ranks, path=None, victim="mean", title=None):
     """Each attack's rank by ASR natively and at every RMSE budget, one line per attack (a
     `fairattack.curves.ranks` / `df.ranks()` table): lines that cross are rankings that change
-    at matched RMSE. Rank 1 (the highest ASR) is at the top."""
+    at matched RMSE. Rank 1 (the highest ASR) is at the top; tied attacks are drawn a little
+    apart so that every line stays visible."""
     import pandas as pd
 
     if not isinstance(ranks, pd.DataFrame):
@@ -312,7 +313,8 @@ def plot_rank_shifts(ranks, path=None, victim="mean", title=None):
         mine = rows[rows["attack"] == attack]
         by_cell = {("native" if isinstance(r, str) else float(r)): k
                    for r, k in zip(mine["rmse"], mine["rank"])}
-        y = [by_cell.get(c, np.nan) for c in cells]
+        spread = 0.25 * (i / max(len(attacks) - 1, 1) - 0.5) if len(attacks) > 1 else 0.0
+        y = [by_cell.get(c, np.nan) + spread for c in cells]
         ax.plot(range(len(cells)), y, "-o", color=_PALETTE[i % len(_PALETTE)], lw=1.6, ms=5,
                 label=attack)
     ax.set_xticks(range(len(cells)), ["native"] + [f"RMSE {r:g}" for r in budgets])
