@@ -50,11 +50,10 @@ import math
 import numpy as np
 import pandas as pd
 
-from . import _core
+from . import _core, peers
 from ._model import Model, file_stamp, predict_any, victims_of
 from ._validate import images_f32, int_at_least, labels_i64, positive_int, round_to_uint8
 from .outcome import bootstrap_ci, fooled_mask
-from . import peers
 from .settings import make_config
 from .spec import CONFIG_KEYS, TRANSFORMS, coerce
 from .store import CompareCache, digest_parts

@@ -1,7 +1,7 @@
 """`fairattack leaderboard`: the fair transfer leaderboard (docs/fair-comparison.md) from the
 command line.
 
-    fairattack leaderboard --attacks FGSM PGD MI-FGSM DI=PGD,di_prob=0.5 ta:PGD,steps=10,alpha=1.6 \\
+    fairattack leaderboard --attacks FGSM PGD MI-FGSM DI=PGD,di_prob=0.5 ta:PGD,steps=10 \\
         --surrogates efficientnet-lite0 mobilenet-v2 --victims efficientnet-lite1 \\
         efficientnet-lite2 --data my-imagenet-photos/ --n-images 24 --rmse 1 2 4 8 --out board
 
