@@ -143,6 +143,37 @@ class Model:
         not all finite has no prediction: -1, with a RuntimeWarning."""
         return self._forward(images, batch_size)[1]
 
+    def as_torch_module(self, range="unit"):  # noqa: A002 - the convention's usual name
+        """This model as a plain torch.nn.Module, to hand to another library's attack (any peer:
+        torchattacks, torchattack, TransferAttack, your own loop) on the same surrogate.
+
+        range: "unit" (default) takes float NCHW RGB in [0, 1], the convention of those libraries
+            (multiplied by 255 inside); "pixels" takes fairattack's [0, 255] NCHW.
+        Returns logits [N, K], in eval mode, on the model's device, its parameters frozen
+        (requires_grad False: input gradients only). A fresh module each call, rebuilt from what
+        the model was loaded from: a copy of the torch module, or the TorchScript file or bytes
+        loaded again by torch (so it runs in Python, not in fairattack's C++ shim).
+        """
+        import torch
+
+        if range not in ("unit", "pixels"):
+            raise ValueError(f"range must be 'unit' ([0, 1] input) or 'pixels' ([0, 255]), got "
+                             f"{range!r}")
+        source, where = self.source, torch.device(self.device)
+        if isinstance(source, torch.nn.Module):
+            net = _private_copy(source)
+        elif isinstance(source, (str, os.PathLike)):
+            net = torch.jit.load(os.fspath(source), map_location=where)
+        elif isinstance(source, (bytes, bytearray)):
+            net = torch.jit.load(io.BytesIO(bytes(source)), map_location=where)
+        else:
+            raise TypeError(f"model {self.name!r} was not loaded from a torch module, a "
+                            "TorchScript file or its bytes; it has no torch module to hand out")
+        net = net.to(where).eval()
+        for parameter in net.parameters():
+            parameter.requires_grad_(False)
+        return _scaled_module(net, 255.0 if range == "unit" else 1.0)
+
     def loss_and_grad(self, images, labels, batch_size=64):
         """Per-image cross-entropy (nats) [N] and its input gradient [N, H, W, 3] float32."""
         x = images_f32(images)
@@ -154,6 +185,24 @@ class Model:
             loss[start:stop], _, _, grad[start:stop] = self._core.run(chunk, y[start:stop],
                                                                       True, 0)
         return loss, grad
+
+
+def _scaled_module(net, scale):
+    """net behind an input scaling: forward(x) = net(x * scale) (scale 1: net itself, wrapped)."""
+    import torch
+
+    class InputScaled(torch.nn.Module):
+        """A fairattack model for [0, 1] (scale 255) or [0, 255] (scale 1) NCHW input."""
+
+        def __init__(self, inner, factor):
+            super().__init__()
+            self.inner = inner
+            self.scale = float(factor)
+
+        def forward(self, x):
+            return self.inner(x * self.scale if self.scale != 1.0 else x)
+
+    return InputScaled(net, scale).eval()
 
 
 def _private_copy(module):

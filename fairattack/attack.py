@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 
-from . import _core
+from . import _core, peers
 from ._model import Model, check_labels, predict_any
 from ._validate import (check_pixels, images_f32, is_integral, labels_i64, positive_int,
                         round_to_uint8)
@@ -293,9 +293,18 @@ def attack(model, images, labels, optimizer="Adam", setting=None, *, batch_size=
                         "fairattack.load_model(module, mode=..., input_size=...) first (mode "
                         "'torch', 'caffe' or 'tf' wraps it with resizing and normalisation; "
                         "'pixels' for a network that takes float NCHW RGB in [0, 255])")
+    elif peers.is_peer(model) or peers.looks_like_peer(model):
+        raise TypeError(f"model is a peer library's attack ({type(model).__name__}), not a "
+                        "surrogate: fa.attack runs fairattack's own attacks. Run the peer on the "
+                        "same images, ε and budgets with fa.compare(surrogate, images, labels, "
+                        "attacks=[('name', attack_object)], ...), or alone with "
+                        "fairattack.peers.run(attack_object, images, labels, eps)")
     elif not callable(model):
         raise TypeError("model must be a fairattack.Model (see fairattack.load_model) or a "
                         f"callable oracle, got {type(model).__name__}")
+    if peers.is_peer_name(optimizer):
+        raise ValueError(f"optimizer {optimizer!r} names a peer library's attack: run it with "
+                         f"fa.compare(surrogate, images, labels, attacks=[{optimizer!r}], ...)")
     setting = default_setting(optimizer) if setting is None else setting
     transform_args = {"di_prob": di_prob, "di_min_scale": di_min_scale, "si_copies": si_copies,
                       "ti_kernel": ti_kernel}

@@ -51,11 +51,10 @@ import math
 import numpy as np
 import pandas as pd
 
-from . import _core
+from . import _core, peers
 from ._model import Model, check_labels, model_identity, predict_any, victims_of
 from ._validate import images_f32, int_at_least, positive_int, round_to_uint8
-from .outcome import bootstrap_ci, mean_over_victims, victim_outcome
-from .peers import peer_by_name, run_peer
+from .outcome import bootstrap_ci, error_rate, mean_over_victims, victim_outcome
 from .settings import check_pixel_units, make_config
 from .spec import CONFIG_KEYS, TRANSFORMS, coerce
 from .store import CompareCache, digest_parts
@@ -162,8 +161,7 @@ def _parse_attacks(attacks, surrogate, eps, shape):
         where = f"attacks[{i}]"
         attack = coerce(item, where, shape=shape, reserved=_RESERVED,
                         allowed=CONFIG_KEYS + TRANSFORMS + ("rounding", "allow_subpixel"))
-        if attack.kind == "peer" and attack.fn is None:
-            attack.fn = peer_by_name(attack.name, surrogate, eps)
+        attack.build(surrogate, eps)  # a peer named by text, on the surrogate
         if attack.kind == "fairattack":  # fails early, naming the attack
             params = {k: v for k, v in attack.params.items() if k != "rounding"}
             try:
@@ -179,8 +177,10 @@ def _parse_attacks(attacks, surrogate, eps, shape):
     return out
 
 
-def _native(attack, surrogate, x, y, kept, eps, batch_size, progress, seed, max_rmse=None):
-    """uint8 adversarial images of the kept images (attack.kind decides how)."""
+def _native(attack, surrogate, x, y, kept, eps, batch_size, progress, seed, max_rmse=None,
+            spent=None):
+    """uint8 adversarial images of the kept images (attack.kind decides how). spent: a dict
+    that receives {attack name: grad_evals per image} where the attack reports them."""
     if attack.kind == "images":
         out = attack.images[kept]
     elif attack.kind == "fairattack":
@@ -196,9 +196,14 @@ def _native(attack, surrogate, x, y, kept, eps, batch_size, progress, seed, max_
                 kwargs["stop_rmse"] = float(max_rmse)
         res = run_attack(surrogate, x, y, attack.optimizer, batch_size=batch_size,
                          progress=progress, eps=eps, **kwargs)
+        if spent is not None and getattr(res, "grad_evals", None) is not None:
+            spent[attack.name] = np.asarray(res.grad_evals, np.float64)
         return res.images
     elif attack.kind == "peer":
-        out = run_peer(attack.fn, x, y, batch_size, seed)
+        done = peers.run(attack.fn, x, y, eps, batch_size, seed, name=attack.name)
+        if spent is not None:
+            spent[attack.name] = done.grad_evals
+        return done.images
     else:
         out = attack.fn(x.copy(), y.copy())
     where = f"attack {attack.name!r} returned"
@@ -229,10 +234,26 @@ def _budgets(rmse, allow_subpixel=False):
 
 class ComparisonFrame(pd.DataFrame):
     """The table `compare` returns: a pandas DataFrame that also carries `per_image`, every
-    image's outcome (a DataFrame; kept through filtering and copies). Not in `attrs`: pandas
-    compares attrs when concatenating, which a DataFrame inside them breaks."""
+    image's outcome, and `clean_per_image`, each victim's outcome on the clean images (columns
+    image, victim, fooled: a_0 of the curve summaries) (DataFrames kept through filtering and
+    copies). Not in `attrs`: pandas compares attrs when concatenating, which a DataFrame inside
+    them breaks."""
 
-    _metadata = ["per_image"]
+    def curve_summaries(self):
+        """rmse50 (with its bootstrap interval) and the normalised AUC per (attack, victim):
+        `fairattack.curves.summaries`."""
+        from .curves import summaries
+
+        return summaries(self)
+
+    def ranks(self):
+        """Each attack's rank by ASR natively and at every budget, with the shift:
+        `fairattack.curves.ranks`."""
+        from .curves import ranks
+
+        return ranks(self)
+
+    _metadata = ["per_image", "clean_per_image", "examples", "example_images"]
 
     @property
     def _constructor(self):
@@ -241,7 +262,7 @@ class ComparisonFrame(pd.DataFrame):
 
 def compare(surrogate, images, labels, attacks, victims, rmse=(2, 4, 6, 8, 10, 12),
             mode="rescale", eps=16, batch_size=16, progress=False, seed=0, n_boot=1000,
-            cache_dir=None, allow_subpixel=False):
+            cache_dir=None, allow_subpixel=False, examples=0):
     """Every attack's own ℓ∞, RMSE and ASR, and its ASR at each common RMSE budget.
 
     surrogate: the model the attacks run on (a fairattack Model, or a callable oracle for
@@ -254,9 +275,12 @@ def compare(surrogate, images, labels, attacks, victims, rmse=(2, 4, 6, 8, 10, 1
         - dicts {"name": ..., "optimizer": ..., any fa.attack keyword: setting, di_prob,
           ti_kernel, si_copies, max_iter, ...};
         - (name, fn) with fn(images uint8 NHWC, labels) -> adversarial uint8 NHWC;
-        - (name, torchattacks attack object) (its model takes [0, 1] NCHW; images are
-          converted there and back, rounded to uint8), or "ta:PGD" to build torchattacks.PGD on
-          the surrogate with eps/255 and torchattacks' other defaults (needs the `peers` extra);
+        - (name, peer attack object): a torchattacks, torchattack or TransferAttack-style
+          attack (fairattack.peers: images converted to [0, 1] NCHW and back, rounded to
+          uint8, refused past ε), or a peer by name with parameters in pixels,
+          "ta:PGD,steps=20,alpha=1.6", "torchattack:VMIFGSM", "transferattack:MIFGSM",
+          "NAME=ta:PGD,...", built on surrogate.as_torch_module() with eps/255 (the `peers`
+          extra; docs/fair-comparison.md#peer-attacks);
         - (name, array): precomputed adversarial images of the same shape as `images`.
     victims: dict name -> Model, a list of Models, registry names or TorchScript paths (loaded
         on the surrogate's device), or objects with predict(images uint8) -> labels [n].
@@ -272,10 +296,13 @@ def compare(surrogate, images, labels, attacks, victims, rmse=(2, 4, 6, 8, 10, 1
         (n_unreachable); docs/fair-comparison.md has the details.
     eps: the common ℓ∞ budget (pixels) for every attack and every matched image.
     seed: attacks' randomness and the bootstrap. n_boot: bootstrap resamples (0: no CI).
+    examples: keep the native adversarial images of the first `examples` images that count,
+        per attack, in df.examples ({attack: uint8 [k, H, W, 3]}; df.example_images: their
+        indices into `images`).
     cache_dir: a folder where per (attack, budget) outcomes and native images are kept, keyed
         by what determines them (images, the models' content, attack, budget, eps, fairattack's
-        version): a rerun skips finished parts. Callables and peer objects have no such key and
-        always run.
+        version): a rerun skips finished parts. Peers by name are keyed by their name,
+        parameters and library version; callables and peer objects have no key and always run.
     allow_subpixel: eps and the rmse budgets are pixels of [0, 255] images; one in (0, 1) is
         refused as a [0, 1] unit (8/255 meant as 8) unless allow_subpixel=True.
 
@@ -290,7 +317,11 @@ def compare(surrogate, images, labels, attacks, victims, rmse=(2, 4, 6, 8, 10, 1
     interval are over the other images ("mean": over the victims that judged each image;
     n_failed: images no victim judged). df.per_image holds every image's outcome (columns
     attack, rmse, how, image (index into `images`), victim, fooled, failed, reached,
-    rmse_image, linf_image) for `paired_test`.
+    rmse_image, linf_image) for `paired_test`; df.clean_per_image each victim's outcome on the
+    clean images (image, victim, fooled, failed). df.curve_summaries() and df.ranks() give
+    rmse50 (with a bootstrap CI from the same resamples), the normalised AUC and the ranks with
+    their shifts (fairattack.curves); df.attrs["grad_evals"] the mean gradient evaluations per
+    image of the attacks that report them.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -303,6 +334,7 @@ def compare(surrogate, images, labels, attacks, victims, rmse=(2, 4, 6, 8, 10, 1
     batch_size = positive_int(batch_size, "batch_size")
     seed = int_at_least(seed, "seed", 0)
     n_boot = int_at_least(n_boot, "n_boot", 0)
+    examples = int_at_least(examples, "examples", 0)
     x_all = images_f32(images)
     x_u8 = round_to_uint8(x_all)
     victims = victims_of(victims, device=getattr(surrogate, "device", "cpu")
@@ -343,6 +375,9 @@ def compare(surrogate, images, labels, attacks, victims, rmse=(2, 4, 6, 8, 10, 1
             return digest_parts(attack.images[kept])
         if attack.kind == "fairattack" and surrogate_id is not None:
             return digest_parts(attack.identity(), surrogate_id, seed, _core.VERSION)
+        if attack.kind == "peer" and attack.peer is not None and surrogate_id is not None:
+            return digest_parts(attack.identity(), surrogate_id, seed, batch_size,
+                                _core.VERSION)  # a peer by name: seeded once per run
         return None
 
     def cell_key(attack, how, r):
@@ -360,15 +395,17 @@ def compare(surrogate, images, labels, attacks, victims, rmse=(2, 4, 6, 8, 10, 1
         return {"fooled": fooled, "failed": failed, "reached": np.asarray(reached, bool),
                 "rmse_image": rmse_img, "linf_image": linf_img}
 
-    # each victim's error on the clean images that count: the baseline of its ASR
-    # (an image whose clean logits a victim cannot compute is left out of that victim's rate)
-    clean_error = []
+    # each victim's outcome on the clean images that count: the baseline of its ASR (an image
+    # whose clean logits a victim cannot compute is left out of that victim's rate)
+    clean_fooled, clean_failed = [], []
     for name, v in victims.items():
         fooled_clean, failed_clean = victim_outcome(
             predict_any(v, x, batch_size, f"victim {name!r}"), y)
-        judged_clean = fooled_clean[~failed_clean]
-        clean_error.append(float(judged_clean.mean()) if judged_clean.size else float("nan"))
-    rows, per_image, hits = [], [], 0
+        clean_fooled.append(fooled_clean)
+        clean_failed.append(failed_clean)
+    clean_error = [error_rate(f, bad) for f, bad in zip(clean_fooled, clean_failed)]
+    rows, per_image, hits, shown = [], [], 0, {}
+    spent = {}  # attack name -> grad_evals per image, where the attack reports them
     attacks_iter = attack_list
     if progress:
         from tqdm.auto import tqdm
@@ -388,10 +425,13 @@ def compare(surrogate, images, labels, attacks, victims, rmse=(2, 4, 6, 8, 10, 1
                 hit = cache.get("native", attack.name, key)
                 if hit is not None:
                     native = hit["adv"]
+                    if "grad_evals" in hit:
+                        spent[attack.name] = hit["grad_evals"]
                 else:
                     native = _native(attack, surrogate, x, y, kept, eps, batch_size, progress,
-                                     seed)
-                    cache.put("native", attack.name, key, adv=native)
+                                     seed, spent=spent)
+                    extra = {"grad_evals": spent[attack.name]} if attack.name in spent else {}
+                    cache.put("native", attack.name, key, adv=native, **extra)
             return native
 
         cells = [("native", "native")] + [
@@ -413,9 +453,19 @@ def compare(surrogate, images, labels, attacks, victims, rmse=(2, 4, 6, 8, 10, 1
                 cache.put("cells", f"{attack.name}__{r}", key, **result)
             rows += _rows(attack.name, how, r, list(victims), result, seed, n_boot, clean_error)
             per_image.append(_per_image(attack.name, how, r, list(victims), kept, result))
+        if examples:
+            shown[attack.name] = np.array(native_images()[:examples])
 
+    clean, clean_bad = np.stack(clean_fooled), np.stack(clean_failed)
     df = ComparisonFrame(rows)
     df.per_image = pd.concat(per_image, ignore_index=True)
+    df.clean_per_image = pd.DataFrame({
+        "image": np.tile(kept, len(victims)),
+        "victim": np.repeat(np.array(list(victims), dtype=object), n),
+        "fooled": clean.reshape(-1).astype(bool), "failed": clean_bad.reshape(-1)})
+    df.attrs["seed"], df.attrs["n_boot"] = seed, n_boot
+    df.examples, df.example_images = shown, kept[:examples]
+    df.attrs["grad_evals"] = {name: float(np.mean(v)) for name, v in spent.items()}
     df.attrs["eps"], df.attrs["mode"] = eps, mode
     df.attrs["cells"], df.attrs["cached_cells"] = len(attack_list) * (1 + len(budgets)), hits
     return df
@@ -464,7 +514,10 @@ def _per_image(attack, how, r, victim_names, kept, result):
 
 def comparison_table(df, victim="mean"):
     """One row per attack: its own ℓ∞ and RMSE, native ASR, and "ASR [low, high]" at each
-    budget, for one victim (default the mean), as a pandas DataFrame."""
+    budget, for one victim (default the mean), as a pandas DataFrame. From a frame of `compare`
+    (which carries the per-image outcomes) also the curve summaries (fairattack.curves):
+    rmse50 ("r [low, high]", or "not reached"), auc, rank (native) and at each budget rank@r
+    and shift@r (native rank − rank at r)."""
     for column in ("attack", "rmse", "victim", "asr", "ci_low", "ci_high", "rmse_mean",
                    "linf_mean"):
         if column not in getattr(df, "columns", ()):
@@ -482,4 +535,35 @@ def comparison_table(df, victim="mean"):
             entry[f"asr@{row['rmse']:g}"] = (f"{row['asr']:.3f} [{row['ci_low']:.3f}, "
                                               f"{row['ci_high']:.3f}]")
         out.append(entry)
-    return pd.DataFrame(out)
+    table = pd.DataFrame(out)
+    if getattr(df, "clean_per_image", None) is not None and "how" in df.columns:
+        _add_curve_columns(table, df, victim)
+    return table
+
+
+def _add_curve_columns(table, df, victim):
+    """comparison_table's rmse50, auc, rank, rank@r and shift@r columns (in place)."""
+    from .curves import ranks, summaries
+
+    summary = summaries(df)
+    summary = summary[summary["victim"] == victim].set_index("attack")
+    order = ranks(df)
+    order = order[order["victim"] == victim]
+
+    def text(row):
+        if not row["rmse50_reached"]:
+            return "not reached"
+        if math.isnan(row["rmse50_low"]):
+            return f"{row['rmse50']:.2f}"
+        return f"{row['rmse50']:.2f} [{row['rmse50_low']:.2f}, {row['rmse50_high']:.2f}]"
+
+    attacks = table["attack"]
+    table["rmse50"] = [text(summary.loc[a]) if a in summary.index else "" for a in attacks]
+    table["auc"] = [summary.loc[a, "auc"] if a in summary.index else np.nan for a in attacks]
+    native = order[order["rmse"].map(lambda r: isinstance(r, str))].set_index("attack")
+    table["rank"] = [int(native.loc[a, "rank"]) for a in attacks]
+    matched = order[order["rmse"].map(lambda r: not isinstance(r, str))]
+    for r in sorted({float(v) for v in matched["rmse"]}):
+        cell = matched[matched["rmse"].map(float) == r].set_index("attack")
+        table[f"rank@{r:g}"] = [int(cell.loc[a, "rank"]) for a in attacks]
+        table[f"shift@{r:g}"] = [int(cell.loc[a, "shift"]) for a in attacks]

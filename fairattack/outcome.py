@@ -69,13 +69,18 @@ def bootstrap_ci(values, seed=0, n_boot=N_BOOT):
     n = len(values)
     if n == 0 or not n_boot:
         return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    means = []
-    for start in range(0, n_boot, _BLOCK):
-        idx = rng.integers(0, n, (min(_BLOCK, n_boot - start), n))
-        means.append(values[idx].mean(axis=1))
+    means = [values[idx].mean(axis=1) for idx in bootstrap_resamples(n, seed, n_boot)]
     low, high = np.percentile(np.concatenate(means), [2.5, 97.5])
     return float(low), float(high)
+
+
+def bootstrap_resamples(n, seed=0, n_boot=N_BOOT):
+    """The bootstrap's resamples of n image positions, in blocks: int arrays [b, n] (b <= 50)
+    that together hold n_boot rows, drawn from numpy.random.default_rng(seed). Every interval
+    of fairattack over the same n images (ASR, rmse50) uses exactly these rows."""
+    rng = np.random.default_rng(seed)
+    for start in range(0, n_boot, _BLOCK):
+        yield rng.integers(0, n, (min(_BLOCK, n_boot - start), n))
 
 
 def mcnemar(b, c):

@@ -1,4 +1,4 @@
-"""The `fairattack` command: demo, run, report, compare, models, export.
+"""The `fairattack` command: demo, run, report, compare, leaderboard, models, export.
 
     fairattack demo                      # Lite0 -> Lite1/Lite2/MobileNetV2 on photos scikit-image ships
     fairattack demo --data my-imagenet-photos/ --n 32
@@ -8,6 +8,8 @@
     torchrun --standalone --nproc-per-node 4 -m fairattack run ...   # the same, 4 processes
     fairattack report fairattack-study
     fairattack compare --clean clean/ --adv pgd=pgd/ mi=mi/ --victims efficientnet-lite1
+    fairattack leaderboard --attacks PGD MI-FGSM ta:PGD,steps=10 --surrogates efficientnet-lite0 \
+        --victims efficientnet-lite1 --data my-photos/ --n-images 24 --out board
     fairattack models
     fairattack export resnet50 resnet50-weights.pth resnet50.pt   # a torchvision net + weights
 """
@@ -17,10 +19,10 @@ import os
 import sys
 import warnings
 
-from . import compare, demo, export, models, report, run
+from . import compare, demo, export, leaderboard, models, report, run
 from ._common import Formatter, Parser, UsageError, check_flags, unknown_options
 
-COMMANDS = (demo, run, compare, report, models, export)
+COMMANDS = (demo, run, compare, leaderboard, report, models, export)
 
 
 def parser():
