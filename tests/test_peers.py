@@ -19,7 +19,7 @@ from tiny import TinyImageNet, save_tiny
 @pytest.fixture(scope="module")
 def case():
     net = TinyImageNet(0).eval()
-    surrogate = fa.load_model(net, name="tiny")
+    surrogate = fa.load_model(net, name="tiny", mode="pixels")
     x = np.random.default_rng(0).integers(30, 226, (5, 16, 16, 3)).astype(np.uint8)
     return net, surrogate, x, surrogate.predict(x)
 
