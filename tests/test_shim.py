@@ -141,7 +141,7 @@ def test_model_loaded_inside_inference_mode_gives_gradients(depthwise):
     x = images(3)
     labels = model.predict(x)
     with torch.inference_mode():
-        loaded = fa.load_model(net)
+        loaded = fa.load_model(net, mode="pixels")
     loss, grad = loaded.loss_and_grad(x, labels)  # parameters are not inference tensors
     want_loss, want_grad = model.loss_and_grad(x, labels)
     np.testing.assert_array_equal(grad, want_grad)
@@ -151,7 +151,7 @@ def test_model_loaded_inside_inference_mode_gives_gradients(depthwise):
 
 
 def test_non_finite_logits_give_pred_minus_one_and_nan_loss():
-    model = fa.load_model(NaNRows())
+    model = fa.load_model(NaNRows(), mode="pixels")
     x = images(6, seed=3)
     x[:, 0, 0, 0] = 100
     x[1, 0, 0, 0], x[4, 0, 0, 0] = 0, 255  # NaN logit in row 1, +-inf in row 4
@@ -177,7 +177,7 @@ def test_non_finite_logits_give_pred_minus_one_and_nan_loss():
 
 
 def test_the_model_sees_channels_last_memory():
-    model = fa.load_model(LayoutProbe())
+    model = fa.load_model(LayoutProbe(), mode="pixels")
     x = images(4, size=9)
     logits = model.logits(x)  # forward only
     np.testing.assert_array_equal(logits[:, :2], [[1.0, 0.0]] * 4)
@@ -214,7 +214,7 @@ def test_inputs_are_unchanged(depthwise, kind):
 
 
 def test_a_model_that_writes_into_its_input_is_an_error():
-    model = fa.load_model(InPlace())
+    model = fa.load_model(InPlace(), mode="pixels")
     x = images(2).astype(np.float32)
     with pytest.raises(RuntimeError, match="modified its input in place"):
         model.predict(x)
@@ -233,11 +233,11 @@ def test_a_model_that_writes_into_its_input_is_an_error():
 ])
 def test_bad_device_names(device, match):
     with pytest.raises(ValueError, match=match):
-        fa.load_model(DepthwiseNet(), device=device)
+        fa.load_model(DepthwiseNet(), device=device, mode="pixels")
 
 
 def test_cpu_model_device():
-    model = fa.load_model(DepthwiseNet(), device=torch.device("cpu"))
+    model = fa.load_model(DepthwiseNet(), device=torch.device("cpu"), mode="pixels")
     assert (model.device, model.device_index) == ("cpu", -1)
     assert model._attack_device() == _core.DEVICE_CPU
 
@@ -246,7 +246,7 @@ def test_cpu_model_device():
 @pytest.mark.parametrize("device", ["cuda", "cuda:0", "cuda:3"])
 def test_cuda_without_a_gpu(device):
     with pytest.raises(RuntimeError, match=f"device='{device}' requested but no CUDA device"):
-        fa.load_model(DepthwiseNet(), device=device)
+        fa.load_model(DepthwiseNet(), device=device, mode="pixels")
 
 
 def test_cuda_marker_is_registered(pytestconfig):
@@ -258,7 +258,7 @@ def test_cuda_marker_is_registered(pytestconfig):
 def test_cuda_device_beyond_the_count_is_a_clear_error():
     count = torch.cuda.device_count()
     with pytest.raises(ValueError, match=f"torch sees {count} CUDA device"):
-        fa.load_model(DepthwiseNet(), device=f"cuda:{count}")
+        fa.load_model(DepthwiseNet(), device=f"cuda:{count}", mode="pixels")
 
 
 @pytest.mark.cuda
@@ -266,7 +266,7 @@ def test_cuda_device_beyond_the_count_is_a_clear_error():
 def test_cuda_model_matches_cpu(depthwise):
     net, cpu = depthwise
     last = torch.cuda.device_count() - 1
-    gpu = fa.load_model(net, device=f"cuda:{last}")
+    gpu = fa.load_model(net, device=f"cuda:{last}", mode="pixels")
     assert (gpu.device, gpu.device_index) == (f"cuda:{last}", last)
     x = images(6, size=16)
     labels = cpu.predict(x)
@@ -284,7 +284,7 @@ def test_cuda_model_matches_cpu(depthwise):
 def test_cuda_runs_on_the_callers_stream_and_any_current_device(depthwise):
     net, cpu = depthwise
     last = torch.cuda.device_count() - 1
-    gpu = fa.load_model(net, device=f"cuda:{last}")
+    gpu = fa.load_model(net, device=f"cuda:{last}", mode="pixels")
     x = images(4, size=16)
     labels = cpu.predict(x)
     want_loss, want_grad = gpu.loss_and_grad(x, labels)
