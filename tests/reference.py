@@ -120,7 +120,7 @@ def reference_attack(oracle, x0, y, name, cfg):
     """SPEC §2's loop for one image. Returns (x, status, iterations, alpha, loss)."""
     x0 = x0.astype(np.float64)
     eps, lookahead = cfg["eps"], name in ("NAGD", "NI-FGSM")
-    authors_jump = name == "NAGD" and cfg["nesterov"] == 0
+    authors_jump = name == "NAGD" and cfg["nesterov"] in (0, "authors")  # code or name
     rule = Rule(name, cfg, x0.shape)
     loss0, pred0, g = oracle.one(x0, y)
     if cfg["skip_misclassified"] and pred0 != y:

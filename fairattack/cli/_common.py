@@ -69,6 +69,11 @@ class Formatter(argparse.RawDescriptionHelpFormatter):
         return f"{text} (default: %(default)s)" if text else "default: %(default)s"
 
 
+def description(doc):
+    """A command's --help description: the first paragraph of its module docstring."""
+    return doc.split("\n\n")[0].replace("\n", " ")
+
+
 def check_flags(argv, parser):
     """UsageError for the first option (--name) that the command's parser does not know (an
     exact name or a unique prefix), before argparse's own checks (a missing required option

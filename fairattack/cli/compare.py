@@ -19,10 +19,10 @@ from ..compare import MODES
 
 def add_parser(sub):
     """Register the `compare` sub-command."""
-    from ._common import add_options, nonnegative_int, positive_float
+    from ._common import add_options, description, nonnegative_int, positive_float
 
     c = sub.add_parser("compare", help="ASR of attacks at matched l-inf AND RMSE "
-                       "(docs/fair-comparison.md)", description=__doc__.split("\n\n")[0].replace("\n", " "))
+                       "(docs/fair-comparison.md)", description=description(__doc__))
     c.add_argument("--clean", help="folder of clean images (PNG); with --adv")
     c.add_argument("--adv", nargs="+", default=[], metavar="NAME=DIR",
                    help="adversarial images of an attack: a folder with the clean folder's "

@@ -5,7 +5,7 @@ import time
 from pathlib import Path
 
 from ..settings import PAPER_OPTIMIZERS
-from ._common import UsageError, add_options, check_names, common_options
+from ._common import UsageError, add_options, check_names, common_options, description
 from .report import report
 
 DEMO_SURROGATE = "efficientnet-lite0"
@@ -34,7 +34,7 @@ def _gallery(out_dir, surrogate, setting, optimizers, clean, names):
 
 def add_parser(sub):
     d = sub.add_parser("demo", help="EfficientNet-Lite0 -> Lite1/Lite2/MobileNetV2, end to end",
-                       description=__doc__.split("\n\n")[0].replace("\n", " "))
+                       description=description(__doc__))
     add_options(d, "data", "n_images", "out", out="fairattack-demo",
                 data_help="a folder of images (default: photos scikit-image ships)",
                 n_images_help="images to select from --data (default 16; --n: the same)")

@@ -7,14 +7,14 @@ TorchScript file that every command takes (resizing and normalisation inside).
 
 from pathlib import Path
 
-from ._common import UsageError, positive_int
+from ._common import UsageError, description, positive_int
 
 
 def add_parser(sub):
     from ..models import MODES
 
     e = sub.add_parser("export", help="a torchvision/timm architecture + a local weights file "
-                       "-> a TorchScript model file", description=__doc__.split("\n\n")[0].replace("\n", " "),
+                       "-> a TorchScript model file", description=description(__doc__),
                        epilog="\n".join(__doc__.splitlines()[2:]))
     e.add_argument("arch", help="the architecture's name in the library (resnet50, vit_b_16, "
                    "...)")

@@ -4,7 +4,7 @@ and demo print at the end)."""
 import time
 from pathlib import Path
 
-from ._common import UsageError
+from ._common import UsageError, description
 
 TABLE_COLUMNS = ("surrogate", "attack", "optimizer", "setting", "n_images", "n_skipped",
                  "n_failed", "n_target_not_reached", "rmse", "linf", "l2", "l0", "psnr", "ssim",
@@ -71,7 +71,7 @@ def report(df, out_dir, started=None):
 
 def add_parser(sub):
     rep = sub.add_parser("report", help="table and figures of a results folder (of run, demo "
-                         "or compare)", description=__doc__.split("\n\n")[0].replace("\n", " "))
+                         "or compare)", description=description(__doc__))
     rep.add_argument("out_dir", help="the --out folder of run, demo or compare")
     rep.set_defaults(func=cmd_report)
     return rep

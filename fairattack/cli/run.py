@@ -5,8 +5,8 @@ import time
 from pathlib import Path
 
 from ..spec import CONFIG_KEYS, TRANSFORMS, _value
-from ._common import (UsageError, add_options, check_names, common_options, nonnegative_float,
-                      nonnegative_int, positive_float, positive_int, rank)
+from ._common import (UsageError, add_options, check_names, common_options, description,
+                      nonnegative_float, nonnegative_int, positive_float, positive_int, rank)
 from .report import report
 
 # every hyper-parameter of make_config as an option: (flag, type, help)
@@ -62,7 +62,7 @@ def add_parser(sub):
     # resolves abbreviations of its own options even after the script: `--n` would be taken
     # for --nnodes/--nproc-per-node); tests/test_cli.py checks this against torchrun's parser
     r = sub.add_parser("run", help="a study on your data, models and settings (torchrun: "
-                       "shared by K processes)", description=__doc__.split("\n\n")[0].replace("\n", " "))
+                       "shared by K processes)", description=description(__doc__))
     add_options(r, "surrogates", "victims", "data", "labels", "n_images", "attacks", "seed",
                 "out", "no_resume", "image_size", "allow_subpixel",
                 surrogates_required=True, data_required=True, out="fairattack-study",
