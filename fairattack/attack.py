@@ -12,7 +12,7 @@ from ._validate import (check_pixels, images_f32, is_integral, labels_i64, posit
                         round_to_uint8)
 from .outcome import attacked_mask
 from .settings import (OPTIMIZERS, core_config, default_setting, make_config, readable_config,
-                       transform_of)
+                       transform_copies, transform_of)
 
 STATUS = tuple(_core.IMAGE_STATUS)
 METRICS = ("rmse", "linf", "l2", "l1", "l0", "psnr", "ssim")
@@ -230,18 +230,33 @@ def _available_memory(model):
 
 
 def _check_memory(model, transform, batch_size, n, height, width):
-    """Refuse a gradient pass that cannot fit: SI runs si_copies scaled copies of the batch in
-    one forward, so its memory grows with batch_size × si_copies."""
-    copies = max(transform["si_copies"], 1) if transform else 1
+    """Refuse a gradient pass that cannot fit: SI (and Admix, BSR, SIA) run their copies of the
+    batch in one forward, so its memory grows with batch_size × copies."""
+    copies = transform_copies(transform)
     rows = min(batch_size, n) * copies
     need = rows * height * width * 3 * 4 * ACTIVATION_FACTOR
     free = _available_memory(model)
     if free is not None and need > free:
+        what = (f"si_copies={copies}" if copies == max(transform.get("si_copies", 0), 1)
+                else f"{copies} transformed copies")
         raise MemoryError(
-            f"si_copies={copies} x batch_size={min(batch_size, n)} images of {height}x{width} "
+            f"{what} x batch_size={min(batch_size, n)} images of {height}x{width} "
             f"need about {need / 2**30:.1f} GiB in one gradient pass (estimate: "
             f"{ACTIVATION_FACTOR}x the float input for activations), more than the "
-            f"{free / 2**30:.1f} GiB available on {model.device}: lower batch_size or si_copies")
+            f"{free / 2**30:.1f} GiB available on {model.device}: lower batch_size or the "
+            "transform's copies")
+
+
+def _admix_pool(transform, images, labels):
+    """Admix mixes in the clean images of other classes: its partners are drawn from every image
+    given to `attack` (per image, call and partner from the seed), never from the current batch
+    alone, so batch_size and compaction never change them. Adds the pool to the transform."""
+    if np.unique(labels).size < 2:
+        raise ValueError(f"admix_copies={transform['admix_copies']}: Admix mixes in images of "
+                         "other classes, but every image has the same label; pass images of "
+                         "at least two classes")
+    transform["admix_pool"] = np.ascontiguousarray(images, dtype=np.float32)
+    transform["admix_pool_labels"] = np.ascontiguousarray(labels, dtype=np.int64)
 
 
 def _is_torch_module(model):
@@ -273,7 +288,11 @@ def attack(model, images, labels, optimizer="Adam", setting=None, *, batch_size=
         returned value stays within eps of the clean image (see `quantize`).
     di_prob / di_min_scale / si_copies / ti_kernel: the DI, SI and TI input transforms of the
         gradient (docs/protocol.md#input-transforms), applied by a Model's gradient pass; a Python
-        callable cannot take them.
+        callable cannot take them. The Admix, BSR and SIA transforms are keywords too
+        (admix_copies, admix_scales, admix_eta, bsr_copies, bsr_blocks, bsr_angle, sia_copies,
+        sia_blocks), with any optimizer; optimizer="Admix" / "BSR" / "SIA" is MI-FGSM with that
+        transform at TransferAttack's defaults. Admix draws its partners (clean images of
+        another class) from all of `images`, so it needs at least two classes among them.
     allow_subpixel: eps, alpha, stop_rmse and max_rmse are pixels of [0, 255] images; a value
         in (0, 1) is refused as a [0, 1] unit (eps=8/255 meant as eps=8) unless True.
     Memory: the output is one preallocated uint8 array and metrics are measured per batch, so
@@ -320,7 +339,8 @@ def attack(model, images, labels, optimizer="Adam", setting=None, *, batch_size=
         _check_memory(model, transform, batch_size, n, height, width)
     else:
         if transform is not None:
-            given = [k for k in ("di_prob", "si_copies", "ti_kernel") if k in transform
+            given = [k for k in ("di_prob", "si_copies", "ti_kernel", "admix_copies",
+                                 "bsr_copies", "sia_copies") if k in transform
                      and transform[k] > (1 if k == "si_copies" else 0)]
             raise ValueError(f"{', '.join(given)}: the DI/SI/TI input transforms are applied by "
                              "a fairattack Model's gradient pass and cannot be applied to a "
@@ -328,6 +348,8 @@ def attack(model, images, labels, optimizer="Adam", setting=None, *, batch_size=
                              "the network with fairattack.load_model")
         core, device = model, _core.DEVICE_CPU
         y = labels_i64(labels, n)
+    if transform is not None and transform["admix_copies"] > 0:
+        _admix_pool(transform, images, y)
     eps = float(cfg["eps"])
     if eps < 0.5 and not is_integral(images):
         raise ValueError(f"eps={eps:g} < 0.5 with non-integer clean images: no uint8 image lies "

@@ -39,10 +39,22 @@ _FIELD_TYPES = {key: int if isinstance(value, int) else float for key, value in 
 FLAG_FIELDS = ("random_start", "skip_misclassified")
 #: The C type of the integer fields that are not a C int (fa_config in fairattack.h).
 _C_INTS = {"seed": (64, False), "index_offset": (64, True)}
-#: The DI / SI / TI input transforms and their defaults (all off; docs/protocol.md). They are part of a
-#: resolved configuration (make_config returns them), applied by the model's gradient pass.
-TRANSFORM_DEFAULTS = {"di_prob": 0.0, "di_min_scale": 0.9, "si_copies": 0, "ti_kernel": 0}
+#: The input transforms of the gradient pass and their defaults (all off; docs/protocol.md):
+#: DI / SI / TI, and Admix / BSR / SIA (on with their *_copies; their other values are
+#: TransferAttack's defaults). Part of a resolved configuration (make_config returns them),
+#: applied by the model's gradient pass.
+TRANSFORM_DEFAULTS = {"di_prob": 0.0, "di_min_scale": 0.9, "si_copies": 0, "ti_kernel": 0,
+                      "admix_copies": 0, "admix_scales": 5, "admix_eta": 0.2,
+                      "bsr_copies": 0, "bsr_blocks": 3, "bsr_angle": 24.0,
+                      "sia_copies": 0, "sia_blocks": 3}
 TRANSFORM_FIELDS = tuple(TRANSFORM_DEFAULTS)
+#: The named transfer attacks: MI-FGSM with one input transform, as TransferAttack defines them
+#: (Admix: 3 partners x 5 scales, eta 0.2; BSR: 3x3 blocks, +-24 degrees, 20 copies; SIA: 3x3
+#: blocks, 20 copies; docs/protocol.md#input-transforms).
+NAMED_ATTACKS = {"Admix": {"optimizer": "MI-FGSM", "admix_copies": 3},
+                 "BSR": {"optimizer": "MI-FGSM", "bsr_copies": 20},
+                 "SIA": {"optimizer": "MI-FGSM", "sia_copies": 20}}
+
 #: The fields in pixels (of [0, 255] images) that a [0, 1] habit gets wrong by a factor 255:
 #: given below one pixel level (8/255 for 8), `make_config` refuses them unless allow_subpixel.
 PIXEL_FIELDS = ("eps", "alpha", "stop_rmse", "max_rmse")
@@ -60,6 +72,29 @@ def check_pixel_units(name, value, allow_subpixel=False):
     return value
 
 
+def named_attack(name):
+    """(optimizer, transform values) of a named attack ("admix", any case), or None."""
+    if isinstance(name, str):
+        for key, spec in NAMED_ATTACKS.items():
+            if key.lower() == name.lower():
+                return spec["optimizer"], {k: v for k, v in spec.items() if k != "optimizer"}
+    return None
+
+
+def transform_copies(transform):
+    """Gradient passes per image and call of a transform dict (None: 1): SI x Admix x BSR x SIA,
+    as the shim's fa_transform_copies."""
+    if not transform:
+        return 1
+    copies = max(transform.get("si_copies", 0), 1)
+    if transform.get("admix_copies", 0) > 0:
+        copies *= transform["admix_copies"] * max(transform.get("admix_scales", 5), 1)
+    for key in ("bsr_copies", "sia_copies"):
+        if transform.get(key, 0) > 0:
+            copies *= transform[key]
+    return copies
+
+
 def optimizer_index(optimizer):
     """The core's enum value of an optimizer name (case-insensitive; "PGD" also as "I-FGSM")."""
     if not isinstance(optimizer, str):
@@ -74,7 +109,11 @@ def optimizer_index(optimizer):
 
 
 def default_setting(optimizer):
-    """`fixed` for the sign attacks (their usual fixed-step run), `const_loss` otherwise."""
+    """`fixed` for the sign attacks (their usual fixed-step run) and the named attacks built on
+    them, `const_loss` otherwise."""
+    named = named_attack(optimizer)
+    if named is not None:
+        optimizer = named[0]
     return "fixed" if OPTIMIZERS[optimizer_index(optimizer)] in SIGN_OPTIMIZERS else "const_loss"
 
 
@@ -92,13 +131,24 @@ def check_transforms(values):
         raise ValueError(f"si_copies must be >= 0 (0 or 1: off), got {out['si_copies']}")
     if out["ti_kernel"] < 0 or (out["ti_kernel"] and out["ti_kernel"] % 2 == 0):
         raise ValueError(f"ti_kernel must be 0 (off) or an odd size, got {out['ti_kernel']}")
+    for key in ("admix_copies", "bsr_copies", "sia_copies"):
+        if out[key] < 0:
+            raise ValueError(f"{key} must be >= 0 (0: off), got {out[key]}")
+    for key in ("admix_scales", "bsr_blocks", "sia_blocks"):
+        if out[key] < 1:
+            raise ValueError(f"{key} must be >= 1, got {out[key]}")
+    if not (math.isfinite(out["admix_eta"]) and out["admix_eta"] >= 0):
+        raise ValueError(f"admix_eta must be >= 0, got {out['admix_eta']:g}")
+    if not 0 <= out["bsr_angle"] <= 180:
+        raise ValueError(f"bsr_angle must be in [0, 180] degrees, got {out['bsr_angle']:g}")
     return out
 
 
 def transform_of(cfg):
     """The core's transform dict of a configuration from make_config (None when all are off)."""
     t = {key: cfg.get(key, default) for key, default in TRANSFORM_DEFAULTS.items()}
-    if not (t["di_prob"] > 0 or t["si_copies"] > 1 or t["ti_kernel"] > 1):
+    if not (t["di_prob"] > 0 or t["si_copies"] > 1 or t["ti_kernel"] > 1
+            or t["admix_copies"] > 0 or t["bsr_copies"] > 0 or t["sia_copies"] > 0):
         return None
     return dict(t, seed=int(cfg["seed"]))
 
@@ -125,14 +175,21 @@ def make_config(optimizer, setting=None, *, allow_subpixel=False, **overrides):
       its max-CE iterate, the default of the loss-stopped settings; "last": its last iterate, the
       default of `fixed`, as peer libraries do), max_rmse (> 0: a joint ℓ∞ + RMSE budget, every
       iterate projected exactly onto it: docs/fair-comparison.md#the-joint-budget), and the input
-      transforms di_prob, di_min_scale, si_copies, ti_kernel (docs/protocol.md#input-transforms; a
-      model's gradient pass applies them).
+      transforms di_prob, di_min_scale, si_copies, ti_kernel, admix_copies, admix_scales,
+      admix_eta, bsr_copies, bsr_blocks, bsr_angle, sia_copies, sia_blocks
+      (docs/protocol.md#input-transforms; a model's gradient pass applies them).
+    optimizer may also be a named attack (NAMED_ATTACKS: "Admix", "BSR", "SIA"): MI-FGSM with
+      that transform on, unless the overrides set it.
       Giving `alpha` switches calibration off and vice versa. NumPy scalars are accepted;
       integer fields (max_iter, si_copies, ...) must be integers.
     allow_subpixel: eps, alpha, stop_rmse and max_rmse are pixels of [0, 255]
       images; one given in (0, 1) is refused as a [0, 1] unit (eps=8/255 meant as eps=8) unless
       allow_subpixel=True (`check_pixel_units`).
     """
+    named = named_attack(optimizer)
+    if named is not None:
+        optimizer, defaults = named
+        overrides = dict(defaults, **{k: v for k, v in overrides.items() if v is not None})
     index = optimizer_index(optimizer)
     name = OPTIMIZERS[index]
     setting = default_setting(name) if setting is None else setting

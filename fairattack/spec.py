@@ -2,7 +2,9 @@
 
 Forms an attack can be given in (`fa.compare`, `fa.run_study`, the CLI):
 
-- an optimizer name: "PGD", "mi-fgsm" (any case, aliases of `settings.optimizer_index`);
+- an optimizer name: "PGD", "mi-fgsm" (any case, aliases of `settings.optimizer_index`), or a
+  named attack of `settings.NAMED_ATTACKS` ("Admix", "BSR", "SIA": MI-FGSM with that transform),
+  also as the OPTIMIZER of the grammar and of a dict;
 - the text grammar NAME=OPTIMIZER[:SETTING][,key=value...], e.g. "pgd-di=PGD:fixed,di_prob=0.5"
   (keys may be spelled with "-"; values are int, float or text);
 - a dict {"optimizer": ..., "setting": ..., hyper-parameters and transforms}, with "name" in a
@@ -23,10 +25,11 @@ import numpy as np
 
 from . import peers
 from ._validate import images_f32
-from .settings import (CONFIG_FIELDS, OPTIMIZERS, SETTINGS, TRANSFORM_FIELDS, check_transforms,
-                       make_config, optimizer_index)
+from .settings import (CONFIG_FIELDS, NAMED_ATTACKS, OPTIMIZERS, SETTINGS, TRANSFORM_FIELDS,
+                       check_transforms, make_config, named_attack, optimizer_index)
 
-#: The input transforms of the gradient pass (DI, SI, TI; docs/protocol.md#input-transforms): the one list.
+#: The input transforms of the gradient pass (DI, SI, TI, Admix, BSR, SIA;
+#: docs/protocol.md#input-transforms): the one list.
 TRANSFORMS = TRANSFORM_FIELDS
 #: The config fields an attack spec may set (the core's fields less the two the runner sets).
 CONFIG_KEYS = tuple(f for f in CONFIG_FIELDS if f not in ("optimizer", "index_offset"))
@@ -144,6 +147,26 @@ def canonical_optimizer(optimizer):
     return OPTIMIZERS[optimizer_index(optimizer)]
 
 
+def named_spec(name, optimizer, params=None):
+    """The AttackSpec of an optimizer or a named attack ("Admix": MI-FGSM with admix_copies=3)
+    called `name`; params override the named attack's transform."""
+    named = named_attack(optimizer)
+    if named is None:
+        return AttackSpec(name, "fairattack", optimizer=canonical_optimizer(optimizer),
+                          params=dict(params or {}))
+    base, transform = named
+    return AttackSpec(name, "fairattack", optimizer=canonical_optimizer(base),
+                      params=dict(transform, **(params or {})))
+
+
+def canonical_attack_name(name):
+    """An optimizer's or a named attack's canonical spelling ("admix" -> "Admix")."""
+    for key in NAMED_ATTACKS:
+        if isinstance(name, str) and key.lower() == name.lower():
+            return key
+    return canonical_optimizer(name)
+
+
 def canonical_setting(setting, what="settings"):
     if isinstance(setting, str):
         for s in SETTINGS:
@@ -172,12 +195,12 @@ def from_dict(name, spec, where, allowed=None, reserved=()):
     if unknown:
         raise TypeError(f"{where}: unknown key {unknown[0]!r}; expected 'optimizer', 'setting' "
                         f"or one of {allowed}")
-    optimizer = canonical_optimizer(spec["optimizer"])
+    params = {k: v for k, v in spec.items() if k not in ("optimizer", "setting")}
+    out = named_spec(name, spec["optimizer"], params)
     setting = spec.get("setting")
     if setting is not None:
-        setting = canonical_setting(setting, where)
-    params = {k: v for k, v in spec.items() if k not in ("optimizer", "setting")}
-    return AttackSpec(name, "fairattack", optimizer=optimizer, setting=setting, params=params)
+        out.setting = canonical_setting(setting, where)
+    return out
 
 
 def coerce(item, where, shape=None, reserved=(), allowed=None):
@@ -190,14 +213,14 @@ def coerce(item, where, shape=None, reserved=(), allowed=None):
         name, spec = parse_text(item)
         return from_dict(name, spec, where, allowed, reserved)
     if isinstance(item, str):
-        name = canonical_optimizer(item)
-        return AttackSpec(name, "fairattack", optimizer=name)
+        name = canonical_attack_name(item)
+        return named_spec(name, name)
     if isinstance(item, dict):
         spec = dict(item)
         if "optimizer" not in spec:
             raise ValueError(f"{where}: a dict attack needs 'optimizer' (one of {OPTIMIZERS}), "
                              f"got keys {sorted(spec)}")
-        name = spec.pop("name", canonical_optimizer(spec["optimizer"]))
+        name = spec.pop("name", canonical_attack_name(spec["optimizer"]))
         if not isinstance(name, str) or not name:
             raise ValueError(f"{where}: 'name' must be a non-empty str, got {name!r}")
         return from_dict(name, spec, where, allowed, reserved)
@@ -245,8 +268,7 @@ def check_unique(specs, case_insensitive=False, hint=""):
 def study_attacks(optimizers, attacks):
     """run_study's attacks: one spec per optimizer name (named by itself), then the named specs
     ({name: dict}, or a list of texts / dicts with "name")."""
-    out = [AttackSpec(canonical_optimizer(o), "fairattack", optimizer=canonical_optimizer(o))
-           for o in optimizers]
+    out = [named_spec(canonical_attack_name(o), o) for o in optimizers]
     if attacks is None:
         attacks = {}
     if isinstance(attacks, dict):

@@ -236,20 +236,34 @@ static PyObject *Model_num_classes(ModelObject *self, PyObject *args) {
     return PyLong_FromLongLong(k);
 }
 
-/* run(x float32 [N,H,W,C], labels int64 [N] or None, want_grad, num_classes or 0)
+static int parse_transform(PyObject *d, fa_transform *t, npy_intp h, npy_intp w, npy_intp c);
+
+/* run(x float32 [N,H,W,C], labels int64 [N] or None, want_grad, num_classes or 0[, transform
+ * dict or None, index int64 [N] or None, call]) -- the transform, index and call as fa_model_run
+ * takes them (the tests run one gradient pass of a transform with them)
  * -> (loss or None, logits or None, pred, grad or None). Host memory only: a CUDA model copies
  * its inputs to the GPU inside the shim. */
 static PyObject *Model_run(ModelObject *self, PyObject *args) {
-    PyObject *xo, *lo;
+    PyObject *xo, *lo, *tro = Py_None, *io = Py_None;
     int want_grad;
-    long long k;
-    if (!PyArg_ParseTuple(args, "OOpL", &xo, &lo, &want_grad, &k))
+    long long k, call = 0;
+    if (!PyArg_ParseTuple(args, "OOpL|OOL", &xo, &lo, &want_grad, &k, &tro, &io, &call))
         return NULL;
     PyArrayObject *x = NULL, *labels = NULL, *loss = NULL, *logits = NULL, *pred = NULL,
-                  *grad = NULL;
+                  *grad = NULL, *index = NULL;
     PyObject *result = NULL;
+    fa_transform transform;
     if (!(x = as_array(xo, NPY_FLOAT32, 4, "x")))
         goto done;
+    if (parse_transform(tro, &transform, PyArray_DIM(x, 1), PyArray_DIM(x, 2),
+                        PyArray_DIM(x, 3)) < 0)
+        goto done;
+    if (io != Py_None && !(index = as_array(io, NPY_INT64, 1, "index")))
+        goto done;
+    if (index && PyArray_DIM(index, 0) != PyArray_DIM(x, 0)) {
+        PyErr_SetString(PyExc_ValueError, "index must have one entry per image of x");
+        goto done;
+    }
     if (lo != Py_None && !(labels = as_array(lo, NPY_INT64, 1, "labels")))
         goto done;
     npy_intp *shape = PyArray_DIMS(x);
@@ -276,8 +290,9 @@ static PyObject *Model_run(ModelObject *self, PyObject *args) {
         self->model, n, shape[1], shape[2], shape[3], (const float *)PyArray_DATA(x),
         labels ? (const int64_t *)PyArray_DATA(labels) : NULL, want_grad,
         loss ? (float *)PyArray_DATA(loss) : NULL, logits ? (float *)PyArray_DATA(logits) : NULL,
-        k, (int64_t *)PyArray_DATA(pred), grad ? (float *)PyArray_DATA(grad) : NULL, 0, NULL,
-        NULL, 0);
+        k, (int64_t *)PyArray_DATA(pred), grad ? (float *)PyArray_DATA(grad) : NULL, 0,
+        tro != Py_None ? &transform : NULL, index ? (const int64_t *)PyArray_DATA(index) : NULL,
+        call);
     Py_END_ALLOW_THREADS if (s != FA_OK) {
         raise_status(s);
         goto done;
@@ -292,6 +307,7 @@ done:
     Py_XDECREF(logits);
     Py_XDECREF(pred);
     Py_XDECREF(grad);
+    Py_XDECREF(index);
     return result;
 }
 
@@ -487,9 +503,57 @@ done:
 
 /* ------------------------------------------------------------------ attack */
 
-static int parse_transform(PyObject *d, fa_transform *t) {
+/* transform["admix_pool"] (float32 [P, h, w, c]) and ["admix_pool_labels"] (int64 [P]), both
+ * C-contiguous, borrowed from the dict for the call (the caller holds it). */
+static int parse_admix_pool(PyObject *d, fa_transform *t, npy_intp h, npy_intp w, npy_intp c) {
+    PyObject *pool = PyDict_GetItemString(d, "admix_pool");
+    PyObject *labels = PyDict_GetItemString(d, "admix_pool_labels");
+    if (pool == NULL && labels == NULL)
+        return 0;
+    if (pool == NULL || labels == NULL || !PyArray_Check(pool) || !PyArray_Check(labels)) {
+        PyErr_SetString(PyExc_TypeError, "transform: admix_pool and admix_pool_labels must both "
+                        "be numpy arrays");
+        return -1;
+    }
+    PyArrayObject *p = (PyArrayObject *)pool, *l = (PyArrayObject *)labels;
+    if (PyArray_TYPE(p) != NPY_FLOAT32 || PyArray_NDIM(p) != 4 || !PyArray_IS_C_CONTIGUOUS(p) ||
+        (h >= 0 && (PyArray_DIM(p, 1) != h || PyArray_DIM(p, 2) != w || PyArray_DIM(p, 3) != c))) {
+        PyErr_Format(PyExc_ValueError, "transform: admix_pool must be C-contiguous float32 "
+                     "[P, %zd, %zd, %zd] (the images' shape)", (Py_ssize_t)h, (Py_ssize_t)w,
+                     (Py_ssize_t)c);
+        return -1;
+    }
+    if (PyArray_TYPE(l) != NPY_INT64 || PyArray_NDIM(l) != 1 || !PyArray_IS_C_CONTIGUOUS(l) ||
+        PyArray_DIM(l, 0) != PyArray_DIM(p, 0)) {
+        PyErr_SetString(PyExc_ValueError, "transform: admix_pool_labels must be C-contiguous "
+                        "int64 with one label per admix_pool image");
+        return -1;
+    }
+    t->admix_pool = (const float *)PyArray_DATA(p);
+    t->admix_pool_labels = (const int64_t *)PyArray_DATA(l);
+    t->admix_pool_n = (int64_t)PyArray_DIM(p, 0);
+    return 0;
+}
+
+static int parse_int(PyObject *d, const char *key, int *out) {
+    PyObject *v = PyDict_GetItemString(d, key);
+    if (v && (*out = (int)PyLong_AsLong(v)) == -1 && PyErr_Occurred())
+        return -1;
+    return 0;
+}
+
+static int parse_float(PyObject *d, const char *key, float *out) {
+    PyObject *v = PyDict_GetItemString(d, key);
+    if (v && (*out = (float)PyFloat_AsDouble(v)) == -1.0f && PyErr_Occurred())
+        return -1;
+    return 0;
+}
+
+static int parse_transform(PyObject *d, fa_transform *t, npy_intp h, npy_intp w, npy_intp c) {
     memset(t, 0, sizeof *t);
     t->di_min_scale = 0.9f;
+    t->admix_scales = 5, t->admix_eta = 0.2f;
+    t->bsr_blocks = 3, t->bsr_angle = 24.0f, t->sia_blocks = 3;
     if (d == Py_None)
         return 0;
     if (!PyDict_Check(d)) {
@@ -507,7 +571,47 @@ static int parse_transform(PyObject *d, fa_transform *t) {
         return -1;
     if ((v = PyDict_GetItemString(d, "seed")) && (t->seed = PyLong_AsUnsignedLongLongMask(v), PyErr_Occurred()))
         return -1;
-    return 0;
+    if (parse_int(d, "admix_copies", &t->admix_copies) < 0 ||
+        parse_int(d, "admix_scales", &t->admix_scales) < 0 ||
+        parse_float(d, "admix_eta", &t->admix_eta) < 0 ||
+        parse_int(d, "bsr_copies", &t->bsr_copies) < 0 ||
+        parse_int(d, "bsr_blocks", &t->bsr_blocks) < 0 ||
+        parse_float(d, "bsr_angle", &t->bsr_angle) < 0 ||
+        parse_int(d, "sia_copies", &t->sia_copies) < 0 ||
+        parse_int(d, "sia_blocks", &t->sia_blocks) < 0)
+        return -1;
+    return parse_admix_pool(d, t, h, w, c);
+}
+
+/* transform_draws(transform dict, kind, h, w, label, index, call, copy) -> list of floats: the
+ * draws of one transformed copy (fa_transform_draws), for the tests' reference. */
+static PyObject *py_transform_draws(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *d;
+    const char *kind;
+    long long h, w, label, index, call, copy;
+    if (!PyArg_ParseTuple(args, "OsLLLLLL", &d, &kind, &h, &w, &label, &index, &call, &copy))
+        return NULL;
+    fa_transform t;
+    if (parse_transform(d, &t, -1, -1, -1) < 0) /* -1: the pool's image shape is not checked */
+        return NULL;
+    int64_t count = 0;
+    fa_status s = fa_transform_draws(&t, kind, h, w, label, index, call, copy, NULL, 0, &count);
+    double *out = NULL;
+    if (s == FA_ERR_ARGUMENT && count > 0) {
+        if (!(out = malloc((size_t)count * sizeof *out)))
+            return PyErr_NoMemory();
+        s = fa_transform_draws(&t, kind, h, w, label, index, call, copy, out, count, &count);
+    }
+    if (s != FA_OK) {
+        free(out);
+        return raise_status(s);
+    }
+    PyObject *list = PyList_New((Py_ssize_t)count);
+    for (int64_t i = 0; list && i < count; i++)
+        PyList_SET_ITEM(list, (Py_ssize_t)i, PyFloat_FromDouble(out[i]));
+    free(out);
+    return list;
 }
 
 /* attack(model_or_callable, x0 float32 [N,H,W,C], labels int64 [N], config dict, device,
@@ -548,7 +652,7 @@ static PyObject *py_attack(PyObject *self, PyObject *args) {
         mo.model = m->model;
         mo.device_io = device == FA_DEVICE_CUDA;
         mo.h = shape[1], mo.w = shape[2], mo.c = shape[3];
-        if (parse_transform(tr_obj, &mo.transform) < 0)
+        if (parse_transform(tr_obj, &mo.transform, shape[1], shape[2], shape[3]) < 0)
             goto done;
         oracle.grad = fa_model_oracle_grad;
         oracle.ctx = &mo;
@@ -1061,6 +1165,8 @@ done:
 /* ------------------------------------------------------------------ module */
 
 static PyMethodDef module_methods[] = {
+    {"transform_draws", py_transform_draws, METH_VARARGS,
+     "transform_draws(transform, kind, h, w, label, index, call, copy) -> list of floats"},
     {"attack", py_attack, METH_VARARGS,
      "attack(model, x0, labels, config, device, transform) -> dict of per-image arrays"},
     {"metrics", py_metrics, METH_VARARGS, "metrics(adv, clean) -> dict of per-image arrays"},

@@ -8,8 +8,8 @@ import difflib
 import os
 import re
 
-from ..settings import OPTIMIZERS, SETTINGS
-from ..spec import canonical_optimizer, canonical_setting
+from ..settings import NAMED_ATTACKS, OPTIMIZERS, SETTINGS
+from ..spec import canonical_attack_name, canonical_setting
 
 
 class UsageError(Exception):
@@ -105,10 +105,11 @@ def unknown_options(extra, parser):
 def check_names(optimizers, settings):
     for o in optimizers or ():
         try:
-            canonical_optimizer(o)
+            canonical_attack_name(o)
         except ValueError:
-            raise UsageError(f"unknown optimizer {o!r}{suggest(o, OPTIMIZERS)}; choose from "
-                             f"{', '.join(OPTIMIZERS)}") from None
+            names = OPTIMIZERS + tuple(NAMED_ATTACKS)
+            raise UsageError(f"unknown optimizer {o!r}{suggest(o, names)}; choose from "
+                             f"{', '.join(names)}") from None
     for s in settings or ():
         try:
             canonical_setting(s)
@@ -166,7 +167,8 @@ def _options():
                          "optimizer names, or NAME=OPTIMIZER[:SETTING][,key=value...] "
                          "(pgd-di=PGD:fixed,di_prob=0.5); repeatable")),
         "optimizers": (("--optimizers",), dict(nargs="+", metavar="NAME", help="from "
-                       f"{', '.join(OPTIMIZERS)}, any case (default: the paper's seven, "
+                       f"{', '.join(OPTIMIZERS + tuple(NAMED_ATTACKS))}, any case (default: "
+                       "the paper's seven, "
                        "unless --attacks is given)")),
         "settings": (("--settings",), dict(nargs="+", metavar="NAME", help=f"from "
                      f"{', '.join(SETTINGS)} (default: each attack's own: fixed for FGSM, "
