@@ -237,14 +237,14 @@ def _check_memory(model, transform, batch_size, n, height, width):
     need = rows * height * width * 3 * 4 * ACTIVATION_FACTOR
     free = _available_memory(model)
     if free is not None and need > free:
-        what = (f"si_copies={copies}" if copies == max(transform.get("si_copies", 0), 1)
-                else f"{copies} transformed copies")
+        si_only = copies == max(transform.get("si_copies", 0), 1)
+        what = f"si_copies={copies}" if si_only else f"{copies} transformed copies"
+        knob = "si_copies" if si_only else "the transform's copies (si/admix/bsr/sia_copies)"
         raise MemoryError(
             f"{what} x batch_size={min(batch_size, n)} images of {height}x{width} "
             f"need about {need / 2**30:.1f} GiB in one gradient pass (estimate: "
             f"{ACTIVATION_FACTOR}x the float input for activations), more than the "
-            f"{free / 2**30:.1f} GiB available on {model.device}: lower batch_size or the "
-            "transform's copies")
+            f"{free / 2**30:.1f} GiB available on {model.device}: lower batch_size or {knob}")
 
 
 def _admix_pool(transform, images, labels):

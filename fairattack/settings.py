@@ -12,7 +12,7 @@ from ._validate import integer, real
 
 OPTIMIZERS = tuple(_core.OPTIMIZERS)
 PAPER_OPTIMIZERS = ("GD", "MGD", "NAGD", "Adam", "LAdam", "MSVAG", "AdaB")
-SIGN_OPTIMIZERS = ("FGSM", "PGD", "MI-FGSM", "NI-FGSM")
+SIGN_OPTIMIZERS = ("FGSM", "PGD", "MI-FGSM", "NI-FGSM", "VMI-FGSM", "VNI-FGSM")
 SETTINGS = ("const_loss", "rmse_loss", "const_rmse", "const_rmse_authors", "fixed")
 
 #: γ of the RMSE-augmented loss CE + γ·RMSE (the authors' 0.006 on their CE/1000 scale).
@@ -100,6 +100,7 @@ def optimizer_index(optimizer):
     if not isinstance(optimizer, str):
         raise TypeError(f"optimizer must be a name, one of {OPTIMIZERS}; got {optimizer!r}")
     aliases = {"I-FGSM": "PGD", "IFGSM": "PGD", "MIFGSM": "MI-FGSM", "NIFGSM": "NI-FGSM",
+               "VMIFGSM": "VMI-FGSM", "VNIFGSM": "VNI-FGSM", "VMI": "VMI-FGSM", "VNI": "VNI-FGSM",
                "ADABELIEF": "AdaB", "M-SVAG": "MSVAG", "NA-GD": "NAGD", "M-GD": "MGD"}
     key = aliases.get(optimizer.upper(), optimizer)
     for i, name in enumerate(OPTIMIZERS):

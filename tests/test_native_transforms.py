@@ -340,3 +340,50 @@ def test_draws_bad_kind():
 def test_unknown_named_attack():
     with pytest.raises(ValueError, match="unknown optimizer 'Admixx'"):
         spec.coerce("Admixx", "attacks[0]")
+
+
+# ------------------------------------------------------------------ VMI / VNI-FGSM
+# (the rule itself: tests/test_reference.py's NumPy reference, every setting, via reference.py)
+
+@pytest.mark.parametrize("name", ["VMI-FGSM", "VNI-FGSM"])
+def test_variance_tuning_spends_neighbour_gradients_and_reduces_to_mi(name, model):
+    from tests.reference import LinearOracle
+
+    oracle = LinearOracle((6, 5, 3))
+    x = np.random.default_rng(10).integers(0, 256, (3, 6, 5, 3)).astype(np.uint8)
+    y = np.array([oracle.predict(xi) for xi in x])
+    r = fa.attack(oracle, x, y, name, max_iter=2, vmi_neighbours=3)
+    # k=0: gradient + 3 neighbours; k=1: one (look-ahead) gradient + 3; k=2: the final loss
+    assert oracle.calls == 9 and r.config["vmi_neighbours"] == 3
+    assert r.config["vmi_beta"] == 1.5 and r.optimizer == name
+    base = "MI-FGSM" if name == "VMI-FGSM" else "NI-FGSM"
+    zero = fa.attack(oracle, x, y, name, max_iter=4, vmi_beta=0.0, vmi_neighbours=2)
+    plain = fa.attack(oracle, x, y, base, max_iter=4)
+    assert np.mean(zero.images != plain.images) < 0.01  # v = mean g(x) - g(x) = 0
+    x = np.random.default_rng(12).integers(0, 256, (3, H, W, 3)).astype(np.uint8)
+    y = np.array([0, 1, 2])
+    tuned = fa.attack(model, x, y, name, max_iter=4, skip_misclassified=0)
+    plain = fa.attack(model, x, y, base, max_iter=4, skip_misclassified=0)
+    assert np.mean(tuned.images != plain.images) > 0.05  # the variance term moves the steps
+    assert np.abs(tuned.images.astype(int) - x).max() <= 16
+
+
+def test_variance_tuning_batching_never_changes_a_result(model):
+    x = np.random.default_rng(11).integers(0, 256, (4, H, W, 3)).astype(np.uint8)
+    labels = np.array([0, 1, 2, 3])
+    kw = dict(max_iter=2, skip_misclassified=0, vmi_neighbours=4, di_prob=0.5)
+    whole = fa.attack(model, x, labels, "VNI-FGSM", **kw)
+    ones = fa.attack(model, x, labels, "VNI-FGSM", batch_size=1, **kw)
+    np.testing.assert_array_equal(whole.images, ones.images)
+    alone = fa.attack(model, x[2:3], labels[2:3], "VNI-FGSM", index_offset=2, **kw)
+    np.testing.assert_array_equal(alone.images[0], whole.images[2])
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(vmi_neighbours=0), r"vmi_neighbours=0 must be in \[1, 100000\]"),
+    (dict(vmi_beta=-1.0), "vmi_beta=-1 must be >= 0"),
+    (dict(vmi_neighbours=2.5), "vmi_neighbours must be an integer"),
+])
+def test_variance_tuning_bad_input(model, kwargs, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        fa.attack(model, X, Y, "VMI-FGSM", max_iter=1, **kwargs)

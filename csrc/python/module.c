@@ -71,6 +71,7 @@ static const field config_fields[] = {
     FIELD(rmsprop_rho, F_FLOAT),     FIELD(nesterov, F_INT),      FIELD(random_start, F_INT),
     FIELD(seed, F_U64),              FIELD(skip_misclassified, F_INT),
     FIELD(index_offset, F_I64),      FIELD(returns, F_INT),       FIELD(max_rmse, F_FLOAT),
+    FIELD(vmi_neighbours, F_INT),    FIELD(vmi_beta, F_FLOAT),
 };
 #undef FIELD
 #define N_FIELDS (sizeof config_fields / sizeof config_fields[0])
