@@ -59,6 +59,8 @@ static fa_status cpu_direction(const fa_config *cfg, int k, int64_t n, int64_t d
         case FA_OPT_PGD: DIRECTION_ROW(FA_OPT_PGD); break;
         case FA_OPT_MIFGSM: DIRECTION_ROW(FA_OPT_MIFGSM); break;
         case FA_OPT_NIFGSM: DIRECTION_ROW(FA_OPT_NIFGSM); break;
+        case FA_OPT_VMIFGSM: /* MI's rule on g + v (the loop forms g + v: attack.c variance()) */
+        case FA_OPT_VNIFGSM: DIRECTION_ROW(FA_OPT_MIFGSM); break;
         default: return fa_set_error(FA_ERR_INTERNAL, "direction: optimizer %d", c.optimizer);
         }
     }

@@ -228,7 +228,7 @@ static inline FA_HD float fa_direction_value(const fa_direction_consts *c, int o
     case FA_OPT_FGSM:
     case FA_OPT_PGD:
         return fa_sign(ge);
-    default: /* FA_OPT_MIFGSM, FA_OPT_NIFGSM (callers check the range) */
+    default: /* FA_OPT_MIFGSM, FA_OPT_NIFGSM, and VMI/VNI on g + v (callers check the range) */
         mm = fa_mul(c->mu, *m) + ge;
         *m = mm;
         return fa_sign(mm);
