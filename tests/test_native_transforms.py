@@ -387,3 +387,35 @@ def test_variance_tuning_batching_never_changes_a_result(model):
 def test_variance_tuning_bad_input(model, kwargs, match):
     with pytest.raises((ValueError, TypeError), match=match):
         fa.attack(model, X, Y, "VMI-FGSM", max_iter=1, **kwargs)
+
+
+# ------------------------------------------------------------------ compare and the CLI
+
+def test_named_attacks_in_compare(model):
+    x = np.random.default_rng(13).integers(0, 256, (4, H, W, 3)).astype(np.uint8)
+    labels = model.predict(x)
+    labels[0] = (labels[0] + 1) % 10  # two classes at least (and one misclassified image)
+    attacks = [{"name": "adm", "optimizer": "Admix", "max_iter": 2},
+               "vmi=VMI-FGSM,max_iter=2,vmi_neighbours=2", "sia=SIA,max_iter=2,sia_copies=2"]
+    table = fa.compare(model, x, labels, attacks, victims=[model], rmse=(3,), n_boot=20)
+    assert set(table["attack"]) == {"adm", "vmi", "sia"}
+    assert (table["n_images"] == 3).all()
+
+
+def test_named_attacks_on_the_command_line(tmp_path):
+    from tests.test_cli import cli
+    from tests.tiny import user_folder
+
+    root, s, v, folder = user_folder(tmp_path, n=6)
+    out = cli("compare", "--attacks", "SIA", "b=BSR,max_iter=2,bsr_copies=2",
+              "vni=VNI-FGSM,max_iter=2,vmi_neighbours=2", "--surrogate", s, "--data", folder,
+              "--n-images", 3, "--image-size", 16, "--victims", v, "--rmse", 3, "--n-boot", 20,
+              "--out", root / "out", "--quiet")
+    assert out.returncode == 0, out.stderr
+    import pandas as pd
+
+    df = pd.read_csv(root / "out" / "compare.csv")
+    assert list(dict.fromkeys(df["attack"])) == ["SIA", "b", "vni"]
+    bad = cli("compare", "--attacks", "x=BSR,bsr_blocks=0", "--surrogate", s, "--data", folder,
+              "--n-images", 3, "--image-size", 16, "--victims", v, "--out", root / "o2")
+    assert bad.returncode != 0 and "bsr_blocks must be >= 1" in bad.stderr
