@@ -39,7 +39,8 @@ typedef struct {
 static int variance_tuned(int opt) { return opt == FA_OPT_VMIFGSM || opt == FA_OPT_VNIFGSM; }
 
 static int needs_v(int opt) {
-    return variance_tuned(opt) || opt == FA_OPT_ADAM || opt == FA_OPT_LADAM || opt == FA_OPT_ADABELIEF ||
+    return variance_tuned(opt) || opt == FA_OPT_ADAM || opt == FA_OPT_LADAM ||
+           opt == FA_OPT_ADABELIEF ||
            opt == FA_OPT_MSVAG || opt == FA_OPT_RMSPROP || opt == FA_OPT_ADAMW ||
            opt == FA_OPT_YOGI;
 }
@@ -266,8 +267,8 @@ static fa_status variance(run_state *s, int k) {
     float *swap = s->buf[B_D]; /* g_k moves to B_D (free until the direction is computed) */
     s->buf[B_D] = s->buf[B_G], s->buf[B_G] = swap;
     /* B_ACC = -g_k, then += g_j / N */
-    if ((st = be->step(s->n, s->dim, s->buf[B_D], s->buf[B_X0], s->buf[B_D], fill(s, -2.0f), 1.0f, inf,
-                       0.0f, s->buf[B_ACC])) != FA_OK)
+    if ((st = be->step(s->n, s->dim, s->buf[B_D], s->buf[B_X0], s->buf[B_D], fill(s, -2.0f),
+                       1.0f, inf, 0.0f, s->buf[B_ACC])) != FA_OK)
         return st;
     for (int j = 0; j < nb; j++) {
         const uint64_t seed =
@@ -278,13 +279,13 @@ static fa_status variance(run_state *s, int k) {
             return st;
         if (s->n == 0)
             return FA_OK;
-        if ((st = be->step(s->n, s->dim, s->buf[B_ACC], s->buf[B_X0], s->buf[B_G], fill(s, 1.0f / nb),
-                           1.0f, inf, 0.0f, s->buf[B_ACC])) != FA_OK)
+        if ((st = be->step(s->n, s->dim, s->buf[B_ACC], s->buf[B_X0], s->buf[B_G],
+                           fill(s, 1.0f / (float)nb), 1.0f, inf, 0.0f, s->buf[B_ACC])) != FA_OK)
             return st;
     }
     /* B_G = g_k + v_{k-1} (v_{-1} = 0: B_V starts at zero like every state), B_V = v_k */
-    if ((st = be->step(s->n, s->dim, s->buf[B_D], s->buf[B_X0], s->buf[B_V], fill(s, 1.0f), 1.0f, inf,
-                       0.0f, s->buf[B_G])) != FA_OK)
+    if ((st = be->step(s->n, s->dim, s->buf[B_D], s->buf[B_X0], s->buf[B_V], fill(s, 1.0f),
+                       1.0f, inf, 0.0f, s->buf[B_G])) != FA_OK)
         return st;
     swap = s->buf[B_V];
     s->buf[B_V] = s->buf[B_ACC], s->buf[B_ACC] = swap;

@@ -499,7 +499,8 @@ fa_status admix(const at::Tensor &input, int64_t n, const fa_transform &t, const
             std::copy(t.admix_pool + p * dim, t.admix_pool + (p + 1) * dim, dst + i * dim);
         }
         const at::Tensor mate = partners.to(input.device()).permute({0, 3, 1, 2});
-        mixed.push_back(input + static_cast<double>(t.admix_eta) * mate.repeat({rows / n, 1, 1, 1}));
+        const double eta = static_cast<double>(t.admix_eta);
+        mixed.push_back(input + eta * mate.repeat({rows / n, 1, 1, 1}));
     }
     const at::Tensor all = at::cat(mixed);
     std::vector<at::Tensor> scaled{all};
