@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
 # benchmarks/gpu_check.sh -- ONE command on a machine with a GPU:
-#   1. builds fairattack in place with its CUDA kernels for this GPU (build_ext --inplace),
-#   2. runs the CUDA tests (pytest -m cuda, and -k cuda in tests/test_api.py),
-#   3. runs benchmarks/gpu_check.py: CUDA against CPU on a real model, and the timing table.
+#   1. rebuilds fairattack in place with its CUDA kernels for this GPU (FAIRATTACK_CUDA=1,
+#      build_ext --inplace --force: the machine keeps build outputs between calls, and a header
+#      or arch-list change must not leave a stale build), and fails unless _core has the kernels,
+#   2. runs the backend conformance suite (tests/test_conformance.py: CUDA against CPU) and the
+#      CUDA tests (pytest -m cuda, and -k cuda in tests/test_api.py),
+#   3. runs benchmarks/gpu_check.py: it judges those pytest runs, checks CUDA against CPU on a
+#      real model and writes the timing table.
+# Exits non-zero on any failure: a build without kernels, a failed, erroring, crashed or
+# timed-out test run, a run where nothing passed, a FAIL in the parity table.
 # Needs python3 with torch, numpy and pytest (timm, torchvision, torchattacks optional), a C++
-# compiler and nvcc (without nvcc the extension is built without kernels: the model still runs on
-# the GPU, the attack's state on the host; the table says so). No network.
+# compiler and nvcc. No network.
 # Writes gpu_check.md (and the logs) to $OUT if set, else to the current folder. Each step has a
 # time budget; the whole run stays under 8 minutes.
 set -uo pipefail
@@ -30,25 +35,30 @@ if [ -z "$ARCH" ]; then
 fi
 export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-$ARCH}"
 say "building in place for compute capability $TORCH_CUDA_ARCH_LIST"
-if ! timeout "$(budget 210)" "$PY" setup.py -q build_ext --inplace \
+if ! FAIRATTACK_CUDA=1 timeout "$(budget 210)" "$PY" setup.py -q build_ext --inplace --force \
         > "$DEST/gpu_check_build.log" 2>&1; then
     tail -30 "$DEST/gpu_check_build.log"
-    echo "gpu_check: the build failed (log: $DEST/gpu_check_build.log)" >&2
+    echo "gpu_check: FAIL: the build failed (log: $DEST/gpu_check_build.log)" >&2
     exit 1
 fi
-say "built: $("$PY" -c 'import fairattack._core as c; print("CUDA kernels" if c.cuda_available() else "no CUDA kernels")' 2>&1 | tail -1)"
+if ! "$PY" -c 'import sys, fairattack._core as c; sys.exit(0 if c.WITH_CUDA and c.cuda_available() else 1)'; then
+    echo "gpu_check: FAIL: fairattack._core has no CUDA kernels or sees no GPU after the build" >&2
+    exit 1
+fi
+say "built with CUDA kernels"
 
-# 2. the CUDA tests
-NOTES=()
+# 2. the conformance suite and the CUDA tests; gpu_check.py judges each run
+TESTS=()
 run_tests() { # label, then pytest arguments
-    local label=$1 line
+    local label=$1 rc
     shift
-    timeout "$(budget 75)" "$PY" benchmarks/gpu_check.py --pytest -q -p no:cacheprovider "$@" \
+    timeout "$(budget 90)" "$PY" benchmarks/gpu_check.py --pytest -q -p no:cacheprovider "$@" \
         > "$DEST/gpu_check_$label.log" 2>&1
-    line=$(grep -E "passed|failed|error|no tests ran" "$DEST/gpu_check_$label.log" | tail -1)
-    say "$label: ${line:-timed out or crashed (see gpu_check_$label.log)}"
-    NOTES+=(--note "CUDA tests, $label: ${line:-timed out or crashed}")
+    rc=$?
+    say "$label: exit $rc, $(grep -E "passed|failed|error|no tests ran" "$DEST/gpu_check_$label.log" | tail -1)"
+    TESTS+=(--tests "$label" "$rc" "$DEST/gpu_check_$label.log")
 }
+run_tests conformance tests/test_conformance.py
 run_tests cuda_tests -m cuda tests/test_shim.py
 run_tests api_cuda_tests -k cuda tests/test_api.py
 
@@ -56,7 +66,7 @@ run_tests api_cuda_tests -k cuda tests/test_api.py
 REST=$(left)
 say "gpu_check.py with $((REST - 15)) s"
 timeout "$((REST > 20 ? REST - 5 : 15))" "$PY" benchmarks/gpu_check.py --budget "$((REST > 40 ? REST - 30 : 10))" \
-    --out "$DEST/gpu_check.md" "${NOTES[@]}"
+    --out "$DEST/gpu_check.md" "${TESTS[@]}"
 RC=$?
 say "done (exit $RC); table: $DEST/gpu_check.md"
 exit $RC

@@ -15,6 +15,7 @@ from .attack import AttackResult, attack, measure, to_uint8
 from .compare import compare, comparison_table, match_rmse
 from .ensemble import ensemble
 from .evaluate import evaluate  # binds the function over the submodule's name
+from .leaderboard import leaderboard
 from .outcome import paired_test
 from .settings import OPTIMIZERS, PAPER_OPTIMIZERS, SETTINGS, SIGN_OPTIMIZERS, make_config
 from .study import run_study
@@ -38,7 +39,7 @@ def __getattr__(name):
 
 __all__ = ["AttackResult", "Model", "OPTIMIZERS", "PAPER_OPTIMIZERS", "SETTINGS",
            "SIGN_OPTIMIZERS", "attack", "compare", "comparison_table", "cuda_available",
-           "ensemble", "evaluate", "get_model", "load_model", "make_config", "match_rmse",
-           "measure", "paired_test",
+           "ensemble", "evaluate", "get_model", "leaderboard", "load_model", "make_config",
+           "match_rmse", "measure", "paired_test",
            "run_study",
            "to_uint8", "__version__"]

@@ -9,6 +9,7 @@ a fairattack Model, a dict name -> any of those) into loaded models (`model_spec
 import copy
 import io
 import os
+import re
 import warnings
 
 import numpy as np
@@ -52,6 +53,9 @@ def device_kind(device):
     return _parse_device(device)[0]
 
 
+#: What torch says when a tensor's shape does not fit a layer (the only errors blamed on size).
+_SHAPE_ERROR = re.compile(r"shape|size|dimension|mat1|mat2", re.IGNORECASE)
+
 _CHECKED_GPUS = set()  # GPU ordinals on which fairattack's CUDA kernels are known to run
 
 
@@ -64,6 +68,7 @@ class Model:
         self.device = device
         self.source = source
         self._classes = {}
+        self._convention = None  # how load_model wrapped a torch module (mode, size, ...)
 
     def __repr__(self):
         return f"Model(name={self.name!r}, device={self.device!r})"
@@ -86,12 +91,16 @@ class Model:
 
     def num_classes(self, height=224, width=224):
         """Number of classes K (one forward of a zero image of that size, cached). A model that
-        cannot take images of that size raises ValueError naming the size."""
+        cannot take images of that size (a shape error) raises ValueError naming the size; any
+        other error of its forward is re-raised as RuntimeError naming the model."""
         key = (int(height), int(width))
         if key not in self._classes:
             try:
                 self._classes[key] = self._core.num_classes(key[0], key[1], 3)
             except RuntimeError as error:
+                if not _SHAPE_ERROR.search(str(error)):  # the model's own failure, not the size
+                    raise RuntimeError(f"model {self.name!r} failed on a {key[0]}x{key[1]} "
+                                       f"image: {error}") from error
                 raise ValueError(f"model {self.name!r} cannot take images of size "
                                  f"{key[0]}x{key[1]} (height x width): {error}. Resize the "
                                  "images to its input size, or export the network with "
@@ -134,6 +143,37 @@ class Model:
         not all finite has no prediction: -1, with a RuntimeWarning."""
         return self._forward(images, batch_size)[1]
 
+    def as_torch_module(self, range="unit"):  # noqa: A002 - the convention's usual name
+        """This model as a plain torch.nn.Module, to hand to another library's attack (any peer:
+        torchattacks, torchattack, TransferAttack, your own loop) on the same surrogate.
+
+        range: "unit" (default) takes float NCHW RGB in [0, 1], the convention of those libraries
+            (multiplied by 255 inside); "pixels" takes fairattack's [0, 255] NCHW.
+        Returns logits [N, K], in eval mode, on the model's device, its parameters frozen
+        (requires_grad False: input gradients only). A fresh module each call, rebuilt from what
+        the model was loaded from: a copy of the torch module, or the TorchScript file or bytes
+        loaded again by torch (so it runs in Python, not in fairattack's C++ shim).
+        """
+        import torch
+
+        if range not in ("unit", "pixels"):
+            raise ValueError(f"range must be 'unit' ([0, 1] input) or 'pixels' ([0, 255]), got "
+                             f"{range!r}")
+        source, where = self.source, torch.device(self.device)
+        if isinstance(source, torch.nn.Module):
+            net = _private_copy(source)
+        elif isinstance(source, (str, os.PathLike)):
+            net = torch.jit.load(os.fspath(source), map_location=where)
+        elif isinstance(source, (bytes, bytearray)):
+            net = torch.jit.load(io.BytesIO(bytes(source)), map_location=where)
+        else:
+            raise TypeError(f"model {self.name!r} was not loaded from a torch module, a "
+                            "TorchScript file or its bytes; it has no torch module to hand out")
+        net = net.to(where).eval()
+        for parameter in net.parameters():
+            parameter.requires_grad_(False)
+        return _scaled_module(net, 255.0 if range == "unit" else 1.0)
+
     def loss_and_grad(self, images, labels, batch_size=64):
         """Per-image cross-entropy (nats) [N] and its input gradient [N, H, W, 3] float32."""
         x = images_f32(images)
@@ -147,6 +187,24 @@ class Model:
         return loss, grad
 
 
+def _scaled_module(net, scale):
+    """net behind an input scaling: forward(x) = net(x * scale) (scale 1: net itself, wrapped)."""
+    import torch
+
+    class InputScaled(torch.nn.Module):
+        """A fairattack model for [0, 1] (scale 255) or [0, 255] (scale 1) NCHW input."""
+
+        def __init__(self, inner, factor):
+            super().__init__()
+            self.inner = inner
+            self.scale = float(factor)
+
+        def forward(self, x):
+            return self.inner(x * self.scale if self.scale != 1.0 else x)
+
+    return InputScaled(net, scale).eval()
+
+
 def _private_copy(module):
     """A deep copy of a user's module, so that eval() and requires_grad changes stay ours."""
     try:
@@ -157,17 +215,65 @@ def _private_copy(module):
                         "fairattack.models.export and load the file") from error
 
 
-def load_model(source, device="cpu", name=None):
+#: The input conventions a bare torch module may declare to load_model: the normalisations of
+#: fairattack.models.export, or "pixels" (it already takes float NCHW RGB in [0, 255]).
+INPUT_MODES = models.MODES + ("pixels",)
+
+
+def _module_convention(source, mode, input_size, mean, std):
+    """A user's torch module as a module that follows fairattack's convention (float NCHW RGB in
+    [0, 255] -> logits): wrapped as export wraps it, or as it is for mode="pixels". A bare module
+    without a declared convention is refused: its input could be [0, 1] or normalised."""
+    from .models import ImageNetWrapper
+
+    if isinstance(source, ImageNetWrapper):
+        if mode is not None or mean is not None or std is not None:
+            raise ValueError("mode/mean/std: source is an ImageNetWrapper, which already "
+                             "resizes and normalises; pass it without them")
+        return source
+    if mode is None and mean is None and std is None:
+        raise ValueError(
+            f"source is a torch.nn.Module ({type(source).__name__}) of unknown input convention: "
+            "fairattack feeds float NCHW RGB in [0, 255]. Say what it expects: "
+            "load_model(net, mode='torch', input_size=224) for a torchvision-style net ([0, 1] "
+            "then ImageNet mean/std), mode='caffe' or 'tf' (or mean=..., std=... in pixels), "
+            "which wrap it as fairattack.models.export does; mode='pixels' if it already takes "
+            "[0, 255] pixels")
+    if mode == "pixels":
+        if mean is not None or std is not None:
+            raise ValueError("mode='pixels' takes no mean/std (the module normalises itself)")
+        return source
+    if mode is not None and mode not in models.MODES:
+        raise ValueError(f"mode={mode!r}; expected one of {INPUT_MODES} (or mean/std)")
+    if input_size is None:
+        raise ValueError(f"input_size: mode={mode!r} wraps the module as export does, which "
+                         "resizes every image to the network's input size; pass "
+                         "input_size=224 (or (height, width))")
+    return ImageNetWrapper(source, input_size, mode, mean, std)
+
+
+def load_model(source, device="cpu", name=None, *, mode=None, input_size=None, mean=None,
+               std=None):
     """Load a classifier for fairattack.
 
-    source: a TorchScript file path, the bytes of one, or a torch.nn.Module (scripted, or traced
-    on a 224x224 input if scripting fails; a copy is compiled, the module itself is left as it
-    was). The model takes float NCHW RGB in [0, 255] and returns logits [N, K]; wrap a plain
-    network with `fairattack.models.ImageNetWrapper` to bake in resizing and normalisation.
+    source: a TorchScript file path (e.g. from `fairattack.models.export` or `fairattack
+    export`), the bytes of one, or a torch.nn.Module. A file follows fairattack's convention:
+    float NCHW RGB in [0, 255] in, logits [N, K] out. A module must say its input convention:
+      mode="torch" | "caffe" | "tf" (or mean=, std= in pixels) with input_size=...: wrapped as
+        `fairattack.models.export` wraps it (resize to input_size, normalise), e.g.
+        load_model(torchvision_net, mode="torch", input_size=224);
+      mode="pixels": the module already takes float NCHW RGB in [0, 255];
+      a `fairattack.models.ImageNetWrapper` needs neither.
+    A copy is scripted (or traced if scripting fails); the module itself is left as it was.
     device: "cpu", "cuda" (torch's current GPU) or "cuda:N"; the model then runs there whatever
     device the calling thread has current.
+    Returns a `Model` (predict, logits, loss_and_grad; the surrogate or victim of every call).
     """
     kind, index, device_name = _parse_device(device)
+    if isinstance(source, (str, os.PathLike, bytes, bytearray)) and (
+            mode is not None or input_size is not None or mean is not None or std is not None):
+        raise ValueError("mode/input_size/mean/std are for a torch.nn.Module source; a "
+                         "TorchScript file already takes [0, 255] pixels")
     if isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
         if not os.path.exists(path):
@@ -186,8 +292,11 @@ def load_model(source, device="cpu", name=None):
         from .models import ImageNetWrapper, _quiet_jit, _script
 
         with _quiet_jit():  # torch.jit is deprecated upstream; the C++ shim still needs it
-            module = _private_copy(source).eval()
+            module = _module_convention(_private_copy(source), mode, input_size, mean,
+                                        std).eval()
             if isinstance(module, ImageNetWrapper):
+                for p in module.parameters():
+                    p.requires_grad_(False)
                 module = _script(module)[0]  # keeps the resize branch dynamic
             elif not isinstance(module, torch.jit.ScriptModule):
                 try:
@@ -199,7 +308,10 @@ def load_model(source, device="cpu", name=None):
             torch.jit.save(module, buffer)
         core = _core.Model(buffer.getvalue(), kind, index)
         default_name = type(source).__name__
-    return Model(core, name or default_name, device_name, source)
+    model = Model(core, name or default_name, device_name, source)
+    if mode not in (None, "pixels") or mean is not None:  # part of what the model is made of
+        model._convention = [mode, input_size, mean, std]
+    return model
 
 
 def get_model(name, device="cpu", cache_dir=None):
@@ -259,6 +371,13 @@ def model_specs(specs, what):
                 if not os.path.isfile(spec):
                     raise FileNotFoundError(f"{what}: model file {os.fspath(spec)!r} does not "
                                             "exist")
+                if not models.is_torchscript(spec):
+                    raise ValueError(
+                        f"{what}: {os.fspath(spec)!r} is not a TorchScript model (a state dict "
+                        "or checkpoint?); fairattack runs TorchScript files that take [0, 255] "
+                        "pixels. Export the network with its weights first: fairattack export "
+                        f"ARCH {os.fspath(spec)} model.pt (torchvision or --library timm), or "
+                        "fairattack.models.export(net, 'model.pt', input_size=224)")
             elif registry_name(spec) is None:
                 raise ValueError(f"{what}: unknown model {spec!r}; expected a registered name "
                                  f"({', '.join(models.available_models())}) or a TorchScript "
@@ -281,59 +400,117 @@ def load_spec(name, spec, device):
     return get_model(spec, device=device)
 
 
-def victims_of(victims, need="predict"):
-    """Victims as {name: model}: a dict name -> model, one model, or a list of models (named by
-    their .name). A model is anything with the method `need` (predict for compare, logits for
-    evaluate); names are unique non-empty strs other than "mean"."""
+def victims_of(victims, need="predict", device="cpu"):
+    """Victims as {name: model}, in the forms run_study and the CLI take too: a dict name ->
+    model, one model, or a list of models (named by their .name), where a model is a fairattack
+    Model, a registry name or a TorchScript path (loaded on `device`), or any object with the
+    method `need` (predict for compare, logits for evaluate). Names are unique non-empty strs
+    other than "mean"."""
+    named = isinstance(victims, (str, os.PathLike))
     if isinstance(victims, dict):
         items = list(victims.items())
-    elif hasattr(victims, "predict"):
-        items = [(getattr(victims, "name", None), victims)]
+    elif named or hasattr(victims, need) or hasattr(victims, "predict"):
+        items = [(None, victims)]
     else:
-        items = [(getattr(v, "name", None), v) for v in victims]
+        items = [(None, v) for v in victims]
     if not items:
         raise ValueError("victims: expected at least one model")
-    names = [n for n, _ in items]
+    loaded = []
     for name, victim in items:
+        if isinstance(victim, (str, os.PathLike)):  # a registry name or a file, as run_study
+            (default, spec), = model_specs([victim], "victims").items()
+            name = default if name is None else name
+            victim = load_spec(name, spec, device)
+        elif name is None:
+            name = getattr(victim, "name", None)
+        loaded.append((name, victim))
+    names = [n for n, _ in loaded]
+    for name, victim in loaded:
         if not isinstance(name, str) or not name:
             raise ValueError(f"victims: every victim needs a non-empty str name, got {name!r}")
         if not callable(getattr(victim, need, None)):
-            raise TypeError(f"victims[{name!r}]: expected a fairattack Model (or an object with "
-                            f"{need}(images uint8)), got {type(victim).__name__}")
+            raise TypeError(f"victims[{name!r}]: expected a fairattack Model, a registry name, a "
+                            f"TorchScript path or an object with {need}(images uint8), got "
+                            f"{type(victim).__name__}")
     if "mean" in names or len(set(names)) != len(names):
         raise ValueError(f"victims: names must be unique and not 'mean', got {names}")
-    return dict(items)
+    return dict(loaded)
 
 
-def predict_any(model, images, batch_size):
+def check_labels(labels, n, models, height, width):
+    """labels_i64(labels, n), then against the number of classes of every fairattack Model of
+    {name: model} at that image size (any object with num_classes(height, width)): the one
+    label check of attack, evaluate and compare (a label a model cannot predict would be counted
+    as fooled)."""
+    labels = labels_i64(labels, n)
+    for name, model in models.items():
+        if callable(getattr(model, "num_classes", None)) and labels.size:
+            k = model.num_classes(height, width)
+            if labels.max() >= k:
+                i = int(np.flatnonzero(labels >= k)[0])
+                raise ValueError(f"labels[{i}]={labels[i]} out of range [0, {k}) of model "
+                                 f"{name!r}")
+    return labels
+
+
+def predict_any(model, images, batch_size, name="model"):
     """Predicted labels [n] of a Model, any object with predict(images), or a callable oracle
-    fn(x, labels, want_grad) -> (loss, pred, grad)."""
-    if isinstance(model, Model) or not callable(model):
-        pred = np.concatenate([np.asarray(model.predict(images[s:s + batch_size]))
-                               for s in range(0, len(images), batch_size)])
-    else:
-        pred = np.concatenate([
-            np.asarray(model(images[s:s + batch_size].astype(np.float32),
-                             np.zeros(len(images[s:s + batch_size]), np.int64), False)[1])
-            for s in range(0, len(images), batch_size)])
-    return pred.astype(np.int64).reshape(-1)
+    fn(x, labels, want_grad) -> (loss, pred, grad). Every batch must give one integer label per
+    image (shape (b,)); ValueError naming the model otherwise."""
+    parts = []
+    for s in range(0, len(images), batch_size):
+        chunk = images[s:s + batch_size]
+        if isinstance(model, Model) or not callable(model):
+            pred = model.predict(chunk)
+        else:
+            pred = model(chunk.astype(np.float32), np.zeros(len(chunk), np.int64), False)[1]
+        if hasattr(pred, "detach"):  # a torch tensor
+            pred = pred.detach().cpu().numpy()
+        pred = np.asarray(pred)
+        if pred.shape != (len(chunk),) or pred.dtype.kind not in "iu":
+            raise ValueError(f"{name}: predict gave {pred.dtype} of shape {pred.shape} for "
+                             f"{len(chunk)} images; expected one integer label per image, shape "
+                             f"({len(chunk)},) (an argmax over the class axis)")
+        parts.append(pred.astype(np.int64))
+    return np.concatenate(parts)
 
 
 # ----------------------------------------------------------------------------- identity
 
+_FILE_DIGESTS = {}  # (real path, size, mtime, ctime, inode) -> content digest: only a cache
+
+
+def file_digest(path):
+    """The content digest of a file, computed once per file version in this process: the cache
+    key includes the inode change time, which a rewrite always moves (cp -p and rsync -a keep
+    the size and mtime of retrained weights, never the ctime)."""
+    st = os.stat(path)
+    key = (os.path.realpath(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+    if key not in _FILE_DIGESTS:
+        _FILE_DIGESTS[key] = digest_file(path)
+    return _FILE_DIGESTS[key]
+
+
 def model_digest(spec):
-    """The content digest of a model: its TorchScript file's bytes (a registered model's exported
-    file), the bytes it was loaded from, or the weights of the torch module it was loaded from."""
+    """The content digest of a model (its identity): its TorchScript file's bytes (a registered
+    model's exported file), the bytes it was loaded from, or the weights of the torch module it
+    was loaded from; of an ensemble (fairattack.ensemble), its members' digests, fuse and
+    weights (`ensemble_digest`)."""
     if isinstance(spec, Model):
+        if getattr(spec, "members", None) is not None:  # an Ensemble
+            return ensemble_digest([model_digest(m) for m in spec.members], spec.fuse,
+                                   spec.weights)
         source = spec.source
         if isinstance(source, (str, os.PathLike)):
-            return digest_file(source)
+            return file_digest(source)
         if isinstance(source, (bytes, bytearray)):
             return digest_bytes(bytes(source))
         import torch
 
         if isinstance(source, torch.nn.Module):
             digest = [type(source).__qualname__]
+            if getattr(spec, "_convention", None) is not None:  # the wrapping load_model added
+                digest.append(["convention", *map(str, spec._convention)])
             for key, value in source.state_dict().items():
                 value = value.detach().cpu().contiguous()
                 digest.append([key, str(value.dtype), list(value.shape),
@@ -344,17 +521,25 @@ def model_digest(spec):
         raise ValueError(f"model {spec.name!r}: cannot tell what it is made of (no file, bytes "
                          "or torch module); pass its TorchScript path")
     if is_file_spec(spec):
-        return digest_file(spec)
-    return digest_file(models.export_registered(spec))
+        return file_digest(spec)
+    return file_digest(models.export_registered(spec))
 
 
-def file_stamp(model):
-    """compare's cache identity of a model: [name, path, size, mtime] of its file, or None."""
-    source = getattr(model, "source", None)
-    if isinstance(source, (str, os.PathLike)) and os.path.isfile(source):
-        st = os.stat(source)
-        return [getattr(model, "name", ""), os.path.abspath(source), st.st_size, st.st_mtime_ns]
-    return None
+def ensemble_digest(member_digests, fuse, weights=None):
+    """The identity of an ensemble: its members' content digests, fuse and weights (None: equal,
+    the same identity as explicit equal weights)."""
+    n = len(member_digests)
+    weights = [1.0 / n] * n if weights is None else weights
+    return digest_json({"ensemble": list(member_digests), "fuse": fuse,
+                        "weights": [round(float(w), 6) for w in weights]})
+
+
+def model_identity(model):
+    """What identifies a model in compare's cache: [name, content digest] of a fairattack Model,
+    None for other objects (a callable oracle, an object with predict): nothing to key them by."""
+    if not isinstance(model, Model):
+        return None
+    return [model.name, model_digest(model)]
 
 
 def input_size(spec):

@@ -94,13 +94,27 @@ def _describe(value):
     return f"{value!r} ({type(value).__name__})"
 
 
-def integer(value, name):
-    """A Python or NumPy integer (bool counts as 0/1) -> int; TypeError names the argument."""
+def integer(value, name, flag=False, bits=None):
+    """A Python or NumPy integer -> int; TypeError names the argument. A bool is an integer only
+    for a flag (flag=True: 0/1 fields such as random_start): `batch_size=True` is a mistake.
+    bits: the C type the value crosses into, (bits, signed), e.g. (32, True); a value outside
+    it is refused (ValueError) instead of wrapping in C."""
     if isinstance(value, (bool, np.bool_)):
+        if not flag:
+            raise TypeError(f"{name} must be an integer, got {_describe(value)}")
         return int(value)
-    if isinstance(value, numbers.Integral):
-        return int(value)
-    raise TypeError(f"{name} must be an integer, got {_describe(value)}")
+    if not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {_describe(value)}")
+    value = int(value)
+    if bits is not None:
+        width, signed = bits
+        low, high = (-(2 ** (width - 1)) + 1, 2 ** (width - 1) - 1) if signed \
+            else (0, 2 ** width - 1)
+        if not low <= value <= high:
+            kind = "signed" if signed else "unsigned"
+            raise ValueError(f"{name}={value} is out of range: the C core keeps it in a {kind} "
+                             f"{width}-bit integer [{low}, {high}]")
+    return value
 
 
 def real(value, name):

@@ -7,14 +7,14 @@ import os
 
 import numpy as np
 
-from . import _core
-from ._model import Model
+from . import _core, peers
+from ._model import Model, check_labels, predict_any
 from .ensemble import Ensemble
 from ._validate import (check_pixels, images_f32, is_integral, labels_i64, positive_int, real,
                         round_to_uint8)
 from .outcome import attacked_mask
 from .settings import (OPTIMIZERS, STOP_LOSS_TARGETED, core_config, default_setting, make_config,
-                       transform_of)
+                       readable_config, transform_copies, transform_of)
 
 STATUS = tuple(_core.IMAGE_STATUS)
 METRICS = ("rmse", "linf", "l2", "l1", "l0", "psnr", "ssim")
@@ -31,17 +31,33 @@ TARGET_CHOICES = ("random", "least_likely")
 class AttackResult:
     """Adversarial images and per-image arrays (NumPy, one entry per input image).
 
-    Metrics are measured on the uint8 images (what victims see) against the clean input:
+    images: uint8 [N, H, W, 3], what victims see; labels: int64 [N].
+    Metrics (float32 [N]) are measured on the uint8 images against the clean input:
     rmse = sqrt(mean(δ²)) in pixels, linf = max|δ|, l2 = ‖δ‖₂, l1 = mean|δ|, l0 = share of values
-    changed by more than 0.5, psnr in dB, ssim. loss / clean_loss are the surrogate's
+    changed by more than 0.5, psnr in dB, ssim. loss / clean_loss (float32) are the surrogate's
     cross-entropy in nats at the returned (float) iterate and at the clean image (of a targeted
     attack: the cross-entropy to the target; `targets` then holds each image's target class,
     None for an untargeted attack; loss_name is the loss its gradient ascended).
+    clean_pred / pred: int64 [N], the surrogate's class of the clean and of the returned uint8
+    image. iterations: int32 [N], steps taken; alpha: float32 [N], the step size used.
+    status: str [N], one of
+      "stop_loss"  stopped when the loss reached stop_loss (const_loss, rmse_loss; targeted:
+                   when CE(z, t) reached stop_loss_targeted)
+      "stop_rmse"  stopped when the RMSE reached stop_rmse (const_rmse)
+      "max_iter"   ran the step cap (every image of `fixed`)
+      "skipped"    not attacked: the surrogate misclassifies the clean image (returned as is)
+      "nan"        failed: a non-finite loss or logit (returned unchanged, never a success)
+    attacked_mask: the images that count (neither skipped nor failed).
+    index: int64 [N], each image's number (index_offset + i), the key of its randomness.
     What the attack spent on each image (SPEC 12, docs/protocol.md#what-an-attack-spends):
-    grad_evals = gradient passes through the surrogate (one per transformed copy: SI's
-    si_copies; the step-size calibration reuses the first gradient and adds none; a callable
-    oracle counts the rows it was asked a gradient for), forward_evals = forwards that only
-    served the loss or the prediction (the best-iterate rule, the final loss, DI's plain loss).
+    grad_evals = gradient passes through the surrogate (one per transformed copy: the product
+    of SI's, Admix's, BSR's and SIA's copies; VMI/VNI's neighbours count as passes of their own;
+    the step-size calibration reuses the first gradient and adds none; a callable oracle counts
+    the rows it was asked a gradient for), forward_evals = forwards that only served the loss
+    or the prediction (the best-iterate rule, the final loss, the plain loss under DI, Admix,
+    BSR or SIA, and the one that gives `pred` of the returned uint8 image).
+    optimizer, setting: names; config: the resolved configuration as given (names, not the
+    core's codes: {"optimizer": "PGD", "returns": "last", "momentum": 0.9, ...}).
     """
 
     images: np.ndarray
@@ -64,6 +80,8 @@ class AttackResult:
     optimizer: str
     setting: str
     config: dict
+    pred: np.ndarray = None
+    index: np.ndarray = None
     targets: np.ndarray = None
     loss_name: str = "ce"
 
@@ -104,16 +122,56 @@ class AttackResult:
             out[key] = float(values.mean()) if values.size else float("nan")
         return out
 
-    def to_frame(self):
-        """One row per image (pandas DataFrame)."""
+    def to_frame(self, names=None):
+        """One row per image (pandas DataFrame): image (its index), name (when `names`, one
+        per image, is given), label, status, target (a targeted attack's), the metrics, loss,
+        clean_loss, clean_pred, pred (the surrogate's class after the attack), iterations,
+        alpha, grad_evals, forward_evals."""
         import pandas as pd
 
-        columns = {"label": self.labels, "status": self.status}
+        n = len(self.images)
+        columns = {"image": self.index if self.index is not None else np.arange(n)}
+        if names is not None:
+            names = [str(name) for name in names]
+            if len(names) != n:
+                raise ValueError(f"names: expected {n} names (one per image), got {len(names)}")
+            columns["name"] = names
+        columns.update(label=self.labels, status=self.status)
         if self.targeted:
             columns["target"] = self.targets
-        for key in METRICS + ("loss", "clean_loss", "clean_pred", "iterations", "alpha") + SPENT:
-            columns[key] = getattr(self, key)
+        for key in METRICS + ("loss", "clean_loss", "clean_pred", "pred", "iterations",
+                              "alpha") + SPENT:
+            value = getattr(self, key)
+            if value is not None:
+                columns[key] = value
         return pd.DataFrame(columns)
+
+    def save(self, folder, names=None):
+        """Write the adversarial images as folder/<name>.png (names: one per image, e.g. the
+        clean files' names; default image_00000 ...), their rows as folder/attack.csv
+        (to_frame with a png column) and the configuration as folder/attack.json. Returns the
+        folder. Re-read the PNGs with fairattack.data.read_image_folder; compare them with
+        `fairattack compare --clean CLEAN --adv NAME=folder`."""
+        import json
+        from pathlib import Path
+
+        from .store import png_names, write_atomic, write_png
+
+        n = len(self.images)
+        if names is None:
+            names = [f"image_{int(i):05d}" for i in self.to_frame()["image"]]
+        frame = self.to_frame(names)
+        pngs = png_names(list(frame["name"]))
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        for image, png in zip(self.images, pngs):
+            write_png(folder / png, image)
+        frame.insert(2, "png", pngs)
+        write_atomic(folder / "attack.csv", frame.to_csv(index=False).encode())
+        meta = {"optimizer": self.optimizer, "setting": self.setting, "n_images": n,
+                "config": self.config}
+        write_atomic(folder / "attack.json", (json.dumps(meta, indent=1) + "\n").encode())
+        return folder
 
     def __repr__(self):
         s = self.summary()
@@ -204,18 +262,33 @@ def _available_memory(model):
 
 
 def _check_memory(model, transform, batch_size, n, height, width):
-    """Refuse a gradient pass that cannot fit: SI runs si_copies scaled copies of the batch in
-    one forward, so its memory grows with batch_size × si_copies."""
-    copies = max(transform["si_copies"], 1) if transform else 1
+    """Refuse a gradient pass that cannot fit: SI (and Admix, BSR, SIA) run their copies of the
+    batch in one forward, so its memory grows with batch_size × copies."""
+    copies = transform_copies(transform)
     rows = min(batch_size, n) * copies
     need = rows * height * width * 3 * 4 * ACTIVATION_FACTOR
     free = _available_memory(model)
     if free is not None and need > free:
+        si_only = copies == max(transform.get("si_copies", 0), 1)
+        what = f"si_copies={copies}" if si_only else f"{copies} transformed copies"
+        knob = "si_copies" if si_only else "the transform's copies (si/admix/bsr/sia_copies)"
         raise MemoryError(
-            f"si_copies={copies} x batch_size={min(batch_size, n)} images of {height}x{width} "
+            f"{what} x batch_size={min(batch_size, n)} images of {height}x{width} "
             f"need about {need / 2**30:.1f} GiB in one gradient pass (estimate: "
             f"{ACTIVATION_FACTOR}x the float input for activations), more than the "
-            f"{free / 2**30:.1f} GiB available on {model.device}: lower batch_size or si_copies")
+            f"{free / 2**30:.1f} GiB available on {model.device}: lower batch_size or {knob}")
+
+
+def _admix_pool(transform, images, labels):
+    """Admix mixes in the clean images of other classes: its partners are drawn from every image
+    given to `attack` (per image, call and partner from the seed), never from the current batch
+    alone, so batch_size and compaction never change them. Adds the pool to the transform."""
+    if np.unique(labels).size < 2:
+        raise ValueError(f"admix_copies={transform['admix_copies']}: Admix mixes in images of "
+                         "other classes, but every image has the same label; pass images of "
+                         "at least two classes")
+    transform["admix_pool"] = np.ascontiguousarray(images, dtype=np.float32)
+    transform["admix_pool_labels"] = np.ascontiguousarray(labels, dtype=np.int64)
 
 
 def loss_objective(loss, targeted):
@@ -293,7 +366,13 @@ def attack(model, images, labels, optimizer="Adam", setting=None, *, target=None
         returned value stays within eps of the clean image (see `quantize`).
     di_prob / di_min_scale / si_copies / ti_kernel: the DI, SI and TI input transforms of the
         gradient (docs/protocol.md#input-transforms), applied by a Model's gradient pass; a Python
-        callable cannot take them.
+        callable cannot take them. The Admix, BSR and SIA transforms are keywords too
+        (admix_copies, admix_scales, admix_eta, bsr_copies, bsr_blocks, bsr_angle, sia_copies,
+        sia_blocks), with any optimizer; optimizer="Admix" / "BSR" / "SIA" is MI-FGSM with that
+        transform at TransferAttack's defaults. Admix draws its partners (clean images of
+        another class) from all of `images`, so it needs at least two classes among them.
+    allow_subpixel: eps, alpha, stop_rmse and max_rmse are pixels of [0, 255] images; a value
+        in (0, 1) is refused as a [0, 1] unit (eps=8/255 meant as eps=8) unless True.
     target: None (untargeted), an array of class indices, "random" or "least_likely"
         (`resolve_targets`; docs/protocol.md#targeted-attacks). A targeted attack makes the
         surrogate predict the target; res.loss / res.clean_loss are then CE(z, t), the stopping
@@ -305,16 +384,32 @@ def attack(model, images, labels, optimizer="Adam", setting=None, *, target=None
     Memory: the output is one preallocated uint8 array and metrics are measured per batch, so
     the attack holds about one uint8 copy of the input plus a batch of floats.
     The core runs without the GIL; Ctrl-C stops it with KeyboardInterrupt.
+
+    Returns an `AttackResult`: .images (uint8 [N, H, W, 3], within eps of the clean images),
+    per-image arrays (rmse, linf, l2, l1, l0, psnr, ssim, loss, clean_loss, clean_pred, pred,
+    iterations, alpha, status: "stop_loss" / "stop_rmse" / "max_iter" / "skipped" / "nan"),
+    .attacked_mask, .summary(), .to_frame(names), .save(folder, names) and .config, the
+    resolved configuration by name.
     """
     if isinstance(model, Model):
         pass
     elif _is_torch_module(model):
         raise TypeError(f"model is a torch.nn.Module ({type(model).__name__}): load it with "
-                        "fairattack.load_model(module) first (a network that takes float NCHW "
-                        "RGB in [0, 255]; see fairattack.models.ImageNetWrapper)")
+                        "fairattack.load_model(module, mode=..., input_size=...) first (mode "
+                        "'torch', 'caffe' or 'tf' wraps it with resizing and normalisation; "
+                        "'pixels' for a network that takes float NCHW RGB in [0, 255])")
+    elif peers.is_peer(model) or peers.looks_like_peer(model):
+        raise TypeError(f"model is a peer library's attack ({type(model).__name__}), not a "
+                        "surrogate: fa.attack runs fairattack's own attacks. Run the peer on the "
+                        "same images, ε and budgets with fa.compare(surrogate, images, labels, "
+                        "attacks=[('name', attack_object)], ...), or alone with "
+                        "fairattack.peers.run(attack_object, images, labels, eps)")
     elif not callable(model):
         raise TypeError("model must be a fairattack.Model (see fairattack.load_model) or a "
                         f"callable oracle, got {type(model).__name__}")
+    if peers.is_peer_name(optimizer):
+        raise ValueError(f"optimizer {optimizer!r} names a peer library's attack: run it with "
+                         f"fa.compare(surrogate, images, labels, attacks=[{optimizer!r}], ...)")
     setting = default_setting(optimizer) if setting is None else setting
     targeted = target is not None
     objective = loss_objective(loss, targeted)
@@ -340,11 +435,12 @@ def attack(model, images, labels, optimizer="Adam", setting=None, *, target=None
         core, device = model._core, model._attack_device()  # host state without CUDA kernels
         if isinstance(model, Ensemble):  # the members, weights and fuse: fused in the shim
             core = core.spec
-        y = labels_i64(labels, n, model.num_classes(height, width))
+        y = check_labels(labels, n, {model.name: model}, height, width)
         _check_memory(model, transform, batch_size, n, height, width)
     else:
         if transform is not None:
-            given = [k for k in ("di_prob", "si_copies", "ti_kernel") if k in transform
+            given = [k for k in ("di_prob", "si_copies", "ti_kernel", "admix_copies",
+                                 "bsr_copies", "sia_copies") if k in transform
                      and transform[k] > (1 if k == "si_copies" else 0)]
             raise ValueError(f"{', '.join(given)}: the DI/SI/TI input transforms are applied by "
                              "a fairattack Model's gradient pass and cannot be applied to a "
@@ -361,6 +457,8 @@ def attack(model, images, labels, optimizer="Adam", setting=None, *, target=None
         classes = model.num_classes(height, width) if isinstance(model, Model) else None
         targets = resolve_targets(target, model, images, y, classes, cfg["seed"],
                                   cfg["index_offset"])
+    if transform is not None and transform["admix_copies"] > 0:
+        _admix_pool(transform, images, y)
     eps = float(cfg["eps"])
     if eps < 0.5 and not is_integral(images):
         raise ValueError(f"eps={eps:g} < 0.5 with non-integer clean images: no uint8 image lies "
@@ -369,9 +467,9 @@ def attack(model, images, labels, optimizer="Adam", setting=None, *, target=None
     adv = np.empty(images.shape, np.uint8)
     per_image = {key: np.empty(n, np.float32) for key in METRICS + ("loss", "clean_loss",
                                                                     "alpha")}
-    per_image.update(clean_pred=np.empty(n, np.int64), iterations=np.empty(n, np.int32),
-                     status=np.empty(n, np.int32), grad_evals=np.empty(n, np.int64),
-                     forward_evals=np.empty(n, np.int64))
+    per_image.update(clean_pred=np.empty(n, np.int64), pred=np.empty(n, np.int64),
+                     iterations=np.empty(n, np.int32), status=np.empty(n, np.int32),
+                     grad_evals=np.empty(n, np.int64), forward_evals=np.empty(n, np.int64))
     failed_code = STATUS.index("nan")
     max_rmse = float(cfg["max_rmse"])
     base = core_config(cfg)
@@ -379,6 +477,7 @@ def attack(model, images, labels, optimizer="Adam", setting=None, *, target=None
         base["stop_loss"] = -stop_loss_targeted if math.isfinite(cfg["stop_loss"]) else math.inf
         cfg = dict(cfg, stop_loss_targeted=stop_loss_targeted)
     offset = int(cfg["index_offset"])
+    members = len(model.members) if isinstance(model, Ensemble) else 1  # passes per forward
     starts = range(0, n, batch_size)
     if progress:
         from tqdm.auto import tqdm
@@ -400,10 +499,15 @@ def attack(model, images, labels, optimizer="Adam", setting=None, *, target=None
         if max_rmse > 0:  # the joint budget holds on the uint8 images too, not only the floats
             _keep_rmse_budget(adv[start:stop], clean, eps, max_rmse)
         del result, out["adv"]
+        # the surrogate's class of what victims see (the returned uint8 image)
+        per_image["pred"][start:stop] = predict_any(model, adv[start:stop], stop - start)
         metrics = _core.metrics(adv[start:stop].astype(np.float32), clean)
         for key, values in list(metrics.items()) + list(out.items()):
             per_image[key][start:stop] = values
+        per_image["forward_evals"][start:stop] += members  # the forward that gave res.pred
     status = np.array(STATUS, dtype=object)[per_image.pop("status")].astype(str)
     return AttackResult(images=adv, labels=y, status=status, **per_image,
-                        optimizer=OPTIMIZERS[cfg["optimizer"]], setting=setting, config=cfg,
+                        optimizer=OPTIMIZERS[cfg["optimizer"]], setting=setting,
+                        config=readable_config(cfg), index=np.arange(offset, offset + n,
+                                                                     dtype=np.int64),
                         targets=targets, loss_name="ce" if loss is None else loss)

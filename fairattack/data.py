@@ -30,7 +30,9 @@ _LAYOUTS = (
     "'val': image files plus a label file of lines 'ILSVRC2012_val_00000001.JPEG 65' "
     f"(pass labels=..., or name it one of {', '.join(LABEL_FILE_NAMES)} inside the folder); "
     "'synset_folders': one sub-folder per class named by its synset (n01440764/...); "
-    "'flat': files named SYNSET_name.JPEG (n01440764_tench.JPEG)"
+    "'flat': files named SYNSET_name.JPEG (n01440764_tench.JPEG); "
+    "'class_folders': an ImageFolder tree (cat/, dog/, ...) with a class-index file of lines "
+    "'FOLDER INDEX' ('cat 281'), passed as labels=..."
 )
 
 
@@ -307,6 +309,28 @@ def _synset_folder_layout(root, folders):
     return Dataset(root, tuple(names), np.array(labels, np.int64), "synset_folders")
 
 
+def _class_folders(root):
+    """Sub-folders of root that hold images, sorted."""
+    return sorted(p for p in root.iterdir() if p.is_dir() and _image_files(p))
+
+
+def _class_folder_layout(root, label_file, folders):
+    """An ImageFolder tree: one sub-folder per class, any names, and a class-index file of
+    lines 'FOLDER INDEX' (the ImageNet index of each folder's class)."""
+    table = read_label_file(label_file)
+    missing = [f.name for f in folders if f.name not in table]
+    if missing:
+        raise ValueError(f"{label_file}: no class index for the folder {missing[0]!r} of {root} "
+                         f"({len(missing)} of {len(folders)} folders); add a line "
+                         f"'{missing[0]} INDEX' (its ImageNet class index)")
+    names, labels = [], []
+    for folder in folders:
+        files = _image_files(folder)
+        names += [f"{folder.name}/{f}" for f in files]
+        labels += [table[folder.name]] * len(files)
+    return Dataset(root, tuple(names), np.array(labels, np.int64), "class_folders")
+
+
 def _flat_layout(root, names):
     labels = [_label_of(n.split("_", 1)[0], root / n) for n in names]
     return Dataset(root, tuple(names), np.array(labels, np.int64), "flat")
@@ -316,25 +340,45 @@ def open_dataset(root, labels=None, layout="auto"):
     """List the labelled images under `root` without loading them.
 
     layout: "auto", "val" (needs `labels`, a label file, or one of LABEL_FILE_NAMES inside `root`),
-    "synset_folders" or "flat". Auto-detection tries val (when a label file is given or found),
-    then synset folders, then flat SYNSET_name files.
+    "synset_folders", "flat" or "class_folders" (an ImageFolder tree cat/, dog/, ... whose
+    `labels` file maps each folder to its ImageNet index: lines 'cat 281'). Auto-detection tries
+    class folders (sub-folders of images named in the label file), val (when a label file is
+    given or found), then synset folders, then flat SYNSET_name files; an ImageFolder tree
+    without a class-index file is refused with what to write.
     """
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"root={str(root)!r} is not a directory")
-    if layout not in ("auto", "val", "synset_folders", "flat"):
-        raise ValueError(f"layout={layout!r}, expected 'auto', 'val', 'synset_folders' or 'flat'")
-    if labels is None and layout in ("auto", "val"):
+    if layout not in ("auto", "val", "synset_folders", "flat", "class_folders"):
+        raise ValueError(f"layout={layout!r}, expected 'auto', 'val', 'synset_folders', 'flat' "
+                         "or 'class_folders'")
+    if labels is None and layout in ("auto", "val", "class_folders"):
         found = [root / n for n in LABEL_FILE_NAMES if (root / n).is_file()]
         labels = found[0] if found else None
+    folders = _class_folders(root) if layout in ("auto", "class_folders") else []
+    if layout == "class_folders" and labels is None:
+        raise ValueError("layout='class_folders' needs labels=...: a file of lines 'FOLDER "
+                         "INDEX'")
+    if folders and labels is not None and not _image_files(root) and (
+            layout == "class_folders" or any(f.name in read_label_file(labels) for f in folders)):
+        return _class_folder_layout(root, labels, folders)
     if layout == "val" or (layout == "auto" and labels is not None):
         if labels is None:
             raise ValueError(f"layout='val' needs labels=...: no label file found in {root}")
         return _val_layout(root, labels)
     if layout in ("auto", "synset_folders"):
-        folders = sorted(p for p in root.iterdir() if p.is_dir() and _SYNSET.fullmatch(p.name))
-        if folders:
-            return _synset_folder_layout(root, folders)
+        synsets = sorted(p for p in root.iterdir() if p.is_dir() and _SYNSET.fullmatch(p.name))
+        if synsets:
+            return _synset_folder_layout(root, synsets)
+    if folders and not _image_files(root):
+        shown = ", ".join(f"{f.name}/" for f in folders[:3]) + (", ..." if len(folders) > 3
+                                                                 else "")
+        raise ValueError(
+            f"{root} is an ImageFolder tree ({shown}) whose folder names are not ImageNet "
+            "synsets, so fairattack cannot tell their class indices: write a class-index file "
+            f"with one line 'FOLDER INDEX' per folder (e.g. '{folders[0].name} 281'; "
+            "fairattack.data.index_of('n02123045') gives a synset's index) and pass it as "
+            "labels=... (--labels FILE), or rename each folder to its synset (n02123045/)")
     if layout in ("auto", "flat"):
         names = [n for n in _image_files(root) if _SYNSET.fullmatch(n.split("_", 1)[0])]
         if names:

@@ -9,8 +9,7 @@ import math
 import numpy as np
 
 from . import _core
-from ._model import Model, input_size, load_spec, model_digest, model_specs
-from .store import digest_json
+from ._model import Model, ensemble_digest, input_size, load_spec, model_digest, model_specs
 
 FUSES = tuple(_core.FUSES)
 #: Weights must sum to 1 within this.
@@ -122,9 +121,8 @@ class EnsembleSpec:
                         self.weights)
 
     def digest(self):
-        weights = None if self.weights is None else [float(w) for w in self.weights]
-        return digest_json({"ensemble": [model_digest(s) for s in self.members.values()],
-                            "fuse": self.fuse, "weights": weights})
+        return ensemble_digest([model_digest(s) for s in self.members.values()], self.fuse,
+                               self.weights)
 
     def input_size(self):
         """The largest member's input size (every member resizes inside), None if unknown."""

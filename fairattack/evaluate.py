@@ -22,9 +22,9 @@ import warnings
 
 import numpy as np
 
-from ._model import victims_of
-from ._validate import check_pixels, labels_i64, positive_int, round_to_uint8
-from .outcome import fooled_mask
+from ._model import check_labels, victims_of
+from ._validate import check_pixels, positive_int, round_to_uint8
+from .outcome import victim_outcome
 
 
 def evaluate(victims, images, labels=None, batch_size=64, progress=False):
@@ -57,7 +57,7 @@ def evaluate(victims, images, labels=None, batch_size=64, progress=False):
     elif labels is None:
         raise TypeError("labels: required with plain images (or pass an AttackResult)")
     images = check_pixels(images)
-    labels = labels_i64(labels, len(images))
+    labels = check_labels(labels, len(images), victims, *images.shape[1:3])
     batch_size = positive_int(batch_size, "batch_size")
     starts = range(0, len(images), batch_size)
     rates, failures = {}, {}
@@ -72,15 +72,12 @@ def evaluate(victims, images, labels=None, batch_size=64, progress=False):
                 warnings.simplefilter("ignore", RuntimeWarning)
                 logits = np.asarray(victim.logits(round_to_uint8(images[start:start + batch_size]),
                                                   batch_size=batch_size))
-            n_classes = logits.shape[1]
             batch_labels = labels[start:start + batch_size]
-            if batch_labels.max() >= n_classes:
-                bad = start + int(np.flatnonzero(batch_labels >= n_classes)[0])
-                raise ValueError(f"labels[{bad}]={labels[bad]} out of range [0, {n_classes}) "
-                                 f"of victim {name!r}")
             finite = np.isfinite(logits).all(axis=1)
-            failed += int((~finite).sum())
-            errors += int(fooled_mask(logits[finite].argmax(axis=1), batch_labels[finite]).sum())
+            pred = np.where(finite, np.nan_to_num(logits).argmax(axis=1), -1)  # as Model.predict
+            fooled, bad = victim_outcome(pred, batch_labels)
+            failed += int(bad.sum())
+            errors += int(fooled.sum())
         counted = len(images) - failed
         rates[name] = errors / counted if counted else float("nan")
         failures[name] = failed

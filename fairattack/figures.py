@@ -45,15 +45,14 @@ def _save(fig, path, dpi=150):
     return fig
 
 
-def _check_frame(df, columns):
+def _check_frame(df, columns, what="a run_study table"):
     import pandas as pd
 
     if not isinstance(df, pd.DataFrame):
-        raise TypeError(f"df: expected a pandas DataFrame (a run_study table), got "
-                        f"{type(df).__name__}")
+        raise TypeError(f"df: expected a pandas DataFrame ({what}), got {type(df).__name__}")
     missing = [c for c in columns if c not in df.columns]
     if missing:
-        raise ValueError(f"df: missing columns {missing}; expected a run_study table")
+        raise ValueError(f"df: missing columns {missing}; expected {what}")
     if df.empty:
         raise ValueError("df: the table is empty")
 
@@ -224,7 +223,8 @@ def plot_asr_at_rmse(df, path=None, victims=None, title=None):
 
     victims: the panels to draw (default: every victim, then "mean").
     """
-    _check_frame(df, ("attack", "rmse", "victim", "asr", "ci_low", "ci_high", "rmse_mean"))
+    _check_frame(df, ("attack", "rmse", "victim", "asr", "ci_low", "ci_high", "rmse_mean"),
+                 "a fairattack.compare table")
     present = list(dict.fromkeys(df["victim"]))
     if victims is None:
         victims = [v for v in present if v != "mean"] + (["mean"] if "mean" in present else [])
@@ -283,6 +283,46 @@ def plot_asr_at_rmse(df, path=None, victims=None, title=None):
     handles.append(Line2D([], [], ls="", marker="o", ms=8, mfc="white", mec="black"))
     labels.append("own output (native RMSE)")
     fig.legend(handles, labels, loc="outside right center", fontsize="small")
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
+def plot_rank_shifts(ranks, path=None, victim="mean", title=None):
+    """Each attack's rank by ASR natively and at every RMSE budget, one line per attack (a
+    `fairattack.curves.ranks` / `df.ranks()` table): lines that cross are rankings that change
+    at matched RMSE. Rank 1 (the highest ASR) is at the top; tied attacks are drawn a little
+    apart so that every line stays visible."""
+    import pandas as pd
+
+    if not isinstance(ranks, pd.DataFrame):
+        raise TypeError(f"ranks: expected df.ranks() (a DataFrame), got {type(ranks).__name__}")
+    missing = [c for c in ("attack", "victim", "rmse", "rank") if c not in ranks.columns]
+    if missing:
+        raise ValueError(f"ranks: missing columns {missing}; expected df.ranks()")
+    rows = ranks[ranks["victim"] == victim]
+    if rows.empty:
+        raise ValueError(f"victim: {victim!r} is not in the table (it has "
+                         f"{sorted(set(ranks['victim']))})")
+    budgets = sorted({float(r) for r in rows["rmse"] if not isinstance(r, str)})
+    cells = ["native"] + budgets
+    attacks = list(dict.fromkeys(rows["attack"]))
+    fig = _figure(1.3 * len(cells) + 3.5, 0.35 * len(attacks) + 2.2)
+    ax = fig.add_subplot(1, 1, 1)
+    for i, attack in enumerate(attacks):
+        mine = rows[rows["attack"] == attack]
+        by_cell = {("native" if isinstance(r, str) else float(r)): k
+                   for r, k in zip(mine["rmse"], mine["rank"])}
+        spread = 0.25 * (i / max(len(attacks) - 1, 1) - 0.5) if len(attacks) > 1 else 0.0
+        y = [by_cell.get(c, np.nan) + spread for c in cells]
+        ax.plot(range(len(cells)), y, "-o", color=_PALETTE[i % len(_PALETTE)], lw=1.6, ms=5,
+                label=attack)
+    ax.set_xticks(range(len(cells)), ["native"] + [f"RMSE {r:g}" for r in budgets])
+    ax.set_ylim(len(attacks) + 0.5, 0.5)
+    ax.set_yticks(range(1, len(attacks) + 1))
+    ax.set_ylabel(f"rank by ASR ({victim})")
+    ax.grid(alpha=0.3)
+    fig.legend(loc="outside right center", fontsize="small")
     if title:
         fig.suptitle(title)
     return _save(fig, path)

@@ -181,6 +181,17 @@ def read_metadata(path):
     return {}
 
 
+def is_torchscript(path):
+    """True when `path` is a TorchScript archive (torch.jit.save: it holds code/), False for
+    anything else (a state dict saved by torch.save, a checkpoint, another file)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any("/code/" in name or name.startswith("code/")
+                       for name in archive.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
 def _load_state_dict(weights_path):
     weights_path = Path(weights_path)
     if not weights_path.is_file():
@@ -192,6 +203,9 @@ def _load_state_dict(weights_path):
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
+    # a checkpoint of torch.nn.DataParallel / DistributedDataParallel: every key is "module.*"
+    if isinstance(state, dict) and state and all(str(k).startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
     return state
 
 

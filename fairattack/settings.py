@@ -12,7 +12,7 @@ from ._validate import integer, real
 
 OPTIMIZERS = tuple(_core.OPTIMIZERS)
 PAPER_OPTIMIZERS = ("GD", "MGD", "NAGD", "Adam", "LAdam", "MSVAG", "AdaB")
-SIGN_OPTIMIZERS = ("FGSM", "PGD", "MI-FGSM", "NI-FGSM")
+SIGN_OPTIMIZERS = ("FGSM", "PGD", "MI-FGSM", "NI-FGSM", "VMI-FGSM", "VNI-FGSM")
 SETTINGS = ("const_loss", "rmse_loss", "const_rmse", "const_rmse_authors", "fixed")
 
 #: γ of the RMSE-augmented loss CE + γ·RMSE (the authors' 0.006 on their CE/1000 scale).
@@ -39,10 +39,64 @@ _RETURNS = {"best": _core.RETURNS_BEST, "last": _core.RETURNS_LAST}
 _DEFAULT = _core.default_config(0)
 CONFIG_FIELDS = tuple(_DEFAULT)
 _FIELD_TYPES = {key: int if isinstance(value, int) else float for key, value in _DEFAULT.items()}
-#: The DI / SI / TI input transforms and their defaults (all off; docs/protocol.md). Part of a
-#: resolved configuration (make_config returns them), applied by the model's gradient pass.
-TRANSFORM_DEFAULTS = {"di_prob": 0.0, "di_min_scale": 0.9, "si_copies": 0, "ti_kernel": 0}
+#: Integer fields that are 0/1 switches: True / False are accepted there (and only there).
+FLAG_FIELDS = ("random_start", "skip_misclassified")
+#: The C type of the integer fields that are not a C int (fa_config in fairattack.h).
+_C_INTS = {"seed": (64, False), "index_offset": (64, True)}
+#: The input transforms of the gradient pass and their defaults (all off; docs/protocol.md):
+#: DI / SI / TI, and Admix / BSR / SIA (on with their *_copies; their other values are
+#: TransferAttack's defaults). Part of a resolved configuration (make_config returns them),
+#: applied by the model's gradient pass.
+TRANSFORM_DEFAULTS = {"di_prob": 0.0, "di_min_scale": 0.9, "si_copies": 0, "ti_kernel": 0,
+                      "admix_copies": 0, "admix_scales": 5, "admix_eta": 0.2,
+                      "bsr_copies": 0, "bsr_blocks": 3, "bsr_angle": 24.0,
+                      "sia_copies": 0, "sia_blocks": 3}
 TRANSFORM_FIELDS = tuple(TRANSFORM_DEFAULTS)
+#: The named transfer attacks: MI-FGSM with one input transform, as TransferAttack defines them
+#: (Admix: 3 partners x 5 scales, eta 0.2; BSR: 3x3 blocks, +-24 degrees, 20 copies; SIA: 3x3
+#: blocks, 20 copies; docs/protocol.md#input-transforms).
+NAMED_ATTACKS = {"Admix": {"optimizer": "MI-FGSM", "admix_copies": 3},
+                 "BSR": {"optimizer": "MI-FGSM", "bsr_copies": 20},
+                 "SIA": {"optimizer": "MI-FGSM", "sia_copies": 20}}
+
+#: The fields in pixels (of [0, 255] images) that a [0, 1] habit gets wrong by a factor 255:
+#: given below one pixel level (8/255 for 8), `make_config` refuses them unless allow_subpixel.
+PIXEL_FIELDS = ("eps", "alpha", "stop_rmse", "max_rmse")
+
+
+def check_pixel_units(name, value, allow_subpixel=False):
+    """The one rule for a budget or step in pixels: a value in (0, 1) is below one pixel level
+    of [0, 255] images, almost surely a [0, 1] unit (8/255 meant as 8): ValueError naming the
+    argument, unless allow_subpixel. Returns value."""
+    if not allow_subpixel and 0 < value < 1:
+        raise ValueError(f"{name}={value:.3g} is below one pixel level: fairattack measures "
+                         f"{name} in pixels of [0, 255] images, so {value:.3g} in [0, 1] units "
+                         f"is {name}={value * 255:.4g} here; pass {name}={value * 255:.4g}, or "
+                         f"allow_subpixel=True if {value:.3g} pixels is meant")
+    return value
+
+
+def named_attack(name):
+    """(optimizer, transform values) of a named attack ("admix", any case), or None."""
+    if isinstance(name, str):
+        for key, spec in NAMED_ATTACKS.items():
+            if key.lower() == name.lower():
+                return spec["optimizer"], {k: v for k, v in spec.items() if k != "optimizer"}
+    return None
+
+
+def transform_copies(transform):
+    """Gradient passes per image and call of a transform dict (None: 1): SI x Admix x BSR x SIA,
+    as the shim's fa_transform_copies."""
+    if not transform:
+        return 1
+    copies = max(transform.get("si_copies", 0), 1)
+    if transform.get("admix_copies", 0) > 0:
+        copies *= transform["admix_copies"] * max(transform.get("admix_scales", 5), 1)
+    for key in ("bsr_copies", "sia_copies"):
+        if transform.get(key, 0) > 0:
+            copies *= transform[key]
+    return copies
 
 
 def optimizer_index(optimizer):
@@ -50,6 +104,7 @@ def optimizer_index(optimizer):
     if not isinstance(optimizer, str):
         raise TypeError(f"optimizer must be a name, one of {OPTIMIZERS}; got {optimizer!r}")
     aliases = {"I-FGSM": "PGD", "IFGSM": "PGD", "MIFGSM": "MI-FGSM", "NIFGSM": "NI-FGSM",
+               "VMIFGSM": "VMI-FGSM", "VNIFGSM": "VNI-FGSM", "VMI": "VMI-FGSM", "VNI": "VNI-FGSM",
                "ADABELIEF": "AdaB", "M-SVAG": "MSVAG", "NA-GD": "NAGD", "M-GD": "MGD"}
     key = aliases.get(optimizer.upper(), optimizer)
     for i, name in enumerate(OPTIMIZERS):
@@ -59,7 +114,11 @@ def optimizer_index(optimizer):
 
 
 def default_setting(optimizer):
-    """`fixed` for the sign attacks (their usual fixed-step run), `const_loss` otherwise."""
+    """`fixed` for the sign attacks (their usual fixed-step run) and the named attacks built on
+    them, `const_loss` otherwise."""
+    named = named_attack(optimizer)
+    if named is not None:
+        optimizer = named[0]
     return "fixed" if OPTIMIZERS[optimizer_index(optimizer)] in SIGN_OPTIMIZERS else "const_loss"
 
 
@@ -67,8 +126,8 @@ def check_transforms(values):
     """Validated transform values (names as in TRANSFORM_DEFAULTS)."""
     out = dict(TRANSFORM_DEFAULTS)
     for key, value in values.items():
-        out[key] = integer(value, key) if isinstance(TRANSFORM_DEFAULTS[key], int) \
-            else real(value, key)
+        out[key] = integer(value, key, bits=(32, True)) \
+            if isinstance(TRANSFORM_DEFAULTS[key], int) else real(value, key)
     if not 0 <= out["di_prob"] <= 1:
         raise ValueError(f"di_prob must be in [0, 1], got {out['di_prob']:g}")
     if not 0 < out["di_min_scale"] <= 1:
@@ -77,13 +136,24 @@ def check_transforms(values):
         raise ValueError(f"si_copies must be >= 0 (0 or 1: off), got {out['si_copies']}")
     if out["ti_kernel"] < 0 or (out["ti_kernel"] and out["ti_kernel"] % 2 == 0):
         raise ValueError(f"ti_kernel must be 0 (off) or an odd size, got {out['ti_kernel']}")
+    for key in ("admix_copies", "bsr_copies", "sia_copies"):
+        if out[key] < 0:
+            raise ValueError(f"{key} must be >= 0 (0: off), got {out[key]}")
+    for key in ("admix_scales", "bsr_blocks", "sia_blocks"):
+        if out[key] < 1:
+            raise ValueError(f"{key} must be >= 1, got {out[key]}")
+    if not (math.isfinite(out["admix_eta"]) and out["admix_eta"] >= 0):
+        raise ValueError(f"admix_eta must be >= 0, got {out['admix_eta']:g}")
+    if not 0 <= out["bsr_angle"] <= 180:
+        raise ValueError(f"bsr_angle must be in [0, 180] degrees, got {out['bsr_angle']:g}")
     return out
 
 
 def transform_of(cfg):
     """The core's transform dict of a configuration from make_config (None when all are off)."""
     t = {key: cfg.get(key, default) for key, default in TRANSFORM_DEFAULTS.items()}
-    if not (t["di_prob"] > 0 or t["si_copies"] > 1 or t["ti_kernel"] > 1):
+    if not (t["di_prob"] > 0 or t["si_copies"] > 1 or t["ti_kernel"] > 1
+            or t["admix_copies"] > 0 or t["bsr_copies"] > 0 or t["sia_copies"] > 0):
         return None
     return dict(t, seed=int(cfg["seed"]))
 
@@ -93,7 +163,7 @@ def core_config(cfg):
     return {key: value for key, value in cfg.items() if key in _FIELD_TYPES}
 
 
-def make_config(optimizer, setting=None, **overrides):
+def make_config(optimizer, setting=None, *, allow_subpixel=False, **overrides):
     """The full, checked configuration of one attack as a dict of the core's fields.
 
     setting:
@@ -110,11 +180,21 @@ def make_config(optimizer, setting=None, **overrides):
       its max-CE iterate, the default of the loss-stopped settings; "last": its last iterate, the
       default of `fixed`, as peer libraries do), max_rmse (> 0: a joint ℓ∞ + RMSE budget, every
       iterate projected exactly onto it: docs/fair-comparison.md#the-joint-budget), and the input
-      transforms di_prob, di_min_scale, si_copies, ti_kernel (docs/protocol.md#input-transforms; a
-      model's gradient pass applies them).
+      transforms di_prob, di_min_scale, si_copies, ti_kernel, admix_copies, admix_scales,
+      admix_eta, bsr_copies, bsr_blocks, bsr_angle, sia_copies, sia_blocks
+      (docs/protocol.md#input-transforms; a model's gradient pass applies them).
+    optimizer may also be a named attack (NAMED_ATTACKS: "Admix", "BSR", "SIA"): MI-FGSM with
+      that transform on, unless the overrides set it.
       Giving `alpha` switches calibration off and vice versa. NumPy scalars are accepted;
       integer fields (max_iter, si_copies, ...) must be integers.
+    allow_subpixel: eps, alpha, stop_rmse and max_rmse are pixels of [0, 255]
+      images; one given in (0, 1) is refused as a [0, 1] unit (eps=8/255 meant as eps=8) unless
+      allow_subpixel=True (`check_pixel_units`).
     """
+    named = named_attack(optimizer)
+    if named is not None:
+        optimizer, defaults = named
+        overrides = dict(defaults, **{k: v for k, v in overrides.items() if v is not None})
     index = optimizer_index(optimizer)
     name = OPTIMIZERS[index]
     setting = default_setting(name) if setting is None else setting
@@ -165,7 +245,13 @@ def make_config(optimizer, setting=None, **overrides):
     if "first_step_rmse" in overrides and "alpha" not in overrides:
         cfg["alpha"] = 0.0
     for key, value in overrides.items():
-        cfg[key] = integer(value, key) if _FIELD_TYPES[key] is int else real(value, key)
+        if _FIELD_TYPES[key] is int:
+            cfg[key] = integer(value, key, flag=key in FLAG_FIELDS,
+                               bits=_C_INTS.get(key, (32, True)))
+        else:
+            cfg[key] = real(value, key)
+        if key in PIXEL_FIELDS:
+            check_pixel_units(key, cfg[key], allow_subpixel)
     if name == "FGSM" and setting in ("const_rmse", "const_rmse_authors"):
         raise ValueError(f"setting={setting!r} does not apply to FGSM, which is one step of eps "
                          "by definition; use setting='fixed' (or PGD for several steps)")
@@ -176,14 +262,38 @@ def make_config(optimizer, setting=None, **overrides):
         # the sign attacks' usual step: FGSM one step of eps, the iterative ones eps / steps
         steps = 1 if name == "FGSM" else max(int(cfg["max_iter"]), 1)
         cfg["alpha"] = float(cfg["eps"]) / steps
-    cfg = _core.check_config(cfg)
+    try:
+        cfg = _core.check_config(cfg)
+    except ValueError as error:  # the core names its struct's fields: cfg.eps -> eps
+        raise ValueError(str(error).replace("cfg.", "")) from None
     cfg.update(transform)
     return cfg
 
 
+def readable_config(cfg):
+    """A make_config dict as a user reads it: the optimizer, `returns` and `nesterov` by name,
+    and each float as the shortest decimal that the core's float32 holds (0.9, not
+    0.8999999761581421)."""
+    import numpy as np
+
+    out = {}
+    for key, value in cfg.items():
+        if key == "optimizer":
+            value = OPTIMIZERS[value]
+        elif key == "returns":
+            value = next(n for n, v in _RETURNS.items() if v == value)
+        elif key == "nesterov":
+            value = next((n for n, v in _NESTEROV.items() if v == value), value)
+        elif isinstance(value, float) and math.isfinite(value) and \
+                float(np.float32(value)) == value:
+            value = float(str(np.float32(value)))
+        out[key] = value
+    return out
+
+
 def describe(cfg):
     """A short human-readable line for a configuration dict."""
-    name = OPTIMIZERS[cfg["optimizer"]]
+    name = cfg["optimizer"] if isinstance(cfg["optimizer"], str) else OPTIMIZERS[cfg["optimizer"]]
     step = (f"alpha={cfg['alpha']:g}" if cfg["alpha"] > 0
             else f"first_step_rmse={cfg['first_step_rmse']:g}")
     parts = [name, f"eps={cfg['eps']:g}", f"max_iter={cfg['max_iter']}", step]
@@ -196,5 +306,6 @@ def describe(cfg):
     if cfg.get("max_rmse", 0) > 0:
         parts.append(f"max_rmse={cfg['max_rmse']:g}")
     if "returns" in cfg:
-        parts.append("returns=" + ("last" if cfg["returns"] == _RETURNS["last"] else "best"))
+        parts.append("returns=" + ("last" if cfg["returns"] in (_RETURNS["last"], "last")
+                                   else "best"))
     return " ".join(parts)

@@ -2,13 +2,17 @@
 
 Forms an attack can be given in (`fa.compare`, `fa.run_study`, the CLI):
 
-- an optimizer name: "PGD", "mi-fgsm" (any case, aliases of `settings.optimizer_index`);
+- an optimizer name: "PGD", "mi-fgsm" (any case, aliases of `settings.optimizer_index`), or a
+  named attack of `settings.NAMED_ATTACKS` ("Admix", "BSR", "SIA": MI-FGSM with that transform),
+  also as the OPTIMIZER of the grammar and of a dict;
 - the text grammar NAME=OPTIMIZER[:SETTING][,key=value...], e.g. "pgd-di=PGD:fixed,di_prob=0.5"
   (keys may be spelled with "-"; values are int, float or text);
 - a dict {"optimizer": ..., "setting": ..., hyper-parameters and transforms}, with "name" in a
   list (compare) or keyed by its name (run_study);
 - compare only: (name, fn), (name, peer attack object), (name, adversarial images), or a peer
-  attack by name ("ta:PGD").
+  attack by name in the same grammar, [NAME=]LIBRARY:ATTACK[,key=value...]
+  ("ta:PGD,steps=20,alpha=1.6", "torchattack:VMIFGSM", "transferattack:MIFGSM": fairattack.peers
+  says what the values mean).
 
 `resolve` applies the override layers of a study (its flat overrides, then those per setting,
 per optimizer, the attack's own, then those per attack name) and returns the resolved config.
@@ -21,10 +25,11 @@ import numpy as np
 
 from . import peers
 from ._validate import images_f32
-from .settings import (CONFIG_FIELDS, OPTIMIZERS, SETTINGS, TRANSFORM_FIELDS, check_transforms,
-                       make_config, optimizer_index)
+from .settings import (CONFIG_FIELDS, NAMED_ATTACKS, OPTIMIZERS, SETTINGS, TRANSFORM_FIELDS,
+                       check_transforms, make_config, named_attack, optimizer_index)
 
-#: The input transforms of the gradient pass (DI, SI, TI; docs/protocol.md#input-transforms): the one list.
+#: The input transforms of the gradient pass (DI, SI, TI, Admix, BSR, SIA;
+#: docs/protocol.md#input-transforms): the one list.
 TRANSFORMS = TRANSFORM_FIELDS
 #: The config fields an attack spec may set (the core's fields less the two the runner sets).
 CONFIG_KEYS = tuple(f for f in CONFIG_FIELDS if f not in ("optimizer", "index_offset"))
@@ -44,6 +49,8 @@ class AttackSpec:
     params: dict = dataclasses.field(default_factory=dict)
     fn: object = None
     images: np.ndarray = None
+    #: a peer built by name: (library kind, attack name) of fairattack.peers
+    peer: tuple = None
 
     @property
     def reruns(self):
@@ -59,7 +66,16 @@ class AttackSpec:
         dict), or {"kind": ...} for attacks fairattack does not run."""
         if self.kind == "fairattack":
             return {"optimizer": self.optimizer, **self.attack_kwargs()}
+        if self.kind == "peer" and self.peer is not None:
+            return {"kind": "peer", "peer": list(self.peer), "params": self.params,
+                    "version": peers.library_version(self.peer[0])}
         return {"kind": self.kind}
+
+    def build(self, surrogate, eps):
+        """A peer named by text, made on the surrogate (fn set; peers.build)."""
+        if self.kind == "peer" and self.fn is None:
+            self.fn = peers.build(*self.peer, self.params, surrogate, eps, what=self.name)
+        return self
 
 
 def _value(text):
@@ -83,19 +99,72 @@ def parse_text(text):
     spec = {"optimizer": optimizer.strip()}
     if setting.strip():
         spec["setting"] = setting.strip()
+    spec.update(_pairs(text, pairs, reserved=("optimizer", "setting")))
+    return name, spec
+
+
+def _pairs(text, pairs, reserved=()):
+    """The key=value pairs of the grammar -> dict (keys with "_" for "-")."""
+    out = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         key = key.strip().replace("-", "_")
         if not sep or not key or not value.strip():
             raise ValueError(f"attack {text!r}: {pair!r} is not key=value")
-        if key in spec or key in ("optimizer", "setting"):
+        if key in out or key in reserved:
             raise ValueError(f"attack {text!r}: {key!r} given twice")
-        spec[key] = _value(value.strip())
-    return name, spec
+        out[key] = _value(value.strip())
+    return out
+
+
+def is_named_peer(text):
+    """"NAME=ta:PGD,..." (a peer under a name of its own)."""
+    if not isinstance(text, str):
+        return False
+    name, sep, rest = text.partition("=")
+    return bool(sep) and not peers.is_peer_name(text) and "," not in name \
+        and peers.is_peer_name(rest)
+
+
+def parse_peer(text, where="attack", reserved=()):
+    """A peer by name in the grammar, [NAME=]LIBRARY:ATTACK[,key=value...] (fairattack.peers:
+    "ta:PGD,steps=20,alpha=1.6", "torchattack:VMIFGSM", "mine=transferattack:MIFGSM,epoch=5")
+    -> AttackSpec of kind "peer" with fn None (peers.build makes it on a surrogate). Its name is
+    NAME, else the text itself."""
+    name, rest = (None, text) if peers.is_peer_name(text) else text.split("=", 1)
+    head, *pairs = rest.split(",")
+    kind, attack = peers.split_name(head)
+    params = _pairs(text, pairs)
+    eps_key = peers.EPS_KEY[kind]
+    if "eps" in reserved and eps_key in params:
+        raise ValueError(f"{where} ({text!r}): {eps_key!r} is set by the caller (the common ε "
+                         "in pixels); remove it")
+    name = (name or text).strip()
+    return AttackSpec(name, "peer", params=params, peer=(kind, attack))
 
 
 def canonical_optimizer(optimizer):
     return OPTIMIZERS[optimizer_index(optimizer)]
+
+
+def named_spec(name, optimizer, params=None):
+    """The AttackSpec of an optimizer or a named attack ("Admix": MI-FGSM with admix_copies=3)
+    called `name`; params override the named attack's transform."""
+    named = named_attack(optimizer)
+    if named is None:
+        return AttackSpec(name, "fairattack", optimizer=canonical_optimizer(optimizer),
+                          params=dict(params or {}))
+    base, transform = named
+    return AttackSpec(name, "fairattack", optimizer=canonical_optimizer(base),
+                      params=dict(transform, **(params or {})))
+
+
+def canonical_attack_name(name):
+    """An optimizer's or a named attack's canonical spelling ("admix" -> "Admix")."""
+    for key in NAMED_ATTACKS:
+        if isinstance(name, str) and key.lower() == name.lower():
+            return key
+    return canonical_optimizer(name)
 
 
 def canonical_setting(setting, what="settings"):
@@ -120,37 +189,38 @@ def from_dict(name, spec, where, allowed=None, reserved=()):
     bad = sorted(set(spec) & set(reserved))
     if bad:
         raise ValueError(f"{where} ({name!r}): {bad} are set by the caller; remove them")
-    allowed = CONFIG_KEYS + TRANSFORMS if allowed is None else tuple(allowed)
+    allowed = CONFIG_KEYS + TRANSFORMS + ("allow_subpixel",) if allowed is None \
+        else tuple(allowed)
     unknown = [k for k in spec if k not in ("optimizer", "setting") + allowed]
     if unknown:
         raise TypeError(f"{where}: unknown key {unknown[0]!r}; expected 'optimizer', 'setting' "
                         f"or one of {allowed}")
-    optimizer = canonical_optimizer(spec["optimizer"])
+    params = {k: v for k, v in spec.items() if k not in ("optimizer", "setting")}
+    out = named_spec(name, spec["optimizer"], params)
     setting = spec.get("setting")
     if setting is not None:
-        setting = canonical_setting(setting, where)
-    params = {k: v for k, v in spec.items() if k not in ("optimizer", "setting")}
-    return AttackSpec(name, "fairattack", optimizer=optimizer, setting=setting, params=params)
+        out.setting = canonical_setting(setting, where)
+    return out
 
 
 def coerce(item, where, shape=None, reserved=(), allowed=None):
     """One attack of a list in any form (module docstring) -> AttackSpec. A peer named by text
     ("ta:PGD") comes back with kind "peer" and fn None: the caller builds it on its surrogate.
     shape: the images' shape (precomputed adversarial images must have it)."""
-    if isinstance(item, str) and "=" in item and not peers.is_peer_name(item):
+    if isinstance(item, str) and (peers.is_peer_name(item) or is_named_peer(item)):
+        return parse_peer(item, where, reserved)
+    if isinstance(item, str) and "=" in item:
         name, spec = parse_text(item)
         return from_dict(name, spec, where, allowed, reserved)
     if isinstance(item, str):
-        if peers.is_peer_name(item):
-            return AttackSpec(item, "peer")
-        name = canonical_optimizer(item)
-        return AttackSpec(name, "fairattack", optimizer=name)
+        name = canonical_attack_name(item)
+        return named_spec(name, name)
     if isinstance(item, dict):
         spec = dict(item)
         if "optimizer" not in spec:
             raise ValueError(f"{where}: a dict attack needs 'optimizer' (one of {OPTIMIZERS}), "
                              f"got keys {sorted(spec)}")
-        name = spec.pop("name", canonical_optimizer(spec["optimizer"]))
+        name = spec.pop("name", canonical_attack_name(spec["optimizer"]))
         if not isinstance(name, str) or not name:
             raise ValueError(f"{where}: 'name' must be a non-empty str, got {name!r}")
         return from_dict(name, spec, where, allowed, reserved)
@@ -166,6 +236,10 @@ def coerce(item, where, shape=None, reserved=(), allowed=None):
             return AttackSpec(name, "images", images=obj)
         if peers.is_peer(obj):
             return AttackSpec(name, "peer", fn=obj)
+        if peers.looks_like_peer(obj) or _is_torch_module(obj):
+            raise TypeError(f"{where} ({name!r}): {type(obj).__name__} is neither fn(images, "
+                            f"labels) nor a peer attack of a known kind ({', '.join(peers.KINDS)}"
+                            "; fairattack.peers says how each is recognised)")
         if callable(obj):
             return AttackSpec(name, "callable", fn=obj)
         raise TypeError(f"{where} ({name!r}): expected fn(images, labels) -> adv uint8, a "
@@ -174,6 +248,13 @@ def coerce(item, where, shape=None, reserved=(), allowed=None):
     raise TypeError(f"{where}: expected an optimizer name, a dict spec, a text "
                     f"{GRAMMAR}, or a tuple (name, fn | torchattacks attack | images), got "
                     f"{item!r}")
+
+
+def _is_torch_module(obj):
+    import sys
+
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(obj, torch.nn.Module)
 
 
 def check_unique(specs, case_insensitive=False, hint=""):
@@ -187,8 +268,7 @@ def check_unique(specs, case_insensitive=False, hint=""):
 def study_attacks(optimizers, attacks):
     """run_study's attacks: one spec per optimizer name (named by itself), then the named specs
     ({name: dict}, or a list of texts / dicts with "name")."""
-    out = [AttackSpec(canonical_optimizer(o), "fairattack", optimizer=canonical_optimizer(o))
-           for o in optimizers]
+    out = [named_spec(canonical_attack_name(o), o) for o in optimizers]
     if attacks is None:
         attacks = {}
     if isinstance(attacks, dict):

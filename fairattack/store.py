@@ -245,8 +245,12 @@ def png_names(names):
         if seen[stem.lower()] > 1:
             stem = f"{stem}-{digest_bytes(str(name).encode())[:10]}"
         out.append(stem + ".png")
-    if len({n.lower() for n in out}) != len(out):
-        raise ValueError("names: two images have the same name")
+    seen_png = {}
+    for name, png in zip(names, out):
+        if png.lower() in seen_png:
+            raise ValueError(f"names: two images have the same name: {seen_png[png.lower()]!r} "
+                             f"and {name!r} (PNG {png!r})")
+        seen_png[png.lower()] = name
     return out
 
 

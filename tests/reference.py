@@ -110,17 +110,46 @@ class Rule:
             return self.m / (np.sqrt(self.v) + c["delta"])
         if name in ("FGSM", "PGD"):
             return np.sign(g)
-        if name in ("MI-FGSM", "NI-FGSM"):
+        if name in ("MI-FGSM", "NI-FGSM", "VMI-FGSM", "VNI-FGSM"):
             self.m = c["momentum"] * self.m + g
             return np.sign(self.m)
         raise ValueError(name)
 
 
-def reference_attack(oracle, x0, y, name, cfg):
-    """SPEC §2's loop for one image. Returns (x, status, iterations, alpha, loss)."""
+def uniform_pm1(seed, index, j):
+    """The counter-based draw of fairattack.h's random start and VMI neighbours: splitmix64 of
+    (seed, image index, value index j), the top 24 bits mapped to [-1, 1)."""
+    with np.errstate(over="ignore"):
+        z = (np.uint64(seed) ^ (np.uint64(index) * np.uint64(0x9E3779B97F4A7C15))
+             ^ (j.astype(np.uint64) * np.uint64(0xD1B54A32D192ED03)))
+        z = z + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    u = (z >> np.uint64(40)).astype(np.float32) * np.float32(1.0 / 16777216.0)
+    return (u * np.float32(2.0) - np.float32(1.0)).astype(np.float64)
+
+
+def neighbour_mean(oracle, x, y, cfg, k, index):
+    """VMI's mean gradient over cfg["vmi_neighbours"] points x + U(-beta*eps, beta*eps) (clipped
+    to the pixel box), seeded as fairattack.h's fa_config says."""
+    n, radius = cfg["vmi_neighbours"], cfg["vmi_beta"] * cfg["eps"]
+    j = np.arange(x.size)
+    total = np.zeros_like(x)
+    for q in range(n):
+        seed = (cfg["seed"] + 0x9E3779B97F4A7C15 * (1 + k * n + q)) % 2 ** 64
+        u = uniform_pm1(seed, index, j).reshape(x.shape)
+        total += oracle.one(np.clip(x + radius * u, 0.0, 255.0), y)[2]
+    return total / n
+
+
+def reference_attack(oracle, x0, y, name, cfg, index=0):
+    """SPEC §2's loop for one image (its index: VMI's neighbour draws). Returns (x, status,
+    iterations, alpha, loss)."""
     x0 = x0.astype(np.float64)
-    eps, lookahead = cfg["eps"], name in ("NAGD", "NI-FGSM")
-    authors_jump = name == "NAGD" and cfg["nesterov"] == 0
+    eps, lookahead = cfg["eps"], name in ("NAGD", "NI-FGSM", "VNI-FGSM")
+    variance = np.zeros_like(x0)
+    authors_jump = name == "NAGD" and cfg["nesterov"] in (0, "authors")  # code or name
     rule = Rule(name, cfg, x0.shape)
     loss0, pred0, g = oracle.one(x0, y)
     if cfg["skip_misclassified"] and pred0 != y:
@@ -145,7 +174,9 @@ def reference_attack(oracle, x0, y, name, cfg):
             if name == "NAGD":
                 at = project(at, x0, eps)
             _, _, g = oracle.one(at, y)
-        if name in ("MI-FGSM", "NI-FGSM"):  # SPEC §3: g / mean|g| over the image's values
+        if name in ("VMI-FGSM", "VNI-FGSM"):  # variance tuning: g + v_{k-1}; v_k from x
+            g, variance = g + variance, neighbour_mean(oracle, x, y, cfg, k, index) - g
+        if name in ("MI-FGSM", "NI-FGSM", "VMI-FGSM", "VNI-FGSM"):  # SPEC §3: g / mean|g|
             g = g / np.abs(g).mean() if np.abs(g).sum() > 0 else g
         if cfg["rmse_weight"] > 0 and k >= 1 and rmse(at, x0) > 0:
             g = g + cfg["rmse_weight"] * (at - x0) / (x0.size * rmse(at, x0))

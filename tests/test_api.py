@@ -15,7 +15,7 @@ from tiny import SmallNet as TinyNet
 @pytest.fixture(scope="module")
 def tiny():
     net = TinyNet().eval()
-    return net, fa.load_model(net)
+    return net, fa.load_model(net, mode="pixels")
 
 
 def torch_oracle(net):
@@ -166,20 +166,20 @@ def test_bad_model_sources(tmp_path):
     with pytest.raises(TypeError, match="model must be"):
         fa.attack(42, np.zeros((1, 8, 8, 3), np.uint8), [0])
     with pytest.raises(ValueError, match="device must be 'cpu' or 'cuda'"):
-        fa.load_model(TinyNet(), device="tpu")
+        fa.load_model(TinyNet(), device="tpu", mode="pixels")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
 def test_cuda_without_a_gpu_is_a_clear_error():
     with pytest.raises(RuntimeError, match="no CUDA device"):
-        fa.load_model(TinyNet(), device="cuda")
+        fa.load_model(TinyNet(), device="cuda", mode="pixels")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("optimizer", ["GD", "NAGD", "Adam", "MSVAG", "PGD"])
 def test_cuda_attack_matches_cpu(tiny, optimizer):
     net, cpu = tiny
-    gpu = fa.load_model(net, device="cuda")
+    gpu = fa.load_model(net, device="cuda", mode="pixels")
     x, y = batch(cpu, n=5)
     a = fa.attack(cpu, x, y, optimizer=optimizer, max_iter=5, stop_loss=math.inf)
     b = fa.attack(gpu, x, y, optimizer=optimizer, max_iter=5, stop_loss=math.inf)

@@ -38,7 +38,21 @@ class AlwaysNaN(torch.nn.Module):
         return x.mean(dim=(1, 2, 3))[:, None] * torch.full((1, 10), float("nan"))
 
 
-MODEL = fa.load_model(Net(), name="net")
+class Boom(torch.nn.Module):
+    def forward(self, x):
+        raise RuntimeError("boom")
+
+
+class OneLabel:
+    """A victim whose predict forgets the class axis: one label for the whole batch."""
+
+    name = "one"
+
+    def predict(self, images):
+        return np.argmax(MODEL.logits(images))
+
+
+MODEL = fa.load_model(Net(), name="net", mode="pixels")
 X = np.random.default_rng(0).integers(0, 256, (3, 8, 8, 3)).astype(np.uint8)
 Y = MODEL.predict(X)
 
@@ -78,7 +92,7 @@ ERRORS = {
     "images > 255 evaluate": (lambda: fa.evaluate(MODEL, X * 1.01, Y), ValueError, r"\[0, 255\], got values in \[0, 257"),
     "images < 0 attack": (lambda: fa.attack(MODEL, X.astype(np.int16) - 1, Y), ValueError, r"\[0, 255\], got values in \[-1"),
     "images int64 > 255": (lambda: MODEL.predict(X.astype(np.int64) * 2), ValueError, r"\[0, 255\]"),
-    "images size model cannot take": (lambda: fa.attack(fa.load_model(FixedSize(), name="fixed"), np.zeros((1, 9, 8, 3), np.uint8), [0]), ValueError, "'fixed' cannot take images of size 9x8"),
+    "images size model cannot take": (lambda: fa.attack(fa.load_model(FixedSize(), name="fixed", mode="pixels"), np.zeros((1, 9, 8, 3), np.uint8), [0]), ValueError, "'fixed' cannot take images of size 9x8"),
     "measure shapes": (lambda: fa.measure(X, X[:2]), ValueError, "adv has shape"),
     # labels
     "labels short": (lambda: fa.attack(MODEL, X, Y[:2]), ValueError, "labels has 2 entries but there are 3 images"),
@@ -93,7 +107,7 @@ ERRORS = {
     "model a number": (lambda: fa.attack(42, X, Y), TypeError, "model must be a fairattack.Model"),
     "model a string": (lambda: fa.attack("lite0.pt", X, Y), TypeError, "model must be"),
     "model file missing": (lambda: fa.load_model("/nonexistent/model.pt"), FileNotFoundError, "does not exist"),
-    "model device": (lambda: fa.load_model(Net(), device="tpu"), ValueError, "device must be 'cpu' or 'cuda'"),
+    "model device": (lambda: fa.load_model(Net(), device="tpu", mode="pixels"), ValueError, "device must be 'cpu' or 'cuda'"),
     "model source type": (lambda: fa.load_model(3.5), TypeError, "source must be"),
     "victims empty": (lambda: fa.evaluate({}, X, Y), ValueError, "at least one"),
     "victims not models": (lambda: fa.evaluate({"a": 3}, X, Y), TypeError, r"victims\['a'\]"),
@@ -126,7 +140,34 @@ ERRORS = {
     "FGSM const_rmse_authors": (attack(optimizer="FGSM", setting="const_rmse_authors"), ValueError, "FGSM"),
     "const_rmse eps < 15": (attack(setting="const_rmse", eps=8), ValueError, "stop_rmse=15 can never be reached with eps=8"),
     "stop_rmse > eps": (attack(stop_rmse=20), ValueError, "stop_rmse=20 can never be reached"),
-    "eps < 0.5 fractional": (lambda: fa.attack(MODEL, X * 0.99 + 0.25, Y, eps=0.3), ValueError, r"eps=0\.3 < 0\.5"),
+    "eps < 0.5 fractional": (lambda: fa.attack(MODEL, X * 0.99 + 0.25, Y, eps=0.3, allow_subpixel=True), ValueError, r"eps=0\.3 < 0\.5"),
+    # integers that cross into C: no wrap, no truncation; no bool where a count is meant
+    "ti_kernel 2**32 + 1": (attack(ti_kernel=2**32 + 1), ValueError, r"ti_kernel=4294967297 is out of range: .* signed 32-bit"),
+    "si_copies 2**32 + 3": (attack(si_copies=2**32 + 3), ValueError, r"si_copies=4294967299 is out of range"),
+    "max_iter 2**31": (attack(max_iter=2**31), ValueError, r"max_iter=2147483648 is out of range"),
+    "seed -1": (attack(seed=-1), ValueError, r"seed=-1 is out of range: .* unsigned 64-bit"),
+    "seed 2**64": (attack(seed=2**64), ValueError, r"seed=18446744073709551616 is out of range"),
+    "index_offset 2**63": (attack(index_offset=2**63), ValueError, r"index_offset=9223372036854775808 is out of range"),
+    "batch_size True": (attack(batch_size=True), TypeError, r"batch_size must be an integer, got True \(bool\)"),
+    "max_iter True": (attack(max_iter=True), TypeError, r"max_iter must be an integer, got True"),
+    "si_copies True": (attack(si_copies=True), TypeError, r"si_copies must be an integer, got True"),
+    "evaluate batch_size True": (lambda: fa.evaluate(MODEL, X, Y, batch_size=True), TypeError, "batch_size must be an integer"),
+    "compare batch_size True": (lambda: fa.compare(MODEL, X, Y, ["FGSM"], {"v": MODEL}, batch_size=True), TypeError, "batch_size must be an integer"),
+    "compare seed False": (lambda: fa.compare(MODEL, X, Y, ["FGSM"], {"v": MODEL}, seed=False), TypeError, "seed must be an integer"),
+    "run_study chunk_size True": (lambda: fa.run_study({"s": MODEL}, {"v": MODEL}, (X, Y), out_dir="/tmp/never-study", chunk_size=True), TypeError, "chunk_size must be an integer"),
+    "select n True": (lambda: data.select(data.Dataset(None, (), np.zeros(0, np.int64), "flat"), MODEL, True, 8), TypeError, "n must be an integer"),
+    # a model's own error is its own, not the image size's
+    "forward raises": (lambda: fa.attack(fa.load_model(Boom(), name="boom", mode="pixels"), X, Y), RuntimeError, r"model 'boom' failed on a 8x8 image: .*boom"),
+    "forward raises (predict)": (lambda: fa.load_model(Boom(), name="boom", mode="pixels").predict(X), RuntimeError, r"model 'boom' failed on a 8x8 image"),
+    # which names clash
+    "data names twice": (lambda: fa.run_study({"s": MODEL}, {"v": MODEL}, (X, Y, ["a", "b", "a"]), out_dir="/tmp/never-study"), ValueError, r"two images have the same name 'a' \(images 0 and 2\)"),
+    # one label check for attack, evaluate and compare
+    "compare label = K": (lambda: fa.compare(MODEL, X, [10, 0, 1], ["FGSM"], {"v": MODEL}), ValueError, r"labels\[0\]=10 out of range \[0, 10\) of model 'net'"),
+    "compare label = K, no surrogate": (lambda: fa.compare(None, X, [1, 10, 1], [("given", X)], {"v": MODEL}), ValueError, r"labels\[1\]=10 out of range \[0, 10\) of model 'v'"),
+    "attack label = K": (lambda: fa.attack(MODEL, X, [0, 1, 10]), ValueError, r"labels\[2\]=10 out of range \[0, 10\) of model 'net'"),
+    # a victim's predictions: one label per image
+    "victim predict one label": (lambda: fa.compare(None, X, Y, [("given", X)], {"one": OneLabel()}), ValueError, r"victim 'one': predict gave int64 of shape \(\) for 3 images"),
+    "plot_asr_at_rmse not a compare frame": (lambda: fa.figures.plot_asr_at_rmse(__import__("pandas").DataFrame({"attack": ["x"]})), ValueError, "expected a fairattack.compare table"),
     # callable oracle
     "oracle NCHW grad": (lambda: fa.attack(oracle(grad=lambda x: np.ones((len(x), 3, 8, 8))), X, Y), ValueError, r"oracle output 'grad' has shape \(3, 3, 8, 8\), expected \(3, 8, 8, 3\)"),
     "oracle flat loss 2-d": (lambda: fa.attack(oracle(loss=lambda x: np.ones((1, len(x)))), X, Y), ValueError, r"oracle output 'loss' has shape \(1, 3\)"),
@@ -200,7 +241,7 @@ def test_fractional_float_images_keep_the_budget():
 
 
 def test_nan_logits_are_failures_not_class_zero():
-    victim = fa.load_model(AlwaysNaN(), name="nan")
+    victim = fa.load_model(AlwaysNaN(), name="nan", mode="pixels")
     with pytest.warns(RuntimeWarning, match="non-finite logits for 3 of 3"):
         assert list(victim.predict(X)) == [-1, -1, -1]
     with pytest.warns(RuntimeWarning, match="left out of its error rate"):
@@ -224,3 +265,30 @@ def test_sixteen_bit_greyscale_png(tmp_path):
     got = data.load_image(tmp_path / "deep.png", 16)
     np.testing.assert_array_equal(got[..., 1], np.rint(values / 257.0).astype(np.uint8))
     assert got.min() == 0 and got.max() == 255
+
+
+def test_png_names_name_the_clash():
+    from fairattack import store
+
+    with pytest.raises(ValueError, match=r"same name: 'x/a\.png' and 'x/a\.png'"):
+        store.png_names(["x/a.png", "b.png", "x/a.png"])
+
+
+def test_flags_still_take_bools():
+    a = fa.attack(MODEL, X, Y, "PGD", max_iter=2, random_start=True, seed=1)
+    b = fa.attack(MODEL, X, Y, "PGD", max_iter=2, random_start=1, seed=1)
+    np.testing.assert_array_equal(a.images, b.images)
+
+
+def test_victims_given_as_model_paths_like_run_study(tmp_path):
+    """compare and evaluate take victims as run_study and the CLI do: TorchScript paths (and
+    registry names), named by their file."""
+    path = tmp_path / "victim.pt"
+    models.export(Net(), path, 16, mode=None, mean=0.0, std=1.0)
+    victim = fa.load_model(path)
+    df = fa.compare(None, X, Y, [("given", X)], [str(path)], rmse=[1], n_boot=0)
+    assert set(df["victim"]) == {"victim", "mean"}
+    want = fa.compare(None, X, Y, [("given", X)], {"victim": victim}, rmse=[1], n_boot=0)
+    assert df["asr"].tolist() == want["asr"].tolist()
+    rates = fa.evaluate([path], X, Y)
+    assert rates["victim"] == fa.evaluate({"victim": victim}, X, Y)["victim"]

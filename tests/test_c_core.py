@@ -74,4 +74,30 @@ def test_cuda_kernels_compile(tmp_path):
     if nvcc() is None:
         pytest.skip("nvcc not found")
     make(tmp_path, "cuda-check", NVCC=nvcc())
-    assert (tmp_path / "backend_cuda.o").stat().st_size > 0
+    sources = sorted((TESTS.parent / "cuda").glob("*.cu"))
+    assert {"backend_cuda", "kernels", "memory"} <= {s.stem for s in sources}
+    for source in sources:
+        assert (tmp_path / f"{source.stem}.o").stat().st_size > 0, source.name
+
+
+def test_no_two_core_files_call_each_other(tmp_path):
+    """Dependencies point one way inside csrc/core too: from each object's undefined symbols
+    (nm), no pair of files uses a function of the other (e.g. budget.c above the CPU backend,
+    the scale solver below both)."""
+    cc = c_compiler()
+    if cc is None or shutil.which("nm") is None:
+        pytest.skip("needs a C compiler and nm")
+    core = TESTS.parent / "core"
+    defined, used = {}, {}
+    for source in sorted(core.glob("*.c")):
+        obj = tmp_path / f"{source.stem}.o"
+        subprocess.run([cc, "-std=c11", "-O1", f"-I{TESTS.parent / 'include'}", f"-I{core}", "-c",
+                        str(source), "-o", str(obj)], check=True, capture_output=True)
+        symbols = subprocess.run(["nm", str(obj)], capture_output=True, text=True,
+                                 check=True).stdout.split("\n")
+        defined[source.name] = {s.split()[-1] for s in symbols if re.match(r"\S+ [TD] ", s)}
+        used[source.name] = {s.split()[-1] for s in symbols if re.match(r"\s+U ", s)}
+    calls = {(a, b) for a in used for b in defined if a != b and used[a] & defined[b]}
+    assert ("budget.c", "scale.c") in calls and ("backend_cpu.c", "scale.c") in calls
+    both_ways = sorted((a, b) for a, b in calls if (b, a) in calls and a < b)
+    assert not both_ways, f"files calling each other: {both_ways}"

@@ -75,7 +75,7 @@ def test_run_then_report(user_files):
     (["run", "--surrogates", "efficientnet-lite0", "--victims", "lite9", "--data", "."],
      "victims: unknown model 'lite9'"),
     (["run", "--surrogates", "efficientnet-lite0", "--victims", "efficientnet-lite1", "--data",
-      ".", "--attack", "pgd"], "NAME=OPTIMIZER"),
+      ".", "--attack", "pgd="], "NAME=OPTIMIZER"),
     (["run", "--surrogates", "efficientnet-lite0", "--victims", "efficientnet-lite1", "--data",
       ".", "--attack", "x=PGD,di_prob"], "'di_prob' is not key=value"),
     (["run", "--surrogates", "efficientnet-lite0", "--victims", "efficientnet-lite1", "--data",

@@ -74,6 +74,12 @@ def test_compare_folders_then_resume(folders):
     assert (out_dir / "compare.md").read_text().startswith("# Fair comparison")
     per = pd.read_csv(out_dir / "per_image.csv")
     assert set(per["name"]) == {f.name for f in files}
+    # the documented round trip: paired_test on the per-image table read back from this file
+    # (pd.read_csv gives the rmse column back as text: '2.0', 'native')
+    typed = per.assign(rmse=per["rmse"].map(lambda v: v if v == "native" else float(v)))
+    for r in (2, 5.0, "native"):
+        assert fa.paired_test(per, "noise", "sign", r, "victim") == \
+            fa.paired_test(typed, "noise", "sign", r, "victim")
 
     again = cli(*args)
     assert again.returncode == 0, again.stderr

@@ -23,8 +23,8 @@ class ChannelMean(torch.nn.Module):
 
 @pytest.fixture(scope="module")
 def victims():
-    return {"red": fa.load_model(ChannelMean(0), name="red"),
-            "green": fa.load_model(ChannelMean(1), name="green")}
+    return {"red": fa.load_model(ChannelMean(0), name="red", mode="pixels"),
+            "green": fa.load_model(ChannelMean(1), name="green", mode="pixels")}
 
 
 def uniform_images(red, green, size=5):

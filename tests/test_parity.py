@@ -44,7 +44,8 @@ def small():
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (16, 32, 32, 3)).astype(np.uint8)
     labels = rng.integers(0, 10, 16)
-    return fa.load_model(net, name="small"), parity.UnitRange(net).eval(), images, labels
+    return (fa.load_model(net, name="small", mode="pixels"), parity.UnitRange(net).eval(), images,
+            labels)
 
 
 @pytest.fixture(scope="module")

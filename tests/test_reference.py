@@ -25,8 +25,8 @@ def make_batch(n, seed=1, oracle=None):
 def run_both(name, setting, n=3, **overrides):
     x, y, oracle = make_batch(n)
     res = fa.attack(oracle, x, y, optimizer=name, setting=setting, **overrides)
-    refs = [reference_attack(oracle, x[i].astype(np.float64), int(y[i]), name, res.config)
-            for i in range(n)]
+    refs = [reference_attack(oracle, x[i].astype(np.float64), int(y[i]), name, res.config,
+                             index=i) for i in range(n)]
     return x, y, res, refs
 
 

@@ -109,7 +109,7 @@ def reference(net, x, labels):
 @pytest.fixture(scope="module")
 def depthwise():
     net = DepthwiseNet().eval()
-    return net, fa.load_model(net)
+    return net, fa.load_model(net, mode="pixels")
 
 
 # ------------------------------------------------------------------ grad mode of the caller
@@ -141,7 +141,7 @@ def test_model_loaded_inside_inference_mode_gives_gradients(depthwise):
     x = images(3)
     labels = model.predict(x)
     with torch.inference_mode():
-        loaded = fa.load_model(net)
+        loaded = fa.load_model(net, mode="pixels")
     loss, grad = loaded.loss_and_grad(x, labels)  # parameters are not inference tensors
     want_loss, want_grad = model.loss_and_grad(x, labels)
     np.testing.assert_array_equal(grad, want_grad)
@@ -151,7 +151,7 @@ def test_model_loaded_inside_inference_mode_gives_gradients(depthwise):
 
 
 def test_non_finite_logits_give_pred_minus_one_and_nan_loss():
-    model = fa.load_model(NaNRows())
+    model = fa.load_model(NaNRows(), mode="pixels")
     x = images(6, seed=3)
     x[:, 0, 0, 0] = 100
     x[1, 0, 0, 0], x[4, 0, 0, 0] = 0, 255  # NaN logit in row 1, +-inf in row 4
@@ -177,7 +177,7 @@ def test_non_finite_logits_give_pred_minus_one_and_nan_loss():
 
 
 def test_the_model_sees_channels_last_memory():
-    model = fa.load_model(LayoutProbe())
+    model = fa.load_model(LayoutProbe(), mode="pixels")
     x = images(4, size=9)
     logits = model.logits(x)  # forward only
     np.testing.assert_array_equal(logits[:, :2], [[1.0, 0.0]] * 4)
@@ -214,7 +214,7 @@ def test_inputs_are_unchanged(depthwise, kind):
 
 
 def test_a_model_that_writes_into_its_input_is_an_error():
-    model = fa.load_model(InPlace())
+    model = fa.load_model(InPlace(), mode="pixels")
     x = images(2).astype(np.float32)
     with pytest.raises(RuntimeError, match="modified its input in place"):
         model.predict(x)
@@ -233,11 +233,11 @@ def test_a_model_that_writes_into_its_input_is_an_error():
 ])
 def test_bad_device_names(device, match):
     with pytest.raises(ValueError, match=match):
-        fa.load_model(DepthwiseNet(), device=device)
+        fa.load_model(DepthwiseNet(), device=device, mode="pixels")
 
 
 def test_cpu_model_device():
-    model = fa.load_model(DepthwiseNet(), device=torch.device("cpu"))
+    model = fa.load_model(DepthwiseNet(), device=torch.device("cpu"), mode="pixels")
     assert (model.device, model.device_index) == ("cpu", -1)
     assert model._attack_device() == _core.DEVICE_CPU
 
@@ -246,7 +246,7 @@ def test_cpu_model_device():
 @pytest.mark.parametrize("device", ["cuda", "cuda:0", "cuda:3"])
 def test_cuda_without_a_gpu(device):
     with pytest.raises(RuntimeError, match=f"device='{device}' requested but no CUDA device"):
-        fa.load_model(DepthwiseNet(), device=device)
+        fa.load_model(DepthwiseNet(), device=device, mode="pixels")
 
 
 def test_cuda_marker_is_registered(pytestconfig):
@@ -258,7 +258,7 @@ def test_cuda_marker_is_registered(pytestconfig):
 def test_cuda_device_beyond_the_count_is_a_clear_error():
     count = torch.cuda.device_count()
     with pytest.raises(ValueError, match=f"torch sees {count} CUDA device"):
-        fa.load_model(DepthwiseNet(), device=f"cuda:{count}")
+        fa.load_model(DepthwiseNet(), device=f"cuda:{count}", mode="pixels")
 
 
 @pytest.mark.cuda
@@ -266,7 +266,7 @@ def test_cuda_device_beyond_the_count_is_a_clear_error():
 def test_cuda_model_matches_cpu(depthwise):
     net, cpu = depthwise
     last = torch.cuda.device_count() - 1
-    gpu = fa.load_model(net, device=f"cuda:{last}")
+    gpu = fa.load_model(net, device=f"cuda:{last}", mode="pixels")
     assert (gpu.device, gpu.device_index) == (f"cuda:{last}", last)
     x = images(6, size=16)
     labels = cpu.predict(x)
@@ -284,7 +284,7 @@ def test_cuda_model_matches_cpu(depthwise):
 def test_cuda_runs_on_the_callers_stream_and_any_current_device(depthwise):
     net, cpu = depthwise
     last = torch.cuda.device_count() - 1
-    gpu = fa.load_model(net, device=f"cuda:{last}")
+    gpu = fa.load_model(net, device=f"cuda:{last}", mode="pixels")
     x = images(4, size=16)
     labels = cpu.predict(x)
     want_loss, want_grad = gpu.loss_and_grad(x, labels)
@@ -297,6 +297,57 @@ def test_cuda_runs_on_the_callers_stream_and_any_current_device(depthwise):
     np.testing.assert_array_equal(loss, want_loss)
     np.testing.assert_array_equal(grad, want_grad)
     np.testing.assert_array_equal(again.images, res.images)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_attack_leaves_the_callers_device_current(depthwise):
+    """The core's device guard: after an attack on the last GPU, the caller's current device is
+    the one it had (the kernels made the model's GPU current only for their own calls)."""
+    net, cpu = depthwise
+    last = torch.cuda.device_count() - 1
+    gpu = fa.load_model(net, device=f"cuda:{last}", mode="pixels")
+    x = images(3, size=16)
+    torch.cuda.set_device(0)
+    fa.attack(gpu, x, cpu.predict(x), "Adam", "const_loss", max_iter=3, max_rmse=2.0)
+    assert torch.cuda.current_device() == 0
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_attack_memory_comes_from_torchs_allocator(depthwise):
+    """The attack's buffers (x0, x, g, d, m, v, best: n * dim floats each) go through torch's
+    caching allocator: torch's peak statistics see them, and they are returned after."""
+    net, cpu = depthwise
+    gpu = fa.load_model(net, device="cuda:0", mode="pixels")
+    x = images(16, size=64)
+    labels = cpu.predict(x)
+    fa.attack(gpu, x, labels, "Adam", "fixed", max_iter=1)  # warm: model, scratch
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated(0)
+    torch.cuda.reset_peak_memory_stats(0)
+    fa.attack(gpu, x, labels, "Adam", "const_loss", max_iter=3)
+    torch.cuda.synchronize()
+    assert torch.cuda.max_memory_allocated(0) - before >= 7 * x.size * 4
+    assert torch.cuda.memory_allocated(0) <= before + 2**20
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_per_image_sums_on_a_side_stream_are_complete(depthwise):
+    """MI-FGSM's mean |g|, the NaN check and stop_rmse read per-image sums back every step: on a
+    non-blocking side stream they must be those of the default stream's run."""
+    net, cpu = depthwise
+    gpu = fa.load_model(net, device="cuda:0", mode="pixels")
+    x = images(8, size=32, seed=2)
+    labels = cpu.predict(x)
+    kw = dict(optimizer="MI-FGSM", setting="fixed", max_iter=6, stop_rmse=3.0)
+    want = fa.attack(gpu, x, labels, **kw)
+    with torch.cuda.stream(torch.cuda.Stream(device=0)):
+        for _ in range(3):
+            got = fa.attack(gpu, x, labels, **kw)
+            np.testing.assert_array_equal(got.images, want.images)
+            np.testing.assert_array_equal(got.iterations, want.iterations)
 
 
 @pytest.mark.cuda
@@ -314,10 +365,10 @@ def test_cuda_kernels_have_an_image_for_this_gpu():
 
 
 def setup_functions():
-    """_arch_numbers and cuda_arch_flags from setup.py, without running setup()."""
+    """_arch_numbers, cuda_arch_flags and werror from setup.py, without running setup()."""
     tree = ast.parse((ROOT / "setup.py").read_text())
     keep = [node for node in tree.body if isinstance(node, ast.FunctionDef)
-            and node.name in ("_arch_numbers", "cuda_arch_flags")]
+            and node.name in ("_arch_numbers", "cuda_arch_flags", "werror")]
     keep += [node for node in tree.body if isinstance(node, ast.Assign)
              and any(getattr(t, "id", "") == "FALLBACK_ARCHS" for t in node.targets)]
     import re
@@ -377,3 +428,80 @@ def test_pgd_attack_is_finite_and_in_budget(depthwise):
     assert np.abs(res.images.astype(int) - x).max() <= 4
     assert (res.loss >= res.clean_loss - 1e-6).all()
     assert all(math.isfinite(v) for v in res.loss)
+
+
+@pytest.mark.parametrize("env, wanted", [
+    ({}, False),                                  # a user's pip install: no -Werror
+    ({"CI": "true"}, True),                       # CI services set CI=true
+    ({"CI": "1"}, True),
+    ({"CI": "false"}, False),
+    ({"FAIRATTACK_WERROR": "1"}, True),
+    ({"CI": "true", "FAIRATTACK_WERROR": "0"}, False),
+])
+def test_warnings_are_errors_only_in_ci(monkeypatch, env, wanted):
+    monkeypatch.delenv("CI", raising=False)
+    monkeypatch.delenv("FAIRATTACK_WERROR", raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert setup_functions()["werror"]() is wanted
+
+
+def test_every_header_is_a_build_dependency():
+    """build_ext rebuilds only when a source or a listed dependency changes: every header."""
+    text = (ROOT / "setup.py").read_text()
+    assert 'HEADERS = sorted(glob.glob("csrc/**/*.h", recursive=True))' in text
+    assert "depends=HEADERS" in text
+    headers = {p.name for p in (ROOT / "csrc").rglob("*.h")}
+    assert {"fa_math.h", "fa_backend.h", "fairattack.h", "fa_cuda.h", "fa_torch.h"} <= headers
+
+
+# ------------------------------------------------------------------ TorchScript's executor
+
+
+class Normalising(torch.nn.Module):
+    """The element-wise prologue TorchScript's fuser groups on the GPU (x / 127.5 - 1.0)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(3)
+        self.conv = torch.nn.Conv2d(3, 6, 3, padding=1)
+        self.head = torch.nn.Linear(6, 5)
+
+    def forward(self, x):
+        h = torch.tanh(self.conv(x / 127.5 - 1.0)) * 2.0 + 0.5
+        return self.head(h.mean((2, 3)))
+
+
+def test_the_graph_executor_runs_unoptimised():
+    """The shim's calls run TorchScript without profiling or fusion (nothing that changes after
+    the first calls): the graph the executor ran last on this thread has no profiling nodes,
+    no differentiable subgraph and no fusion group, on every call."""
+    model = fa.load_model(Normalising(), mode="pixels")
+    x = images(3, size=8, seed=4)
+    labels = np.array([0, 1, 2])
+    for _ in range(4):
+        model._core.run(x.astype(np.float32), labels, True, 0)
+        graph = str(torch._C._last_executed_optimized_graph())
+        for node in ("prim::profile", "DifferentiableGraph", "TensorExprGroup", "FusionGroup"):
+            assert node not in graph, (node, graph)
+    assert torch._C._get_graph_executor_optimize()  # the caller's setting is unchanged
+
+
+def test_results_do_not_depend_on_the_call_number_or_the_batch():
+    """The same images attacked again give the same bits; alone or in another batch, the same
+    images and step counts (the model's own matrix products may round the loss differently in
+    the last bit for another N: BLAS blocks by batch size)."""
+    model = fa.load_model(Normalising(), mode="pixels")
+    x = images(6, size=8, seed=5)
+    labels = model.predict(x)
+    kw = dict(optimizer="MI-FGSM", setting="fixed", eps=8, max_iter=4)
+    first = fa.attack(model, x, labels, batch_size=6, **kw)
+    again = fa.attack(model, x, labels, batch_size=6, **kw)
+    alone = fa.attack(model, x, labels, batch_size=1, **kw)
+    mixed = fa.attack(model, x[::-1].copy(), labels[::-1].copy(), batch_size=4, **kw)
+    assert np.array_equal(first.images, again.images)
+    assert np.array_equal(first.loss, again.loss) and np.array_equal(first.alpha, again.alpha)
+    for other, order in ((alone, slice(None)), (mixed, slice(None, None, -1))):
+        assert np.array_equal(first.images, other.images[order])
+        assert np.array_equal(first.iterations, other.iterations[order])
+        np.testing.assert_allclose(first.loss, other.loss[order], rtol=1e-6)

@@ -15,7 +15,7 @@ from tiny import SmallNet
 @pytest.fixture(scope="module")
 def net_and_model():
     net = SmallNet().eval()
-    return net, fa.load_model(net)
+    return net, fa.load_model(net, mode="pixels")
 
 
 class CountingOracle:
@@ -88,6 +88,7 @@ def test_counts_follow_the_loop(net_and_model, optimizer, setting, overrides):
     if optimizer in ("NAGD", "NI-FGSM") and loss_read:
         forwards += np.maximum(k - 1, 0) + (~capped) * (k >= 1)
     forwards += overrides.get("random_start", 0)
+    forwards += 1  # the forward of the returned uint8 image that gives res.pred
     np.testing.assert_array_equal(res.forward_evals, forwards)
     if optimizer == "GD":
         assert (res.status == "stop_loss").any()  # the stop rule took part
@@ -117,6 +118,31 @@ def test_si_copies_are_gradient_passes_and_calibration_adds_none(net_and_model):
     np.testing.assert_array_equal(ti.grad_evals, plain.grad_evals)
 
 
+def test_admix_bsr_sia_copies_and_vmi_neighbours_are_gradient_passes(net_and_model):
+    """Every transformed copy of Admix, BSR and SIA is one gradient pass (the product with SI's);
+    their gradient pass does not see x itself, so the loss at the cap is a forward of its own.
+    VMI-FGSM adds vmi_neighbours gradient passes per step to MI-FGSM's."""
+    _, model = net_and_model
+    x, y = batch(model)
+    y[:2] = (y[:2] + 1) % 10  # two classes at least for Admix's partners; two skipped images
+    kw = dict(max_iter=2, stop_loss=math.inf)
+    plain = fa.attack(model, x, y, "Adam", **kw)
+    ok = plain.status != "skipped"
+    cases = [(dict(admix_copies=2, admix_scales=2), 4), (dict(bsr_copies=2), 2),
+             (dict(sia_copies=3), 3), (dict(bsr_copies=2, si_copies=2), 4)]
+    for transform, copies in cases:
+        res = fa.attack(model, x, y, "Adam", **kw, **transform)
+        np.testing.assert_array_equal(res.grad_evals[ok], copies * plain.grad_evals[ok])
+        np.testing.assert_array_equal(res.grad_evals[~ok], np.full((~ok).sum(), copies))
+        # the plain loss at every step (const_loss reads it) and at the cap, and pred's
+        np.testing.assert_array_equal(res.forward_evals[ok], np.full(ok.sum(), kw["max_iter"] + 2))
+    mi = fa.attack(model, x, y, "MI-FGSM", max_iter=3)
+    vmi = fa.attack(model, x, y, "VMI-FGSM", max_iter=3, vmi_neighbours=4)
+    stepped = (mi.status == "max_iter") & (vmi.status == "max_iter")
+    assert stepped.any()
+    np.testing.assert_array_equal(vmi.grad_evals[stepped], mi.grad_evals[stepped] + 3 * 4)
+
+
 def test_di_needs_a_plain_forward_for_the_loss(net_and_model):
     """Under DI the gradient pass sees transformed images: the loss at x_k is one more forward
     wherever the loop reads it (every step of const_loss, only k = 0 and the cap of fixed)."""
@@ -125,9 +151,9 @@ def test_di_needs_a_plain_forward_for_the_loss(net_and_model):
     cap = 3
     loss_stopped = fa.attack(model, x, y, "Adam", max_iter=cap, stop_loss=math.inf, di_prob=1.0)
     np.testing.assert_array_equal(loss_stopped.grad_evals, np.full(len(x), cap))
-    np.testing.assert_array_equal(loss_stopped.forward_evals, np.full(len(x), cap + 1))
+    np.testing.assert_array_equal(loss_stopped.forward_evals, np.full(len(x), cap + 2))  # + pred
     fixed = fa.attack(model, x, y, "PGD", "fixed", max_iter=cap, di_prob=1.0)
-    np.testing.assert_array_equal(fixed.forward_evals, np.full(len(x), 2))
+    np.testing.assert_array_equal(fixed.forward_evals, np.full(len(x), 3))
 
 
 def test_skipped_images_count_the_clean_pass_and_summaries_carry_means(net_and_model):
@@ -147,12 +173,12 @@ def test_skipped_images_count_the_clean_pass_and_summaries_carry_means(net_and_m
 def test_compare_rows_carry_the_mean_spend(net_and_model):
     net, model = net_and_model
     x, y = batch(model, n=4)
-    other = fa.load_model(SmallNet().eval())
+    other = fa.load_model(SmallNet().eval(), mode="pixels")
     df = fa.compare(model, x, y, attacks=[{"name": "pgd3", "optimizer": "PGD", "max_iter": 3},
                                           ("copy", lambda a, b: a)],
                     victims={"v": other}, rmse=[2], n_boot=0)
     pgd = df[df["attack"] == "pgd3"]
-    assert (pgd["grad_evals_mean"] == 3).all() and (pgd["forward_evals_mean"] == 1).all()
+    assert (pgd["grad_evals_mean"] == 3).all() and (pgd["forward_evals_mean"] == 2).all()
     assert df[df["attack"] == "copy"]["grad_evals_mean"].isna().all()  # not run by fairattack
     budget = fa.compare(model, x, y, attacks=[{"name": "pgd3", "optimizer": "PGD",
                                                "max_iter": 3}],

@@ -26,8 +26,8 @@ OPTIMIZERS = ["GD", "Adam"]
 SETTINGS = ["const_loss", "rmse_loss"]
 NUMERIC = ["n_images", "n_skipped", "n_failed", "n_stop_loss", "n_stop_rmse", "n_max_iter",
            "n_target_not_reached", "rmse", "linf", "l2", "l1", "l0", "psnr", "ssim", "loss",
-           "iterations", "surrogate_fooling_rate", "err_v1", "err_v2", "asr", "asr_ci_low",
-           "asr_ci_high"]
+           "iterations", "surrogate_fooling_rate", "err_v1", "err_v2", "n_failed_v1",
+           "n_failed_v2", "asr", "asr_ci_low", "asr_ci_high"]
 
 
 class TinyNet(torch.nn.Module):
@@ -122,8 +122,9 @@ def test_results_csv_rows_columns_and_files(tiny, tmp_path):
                 "n_skipped",
                 "n_failed", "n_stop_loss", "n_stop_rmse", "n_max_iter", "n_target_not_reached",
                 "rmse", "linf", "l2", "l1", "l0", "psnr", "ssim", "loss", "iterations",
-                "grad_evals", "forward_evals", "surrogate_fooling_rate", "err_v1", "err_v2",
-                "asr", "asr_ci_low", "asr_ci_high", "seconds"]
+                "grad_evals", "forward_evals", "surrogate_fooling_rate", "err_v1",
+                "clean_err_v1", "err_v2", "clean_err_v2", "n_failed_v1", "n_failed_v2", "asr",
+                "asr_ci_low", "asr_ci_high", "seconds"]
     assert list(df.columns) == expected
     capped = df["n_max_iter"] == df["n_images"]  # no early stop: one gradient per step
     assert (df.loc[capped, "grad_evals"] >= df.loc[capped, "iterations"]).all()
@@ -366,7 +367,8 @@ def test_interrupted_study_keeps_finished_work_and_resumes(tiny, tmp_path, monke
     reference = small_study(tiny, tmp_path / "reference")
 
     class InterruptingVictim(Model):
-        """v1, pressing Ctrl-C during its third evaluation (the third cell)."""
+        """v1, pressing Ctrl-C during its fourth call: the third cell's evaluation (the
+        second call is the clean images' baseline, once per surrogate)."""
 
         def __init__(self):
             loaded = fa.load_model(paths["v1"], name="v1")
@@ -375,7 +377,7 @@ def test_interrupted_study_keeps_finished_work_and_resumes(tiny, tmp_path, monke
 
         def predict(self, images, batch_size=64):
             self.calls += 1
-            if self.calls == 3:
+            if self.calls == 4:
                 raise KeyboardInterrupt
             return super().predict(images, batch_size=batch_size)
 

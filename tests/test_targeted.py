@@ -18,7 +18,7 @@ LOSS_INDEX = {name: i for i, name in enumerate(_core.LOSSES)}
 @pytest.fixture(scope="module")
 def net_and_model():
     net = SmallNet().eval()
-    return net, fa.load_model(net)
+    return net, fa.load_model(net, mode="pixels")
 
 
 def batch(model, n=6, size=12, seed=0):
@@ -199,7 +199,8 @@ def test_a_callable_takes_array_targets_and_ce_only(net_and_model):
 def test_compare_targeted_asr_is_the_victims_target_rate(net_and_model):
     _, model = net_and_model
     x, y = batch(model)
-    victim = fa.load_model(SmallNet().eval())  # the same weights: what hits the surrogate hits it
+    # the same weights: what hits the surrogate hits it
+    victim = fa.load_model(SmallNet().eval(), mode="pixels")
     targets = (y + 2) % 10
     kw = dict(eps=32, max_iter=20)
     df = fa.compare(model, x, y, attacks=[{"name": "pgd", "optimizer": "PGD", **{

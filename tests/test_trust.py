@@ -39,7 +39,7 @@ class NaNAbove(torch.nn.Module):
 @pytest.fixture(scope="module")
 def small():
     net = SmallNet().eval()
-    return net, fa.load_model(net, name="small")
+    return net, fa.load_model(net, name="small", mode="pixels")
 
 
 def batch(model, n=6, size=12, seed=0):
@@ -188,8 +188,9 @@ def test_eps_below_half_a_level_with_fractional_images_is_refused(small):
     _, model = small
     clean = np.full((1, 8, 8, 3), 100.3, np.float32)
     with pytest.raises(ValueError, match=r"eps=0\.25 < 0\.5 with non-integer clean images"):
-        fa.attack(model, clean, [0], "PGD", eps=0.25)
-    res = fa.attack(model, np.rint(clean), model.predict(np.rint(clean)), "PGD", eps=0.25)
+        fa.attack(model, clean, [0], "PGD", eps=0.25, allow_subpixel=True)
+    res = fa.attack(model, np.rint(clean), model.predict(np.rint(clean)), "PGD", eps=0.25,
+                    allow_subpixel=True)
     assert np.all(res.images == 100)  # integer clean images: eps < 0.5 leaves them as they are
 
 
@@ -203,7 +204,7 @@ def test_a_torch_module_as_model_says_load_model(small):
 
 
 def test_images_the_model_cannot_take_name_their_size():
-    model = fa.load_model(FixedSize(), name="fixed8")
+    model = fa.load_model(FixedSize(), name="fixed8", mode="pixels")
     ok = np.zeros((2, 8, 8, 3), np.uint8)
     model.predict(ok)
     bad = np.zeros((2, 12, 10, 3), np.uint8)
@@ -326,7 +327,7 @@ def test_evaluate_an_attack_result_counts_attacked_images_only(small):
     y[[1, 4]] = (y[[1, 4]] + 1) % 10  # the surrogate gets these wrong: skipped
     res = fa.attack(model, x, y, "PGD", max_iter=3)
     assert list(np.flatnonzero(~res.attacked_mask)) == [1, 4]
-    victims = {"v": fa.load_model(SmallNet().eval(), name="v")}
+    victims = {"v": fa.load_model(SmallNet().eval(), name="v", mode="pixels")}
     rates = fa.evaluate(victims, res)
     want = fa.evaluate(victims, res.images[res.attacked_mask], res.labels[res.attacked_mask])
     assert rates["v"] == want["v"] and rates.attrs["n_images"] == 6
@@ -339,7 +340,7 @@ def test_evaluate_an_attack_result_counts_attacked_images_only(small):
 
 
 def test_non_finite_logits_are_failures_not_class_zero():
-    victim = fa.load_model(NaNAbove(), name="nan-above")
+    victim = fa.load_model(NaNAbove(), name="nan-above", mode="pixels")
     levels = np.array([0, 3, 7, 9, 2, 0])   # red levels 7 and 9: NaN logits
     labels = np.array([0, 3, 0, 0, 5, 1])   # right, right, -, -, wrong, wrong
     images = np.zeros((6, 4, 4, 3), np.uint8)
@@ -423,7 +424,7 @@ def test_loading_or_exporting_leaves_the_users_module_unchanged(tmp_path):
     net = SmallNet().train()
     before = _state(net)
     weights = [p.detach().clone() for p in net.parameters()]
-    fa.load_model(net)
+    fa.load_model(net, mode="pixels")
     assert _state(net) == before == (True, [True] * len(before[1]))
     models.export(net, tmp_path / "net.pt", input_size=12, mode="tf")
     assert _state(net) == before
@@ -438,8 +439,8 @@ def test_library_jit_calls_print_no_warnings(tmp_path):
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        fa.load_model(SmallNet())
-        fa.load_model(Unscriptable())
+        fa.load_model(SmallNet(), mode="pixels")
+        fa.load_model(Unscriptable(), mode="pixels")
         path = models.export(SmallNet(), tmp_path / "net.pt", input_size=12)
         models.export(Unscriptable(), tmp_path / "traced.pt", input_size=12)
         fa.load_model(path)

@@ -13,7 +13,7 @@
 #include "fa_backend.h"
 
 /* backend buffers, n * dim floats each; NULL when the optimizer does not need one */
-enum { B_X0, B_X, B_G, B_D, B_M, B_V, B_XT, B_BEST, B_COUNT };
+enum { B_X0, B_X, B_G, B_D, B_M, B_V, B_XT, B_BEST, B_ACC, B_NB, B_COUNT };
 
 typedef struct {
     const fa_config *cfg;
@@ -31,13 +31,16 @@ typedef struct {
     int64_t *fin;         /* the image position of a finished row (orig[r] is then -1)      */
     int64_t *rows;        /* scratch: row numbers for copy_rows / fetch_rows               */
     float **dst;          /* scratch: destinations of fetch_rows                           */
-    float *loss, *best_loss, *alpha, *step, *rm, *asum, *gnorm, *pcoef;
+    float *loss, *best_loss, *alpha, *step, *rm, *asum, *gnorm, *pcoef, *coef;
     int need_loss;        /* a rule looks at the per-step loss (best iterate, loss stop)      */
     void *host_block;
 } run_state;
 
+static int variance_tuned(int opt) { return opt == FA_OPT_VMIFGSM || opt == FA_OPT_VNIFGSM; }
+
 static int needs_v(int opt) {
-    return opt == FA_OPT_ADAM || opt == FA_OPT_LADAM || opt == FA_OPT_ADABELIEF ||
+    return variance_tuned(opt) || opt == FA_OPT_ADAM || opt == FA_OPT_LADAM ||
+           opt == FA_OPT_ADABELIEF ||
            opt == FA_OPT_MSVAG || opt == FA_OPT_RMSPROP || opt == FA_OPT_ADAMW ||
            opt == FA_OPT_YOGI;
 }
@@ -46,7 +49,9 @@ static int needs_m(int opt) {
     return opt != FA_OPT_GD && opt != FA_OPT_FGSM && opt != FA_OPT_PGD && opt != FA_OPT_RMSPROP;
 }
 
-static int lookahead(int opt) { return opt == FA_OPT_NAGD || opt == FA_OPT_NIFGSM; }
+static int lookahead(int opt) {
+    return opt == FA_OPT_NAGD || opt == FA_OPT_NIFGSM || opt == FA_OPT_VNIFGSM;
+}
 
 static void state_free(run_state *s) {
     for (int b = 0; b < B_COUNT; b++)
@@ -61,13 +66,14 @@ static fa_status state_new(run_state *s) {
     for (int b = 0; b < B_COUNT; b++) {
         const int want = (b == B_M && !needs_m(opt)) || (b == B_V && !needs_v(opt)) ||
                                  (b == B_XT && !lookahead(opt)) ||
+                                 ((b == B_ACC || b == B_NB) && !variance_tuned(opt)) ||
                                  (b == B_BEST && s->cfg->returns != FA_RETURNS_BEST)
                              ? 0
                              : 1;
         if (want && (st = s->be->alloc((void **)&s->buf[b], bytes)) != FA_OK)
             return st;
     }
-    s->host_block = malloc(rows * (8 * sizeof(int64_t) + sizeof(float *) + 8 * sizeof(float)) + 1);
+    s->host_block = malloc(rows * (8 * sizeof(int64_t) + sizeof(float *) + 9 * sizeof(float)) + 1);
     if (s->host_block == NULL)
         return fa_set_error(FA_ERR_MEMORY, "fa_attack: out of host memory");
     int64_t *p = (int64_t *)s->host_block;
@@ -77,7 +83,7 @@ static fa_status state_new(run_state *s) {
     float *f = (float *)(s->dst + rows);
     s->loss = f, s->best_loss = f + rows, s->alpha = f + 2 * rows, s->step = f + 3 * rows;
     s->rm = f + 4 * rows, s->asum = f + 5 * rows, s->gnorm = f + 6 * rows;
-    s->pcoef = f + 7 * rows;
+    s->pcoef = f + 7 * rows, s->coef = f + 8 * rows;
     return FA_OK;
 }
 
@@ -215,7 +221,8 @@ static fa_status direction(run_state *s, int k, const float *at) {
     const fa_config *c = s->cfg;
     const float *gnorm = NULL, *pcoef = NULL;
     fa_status st;
-    if (c->optimizer == FA_OPT_MIFGSM || c->optimizer == FA_OPT_NIFGSM) {
+    if (c->optimizer == FA_OPT_MIFGSM || c->optimizer == FA_OPT_NIFGSM ||
+        variance_tuned(c->optimizer)) {
         /* g / mean |g| over the image's values, as the reference code and every peer (SPEC 3) */
         for (int64_t r = 0; r < s->n; r++)
             s->gnorm[r] = s->asum[r] > 0.0f ? s->asum[r] / (float)s->dim : 1.0f;
@@ -230,8 +237,59 @@ static fa_status direction(run_state *s, int k, const float *at) {
         }
         pcoef = s->pcoef;
     }
+    fa_config as_mi; /* VMI/VNI: MI's rule on g + v (variance()); B_V is theirs, not Adam's */
+    if (variance_tuned(c->optimizer)) {
+        as_mi = *c;
+        as_mi.optimizer = FA_OPT_MIFGSM;
+        c = &as_mi;
+    }
     return s->be->direction(c, k, s->n, s->dim, at, s->buf[B_X0], s->buf[B_G], gnorm, pcoef,
                             s->buf[B_M], s->buf[B_V], s->buf[B_D]);
+}
+
+/* All running rows' coef = value (the per-row scale of a backend step). */
+static const float *fill(run_state *s, float value) {
+    for (int64_t r = 0; r < s->n; r++)
+        s->coef[r] = value;
+    return s->coef;
+}
+
+/* Variance tuning (VMI/VNI-FGSM, fa_config): with g_k in B_G and v_{k-1} in B_V, samples the
+ * vmi_neighbours gradients around x_k (B_X) and leaves B_G = g_k + v_{k-1} (with its abs sum,
+ * the direction's input) and B_V = v_k = mean_j g(x_k + u_j) - g_k. The neighbours' gradient
+ * calls go through the same oracle (transforms and counters apply). */
+static fa_status variance(run_state *s, int k) {
+    const fa_config *c = s->cfg;
+    const fa_backend *be = s->be;
+    const int nb = c->vmi_neighbours;
+    const float inf = INFINITY;
+    fa_status st;
+    float *swap = s->buf[B_D]; /* g_k moves to B_D (free until the direction is computed) */
+    s->buf[B_D] = s->buf[B_G], s->buf[B_G] = swap;
+    /* B_ACC = -g_k, then += g_j / N */
+    if ((st = be->step(s->n, s->dim, s->buf[B_D], s->buf[B_X0], s->buf[B_D], fill(s, -2.0f),
+                       1.0f, inf, 0.0f, s->buf[B_ACC])) != FA_OK)
+        return st;
+    for (int j = 0; j < nb; j++) {
+        const uint64_t seed =
+            c->seed + 0x9E3779B97F4A7C15ULL * (1u + (uint64_t)k * (uint64_t)nb + (uint64_t)j);
+        if ((st = be->random_start(s->n, s->dim, s->buf[B_X], c->vmi_beta * c->eps, seed,
+                                   s->index, s->buf[B_NB])) != FA_OK ||
+            (st = ask(s, s->buf[B_NB], 1, 0)) != FA_OK || (st = drop_nan_grads(s, k)) != FA_OK)
+            return st;
+        if (s->n == 0)
+            return FA_OK;
+        if ((st = be->step(s->n, s->dim, s->buf[B_ACC], s->buf[B_X0], s->buf[B_G],
+                           fill(s, 1.0f / (float)nb), 1.0f, inf, 0.0f, s->buf[B_ACC])) != FA_OK)
+            return st;
+    }
+    /* B_G = g_k + v_{k-1} (v_{-1} = 0: B_V starts at zero like every state), B_V = v_k */
+    if ((st = be->step(s->n, s->dim, s->buf[B_D], s->buf[B_X0], s->buf[B_V], fill(s, 1.0f),
+                       1.0f, inf, 0.0f, s->buf[B_G])) != FA_OK)
+        return st;
+    swap = s->buf[B_V];
+    s->buf[B_V] = s->buf[B_ACC], s->buf[B_ACC] = swap;
+    return be->abs_sum(s->n, s->dim, s->buf[B_G], s->asum);
 }
 
 static fa_status loop(run_state *s) {
@@ -241,8 +299,9 @@ static fa_status loop(run_state *s) {
     const int jump = c->optimizer == FA_OPT_NAGD && c->nesterov == FA_NESTEROV_AUTHORS;
     /* NI-FGSM's look-ahead point only serves the gradient: unprojected, as in the reference
      * code; NAGD's (authors') jump is an iterate: projected like every other */
-    const float ahead_eps = c->optimizer == FA_OPT_NIFGSM ? INFINITY : c->eps;
-    const float ahead_budget = c->optimizer == FA_OPT_NIFGSM ? 0.0f : c->max_rmse;
+    const int ni = c->optimizer == FA_OPT_NIFGSM || c->optimizer == FA_OPT_VNIFGSM;
+    const float ahead_eps = ni ? INFINITY : c->eps;
+    const float ahead_budget = ni ? 0.0f : c->max_rmse;
     fa_status st;
     for (int k = 0; s->n > 0; k++) {
         if (s->oracle->should_stop && s->oracle->should_stop(s->oracle->ctx))
@@ -272,6 +331,12 @@ static fa_status loop(run_state *s) {
             if (s->n == 0)
                 break;
             at = s->buf[B_XT];
+        }
+        if (variance_tuned(c->optimizer)) {
+            if ((st = variance(s, k)) != FA_OK)
+                return st;
+            if (s->n == 0)
+                break;
         }
         if ((st = direction(s, k, at)) != FA_OK)
             return st;

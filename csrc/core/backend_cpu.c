@@ -59,6 +59,8 @@ static fa_status cpu_direction(const fa_config *cfg, int k, int64_t n, int64_t d
         case FA_OPT_PGD: DIRECTION_ROW(FA_OPT_PGD); break;
         case FA_OPT_MIFGSM: DIRECTION_ROW(FA_OPT_MIFGSM); break;
         case FA_OPT_NIFGSM: DIRECTION_ROW(FA_OPT_NIFGSM); break;
+        case FA_OPT_VMIFGSM: /* MI's rule on g + v (the loop forms g + v: attack.c variance()) */
+        case FA_OPT_VNIFGSM: DIRECTION_ROW(FA_OPT_MIFGSM); break;
         default: return fa_set_error(FA_ERR_INTERNAL, "direction: optimizer %d", c.optimizer);
         }
     }
@@ -67,10 +69,11 @@ static fa_status cpu_direction(const fa_config *cfg, int k, int64_t n, int64_t d
 #undef DIRECTION_ROW
 
 /* The scale of the joint projection of one row's step (fa_step_value's mu): -1 when the l-inf
- * projection already meets the RMSE budget (or the budget is off). scratch: dim floats. */
+ * projection already meets the RMSE budget, when the budget is off, and for eps = INFINITY (no
+ * projection at all, as on every backend). scratch: dim floats. */
 static double joint_scale(int64_t dim, const float *x, const float *x0, const float *d, float a,
                           float eps, float max_rmse, float *scratch) {
-    if (max_rmse <= 0.0f)
+    if (max_rmse <= 0.0f || isinf(eps))
         return -1.0;
     double s = 0.0;
     for (int64_t j = 0; j < dim; j++) {
@@ -89,11 +92,6 @@ static double joint_scale(int64_t dim, const float *x, const float *x0, const fl
 /* One row of P(x + a * d) into out (may alias x). */
 static void step_row(int64_t dim, const float *x, const float *x0, const float *d, float a,
                      float eps, float max_rmse, float *scratch, float *out) {
-    if (isinf(eps)) { /* no projection */
-        for (int64_t j = 0; j < dim; j++)
-            out[j] = x[j] + fa_mul(a, d[j]);
-        return;
-    }
     const double mu = joint_scale(dim, x, x0, d, a, eps, max_rmse, scratch);
     for (int64_t j = 0; j < dim; j++)
         out[j] = fa_step_value(x[j], x0[j], d[j], a, eps, mu);
@@ -117,7 +115,8 @@ static fa_status cpu_step_rmse(int64_t n, int64_t dim, const float *x, const flo
                                const float *ref, const float *d, const float *alpha, float eps,
                                float max_rmse, float *out_host) {
     float *scratch = NULL;
-    if (max_rmse > 0.0f && (scratch = malloc((size_t)dim * sizeof(float))) == NULL)
+    if (max_rmse > 0.0f && !isinf(eps) &&
+        (scratch = malloc((size_t)dim * sizeof(float))) == NULL)
         return fa_set_error(FA_ERR_MEMORY, "step_rmse: out of host memory");
     for (int64_t i = 0; i < n; i++) {
         const int64_t o = i * dim;

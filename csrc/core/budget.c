@@ -1,50 +1,14 @@
 /*
- * budget.c -- the fair comparison's exact budgets (SPEC 8) on host memory: the scale solver
- * shared by the joint l-inf + RMSE projection and by RMSE matching, the joint projection of
- * whole images (fa_project_rmse) and the matching of any adversarial image to a target RMSE
- * (fa_match_rmse), optionally quantised to the integer values a uint8 image holds.
+ * budget.c -- the public entry points of the fair comparison's exact budgets (SPEC 8) on host
+ * memory: the joint projection of whole images (fa_project_rmse, the CPU backend's step) and
+ * the matching of any adversarial image to a target RMSE (fa_match_rmse, scale.c's solver),
+ * optionally quantised to the integer values a uint8 image holds.
  */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "fa_backend.h"
-
-double fa_solve_scale(int64_t dim, const float *t, const float *x0, float eps, double R,
-                      double mu_max, double *s_out) {
-    double mu = 0.0, s = 0.0;
-    for (int pass = 0; pass < FA_SCALE_PASSES; pass++) {
-        double s_free = 0.0, s_sat = 0.0;
-        for (int64_t j = 0; j < dim; j++) {
-            int sat;
-            const double v = fa_scaled(mu, t[j], fa_lower(x0[j], eps), fa_upper(x0[j], eps), &sat);
-            if (sat)
-                s_sat += v * v;
-            else
-                s_free += (double)t[j] * (double)t[j];
-        }
-        s = s_sat + mu * mu * s_free;
-        if (!(s_free > 0.0))
-            break; /* every value saturated (or no perturbation): nothing scales any more */
-        double next = sqrt((R > s_sat ? R - s_sat : 0.0) / s_free);
-        if (next > mu_max)
-            next = mu_max;
-        if (!(next > mu))
-            break; /* converged: the partition no longer changes */
-        mu = next;
-        if (mu == mu_max)
-            break;
-    }
-    /* S at the final mu (the loop's s belongs to the mu it started the pass with) */
-    s = 0.0;
-    for (int64_t j = 0; j < dim; j++) {
-        int sat;
-        const double v = fa_scaled(mu, t[j], fa_lower(x0[j], eps), fa_upper(x0[j], eps), &sat);
-        s += v * v;
-    }
-    *s_out = s;
-    return mu;
-}
 
 /* ---------------------------------------------------------------- argument checks */
 

@@ -6,7 +6,7 @@
 
 static const char *const optimizer_names[FA_OPT_COUNT] = {
     "GD",      "MGD",  "NAGD", "Adam", "LAdam", "AdaB",    "MSVAG",
-    "RMSProp", "AdamW", "Yogi", "FGSM", "PGD",  "MI-FGSM", "NI-FGSM",
+    "RMSProp", "AdamW", "Yogi", "FGSM", "PGD",  "MI-FGSM", "NI-FGSM", "VMI-FGSM", "VNI-FGSM",
 };
 
 static const char *const image_status_names[FA_IMAGE_STATUS_COUNT] = {
@@ -52,6 +52,8 @@ fa_status fa_config_default(int optimizer, fa_config *out) {
     out->nesterov = FA_NESTEROV_AUTHORS;
     out->skip_misclassified = 1;
     out->returns = FA_RETURNS_BEST;
+    out->vmi_neighbours = 20; /* Wang & He 2021, TransferAttack's VMIFGSM defaults */
+    out->vmi_beta = 1.5f;
     if (optimizer < FA_OPT_FGSM) {
         out->max_iter = paper_table[optimizer].max_iter;
         out->first_step_rmse = paper_table[optimizer].first_step_rmse;
@@ -62,7 +64,7 @@ fa_status fa_config_default(int optimizer, fa_config *out) {
     out->returns = FA_RETURNS_LAST;
     out->max_iter = optimizer == FA_OPT_FGSM ? 1 : 10;
     out->alpha = out->eps / (float)out->max_iter;
-    if (optimizer == FA_OPT_MIFGSM || optimizer == FA_OPT_NIFGSM)
+    if (optimizer >= FA_OPT_MIFGSM)
         out->momentum = 1.0f;
     return FA_OK;
 }
@@ -101,6 +103,9 @@ fa_status fa_config_check(const fa_config *c) {
     CHECK(c->max_rmse == 0.0f || c->stop_rmse <= c->max_rmse,
           "cfg.stop_rmse=%g > cfg.max_rmse=%g: the stop can never be reached under the budget",
           (double)c->stop_rmse, (double)c->max_rmse);
+    CHECK(c->vmi_neighbours >= 1 && c->vmi_neighbours <= 100000,
+          "cfg.vmi_neighbours=%d must be in [1, 100000]", c->vmi_neighbours);
+    CHECK(in_range(c->vmi_beta, 0.0f, 1e6f), "cfg.vmi_beta=%g must be >= 0", (double)c->vmi_beta);
     CHECK(c->returns == FA_RETURNS_BEST || c->returns == FA_RETURNS_LAST,
           "cfg.returns=%d must be 0 (best) or 1 (last)", c->returns);
     CHECK(isfinite(c->rmse_weight) && c->rmse_weight >= 0.0f, "cfg.rmse_weight=%g must be >= 0",

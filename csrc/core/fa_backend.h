@@ -1,7 +1,7 @@
 /*
  * fa_backend.h -- internal: the element-wise and per-image work of the attack loop, behind one
  * table so that the same loop (attack.c) runs on host memory (backend_cpu.c) or on GPU memory
- * (csrc/cuda/backend_cuda.cu). Not part of the public contract. The per-value formulas live
+ * (csrc/cuda/, behind csrc/cuda/fa_cuda.h). Not part of the public contract. The per-value formulas live
  * once, in fa_math.h, which both backends compile.
  *
  * Every buffer argument named x, x0, ref, g, m, v, d, out, dst, src lives in the backend's
@@ -56,13 +56,15 @@ typedef struct fa_backend {
 
     /* out = P(x + scale * alpha[i] * d); out may alias x. P is fa_project (SPEC 1) and, with
      * max_rmse > 0, the joint projection of SPEC 8 onto {l-inf <= eps} n {RMSE <= max_rmse} n
-     * box (fa_solve_scale). eps = INFINITY: no projection at all (NI-FGSM's look-ahead). */
+     * box (fa_solve_scale). eps = INFINITY: no projection at all, whatever max_rmse
+     * (NI-FGSM's look-ahead; fa_step_value). */
     fa_status (*step)(int64_t n, int64_t dim, const float *x, const float *x0, const float *d,
                       const float *alpha, float scale, float eps, float max_rmse, float *out);
 
     /* out_host[i] = RMSE(P(x + alpha[i] * d) - ref) without writing anything (calibration and
-     * the shortened last step of stop_rmse); P as in step, around x0. alpha[i] NaN: the row is
-     * not asked about (out_host[i] NaN; a backend may skip its work). */
+     * the shortened last step of stop_rmse); P as in step, around x0 (eps = INFINITY: none).
+     * alpha[i] NaN: the row is not asked about (out_host[i] NaN; a backend may skip its
+     * work). */
     fa_status (*step_rmse)(int64_t n, int64_t dim, const float *x, const float *x0,
                            const float *ref, const float *d, const float *alpha, float eps,
                            float max_rmse, float *out_host);
@@ -103,20 +105,16 @@ const fa_backend *fa_backend_cpu(void);
 /* Defined in csrc/cuda/backend_cuda.cu when built with CUDA, else in core/no_cuda.c (NULL). */
 const fa_backend *fa_backend_cuda(void);
 
-/* ---------------------------------------------------------------- the scale solver (budget.c) */
+/* ---------------------------------------------------------------- the scale solver (scale.c) */
 
 /*
  * SPEC 8 on one image, host memory: the largest mu in [0, mu_max] with
- *     S(mu) = sum_j clip(mu * t_j, lo_j, hi_j)^2 <= R,   lo/hi = fa_lower/fa_upper(x0_j, eps).
- * Active-set iteration from mu = 0: with the values saturated at mu held fixed and the others
- * scaling freely, mu' = sqrt((R - S_sat) / S_free). Every iterate is feasible and the iterates
- * increase to the answer (there are finitely many partitions); at most FA_SCALE_PASSES passes.
- * *s_out = S(mu) at the returned mu. When every value saturates below R, mu is the smallest
- * scale that saturates them all (the largest RMSE there is).
- * The joint projection (mu_max = 1, t = y - x0) and the RMSE matching (mu_max = inf, t = the
- * perturbation) both use it; the CUDA backend runs the same iteration in one block per image.
+ *     S(mu) = sum_j clip(mu * t_j, lo_j, hi_j)^2 <= R,   lo/hi = fa_lower/fa_upper(x0_j, eps),
+ * by fa_math.h's active-set iteration (fa_scale_terms, fa_scale_pass); *s_out = S(mu) at the
+ * returned mu. The joint projection (mu_max = 1, t = y - x0) and the RMSE matching
+ * (mu_max = inf, t = the perturbation) both use it; the CUDA backend runs the same passes in
+ * one block per image.
  */
-#define FA_SCALE_PASSES 100
 double fa_solve_scale(int64_t dim, const float *t, const float *x0, float eps, double R,
                       double mu_max, double *s_out);
 

@@ -1,6 +1,6 @@
 /*
  * fa_math.h -- internal: the per-value math of the attack, written once and compiled by both
- * backends (backend_cpu.c with the C compiler, csrc/cuda/backend_cuda.cu with nvcc, where FA_HD
+ * backends (backend_cpu.c with the C compiler, csrc/cuda/kernels.cu with nvcc, where FA_HD
  * is __host__ __device__). The CPU tests therefore exercise the very formulas the GPU runs.
  *
  * Arithmetic order: every product goes through fa_mul(), which nvcc may not contract with a
@@ -28,6 +28,15 @@
 static inline FA_HD float fa_mul(float a, float b) {
 #if defined(__CUDA_ARCH__)
     return __fmul_rn(a, b);
+#else
+    return a * b;
+#endif
+}
+
+/* A double product nvcc may not fuse with a neighbouring add (the C build: -ffp-contract=off). */
+static inline FA_HD double fa_dmul(double a, double b) {
+#if defined(__CUDA_ARCH__)
+    return __dmul_rn(a, b);
 #else
     return a * b;
 #endif
@@ -62,14 +71,53 @@ static inline FA_HD double fa_scaled(double mu, float t, float lo, float hi, int
 }
 
 /* One value of a step P(x + a * d) (SPEC 1) or, with mu >= 0, of the joint projection of SPEC 8
- * x0 + clip(mu * (x + a * d - x0), lo, hi) at the scale mu the row's solver found. */
+ * x0 + clip(mu * (x + a * d - x0), lo, hi) at the scale mu the row's solver found.
+ * eps = INFINITY: x + a * d, no projection at all (NI-FGSM's look-ahead point; mu is ignored:
+ * no backend solves a joint scale then). */
 static inline FA_HD float fa_step_value(float x, float x0, float d, float a, float eps,
                                         double mu) {
+    if (isinf(eps))
+        return x + fa_mul(a, d);
     if (mu < 0.0)
         return fa_project(x + fa_mul(a, d), x0, eps);
     int sat;
     const float t = (x + fa_mul(a, d)) - x0;
     return x0 + (float)fa_scaled(mu, t, fa_lower(x0, eps), fa_upper(x0, eps), &sat);
+}
+
+/* ---------------------------------------------------------------- the joint scale (SPEC 8)
+ *
+ * The largest mu in [0, mu_max] with S(mu) = sum_j clip(mu * t_j, lo_j, hi_j)^2 <= R, by an
+ * active-set iteration from mu = 0: with the values saturated at mu held fixed and the others
+ * scaling freely, mu' = sqrt((R - S_sat) / S_free). Every iterate is feasible and the iterates
+ * increase to the answer (there are finitely many partitions); at most FA_SCALE_PASSES passes.
+ * A pass sums fa_scale_terms over the row at the current mu (in any order: the host driver,
+ * scale.c, in element order, the CUDA kernel in one block per row), then fa_scale_pass decides.
+ * When every value saturates below R, mu is the smallest scale that saturates them all. */
+#define FA_SCALE_PASSES 100
+
+static inline FA_HD void fa_scale_terms(double mu, float t, float x0, float eps, double *s_sat,
+                                        double *s_free) {
+    int sat;
+    const double v = fa_scaled(mu, t, fa_lower(x0, eps), fa_upper(x0, eps), &sat);
+    if (sat)
+        *s_sat += fa_dmul(v, v);
+    else
+        *s_free += fa_dmul((double)t, (double)t);
+}
+
+/* 1: *mu moved up and another pass follows; 0: *mu is the answer. */
+static inline FA_HD int fa_scale_pass(double *mu, double s_free, double s_sat, double R,
+                                      double mu_max) {
+    if (!(s_free > 0.0))
+        return 0; /* every value saturated (or no perturbation): nothing scales any more */
+    double next = sqrt((R > s_sat ? R - s_sat : 0.0) / s_free);
+    if (next > mu_max)
+        next = mu_max;
+    if (!(next > *mu))
+        return 0; /* converged: the partition no longer changes */
+    *mu = next;
+    return *mu != mu_max;
 }
 
 /* The counter-based uniform draw of random_start: a splitmix64 mix of (seed, index, j) mapped to
@@ -180,7 +228,7 @@ static inline FA_HD float fa_direction_value(const fa_direction_consts *c, int o
     case FA_OPT_FGSM:
     case FA_OPT_PGD:
         return fa_sign(ge);
-    default: /* FA_OPT_MIFGSM, FA_OPT_NIFGSM (callers check the range) */
+    default: /* FA_OPT_MIFGSM, FA_OPT_NIFGSM, and VMI/VNI on g + v (callers check the range) */
         mm = fa_mul(c->mu, *m) + ge;
         *m = mm;
         return fa_sign(mm);

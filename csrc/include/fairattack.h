@@ -76,11 +76,15 @@ typedef enum fa_optimizer {
     FA_OPT_PGD = 11, /* I-FGSM; random start with fa_config.random_start */
     FA_OPT_MIFGSM = 12,
     FA_OPT_NIFGSM = 13,
-    FA_OPT_COUNT = 14
+    /* variance tuning (Wang & He 2021): MI/NI-FGSM on g + v, v from vmi_neighbours neighbours */
+    FA_OPT_VMIFGSM = 14,
+    FA_OPT_VNIFGSM = 15,
+    FA_OPT_COUNT = 16
 } fa_optimizer;
 
 /* Canonical names: "GD", "MGD", "NAGD", "Adam", "LAdam", "AdaB", "MSVAG", "RMSProp", "AdamW",
- * "Yogi", "FGSM", "PGD", "MI-FGSM", "NI-FGSM". NULL for values out of range. */
+ * "Yogi", "FGSM", "PGD", "MI-FGSM", "NI-FGSM", "VMI-FGSM", "VNI-FGSM". NULL for values out of
+ * range. */
 const char *fa_optimizer_name(int optimizer);
 
 typedef enum fa_nesterov {
@@ -141,6 +145,12 @@ typedef struct fa_config {
     int returns;            /* fa_returns: what an image that hits max_iter returns (best)    */
     float max_rmse;         /* > 0: joint budget (SPEC 8): every iterate is projected exactly
                                onto {l-inf <= eps} n {RMSE <= max_rmse} n box; 0: off         */
+    /* VMI/VNI-FGSM (variance tuning): step k's direction is MI's (NI's) on g_k + v_{k-1}, and
+     * v_k = mean_j g(x_k + u_j) - g_k over vmi_neighbours points, u_j uniform in the l-inf ball
+     * of vmi_beta * eps (clipped to the pixel box), drawn as fa_random_value with the seed
+     * cfg.seed + 0x9E3779B97F4A7C15 * (1 + k * vmi_neighbours + j) and the image's index. */
+    int vmi_neighbours;     /* N (20)                                                         */
+    float vmi_beta;         /* beta (1.5)                                                     */
 } fa_config;
 
 /* Fills *out with the SPEC's defaults for `optimizer` under the const_loss setting: eps 16,
@@ -197,6 +207,18 @@ int fa_cuda_available(void);
  * model and the core are ordered without device-wide synchronisation. Thread-local; FA_OK
  * and nothing else without CUDA. */
 fa_status fa_cuda_set_context(int device_index, void *cuda_stream);
+
+/* Device memory of the CUDA backend through the caller's allocator (the module passes torch's
+ * caching allocator through the LibTorch shim, so the attack's buffers reuse the memory torch's
+ * cache holds and count in torch's memory statistics). alloc sets *p to `bytes` of memory on
+ * GPU device_index whose use is ordered on cuda_stream, or leaves *p NULL with FA_OK when it
+ * cannot serve that stream (the core then allocates with cudaMallocAsync itself); release frees
+ * what alloc returned. Both NULL: the core's own allocation (the default). Process-wide; set it
+ * before any attack runs. FA_OK and nothing else without CUDA. */
+typedef fa_status (*fa_cuda_alloc_fn)(void **p, size_t bytes, int device_index,
+                                      void *cuda_stream);
+typedef void (*fa_cuda_free_fn)(void *p);
+fa_status fa_cuda_set_allocator(fa_cuda_alloc_fn alloc, fa_cuda_free_fn release);
 
 /* ---------------------------------------------------------------- the attack */
 

@@ -8,10 +8,12 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stddef.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <numpy/arrayobject.h>
 
+#include "fa_backend.h" /* backend_op: the backend table, for the conformance suite */
 #include "fa_torch.h"
 #include "fairattack.h"
 #ifdef FA_WITH_CUDA
@@ -69,6 +71,7 @@ static const field config_fields[] = {
     FIELD(rmsprop_rho, F_FLOAT),     FIELD(nesterov, F_INT),      FIELD(random_start, F_INT),
     FIELD(seed, F_U64),              FIELD(skip_misclassified, F_INT),
     FIELD(index_offset, F_I64),      FIELD(returns, F_INT),       FIELD(max_rmse, F_FLOAT),
+    FIELD(vmi_neighbours, F_INT),    FIELD(vmi_beta, F_FLOAT),
 };
 #undef FIELD
 #define N_FIELDS (sizeof config_fields / sizeof config_fields[0])
@@ -234,21 +237,36 @@ static PyObject *Model_num_classes(ModelObject *self, PyObject *args) {
     return PyLong_FromLongLong(k);
 }
 
-/* run(x float32 [N,H,W,C], labels int64 [N] or None, want_grad, num_classes or 0,
- *     objective=0) -> (loss or None, logits or None, pred, grad or None); grad is that of the
- * fa_loss `objective` (loss stays CE). Host memory only: a CUDA model copies its inputs to the
- * GPU inside the shim. */
+static int parse_transform(PyObject *d, fa_transform *t, npy_intp h, npy_intp w, npy_intp c);
+
+/* run(x float32 [N,H,W,C], labels int64 [N] or None, want_grad, num_classes or 0[, objective,
+ *     transform dict or None, index int64 [N] or None, call]) -> (loss or None, logits or None,
+ * pred, grad or None); grad is that of the fa_loss `objective` (0: CE; loss stays CE), the
+ * transform, index and call as fa_model_run takes them (the tests run one gradient pass of a
+ * transform with them). Host memory only: a CUDA model copies its inputs to the GPU inside the
+ * shim. */
 static PyObject *Model_run(ModelObject *self, PyObject *args) {
-    PyObject *xo, *lo;
+    PyObject *xo, *lo, *tro = Py_None, *io = Py_None;
     int want_grad, objective = FA_LOSS_CE;
-    long long k;
-    if (!PyArg_ParseTuple(args, "OOpL|i", &xo, &lo, &want_grad, &k, &objective))
+    long long k, call = 0;
+    if (!PyArg_ParseTuple(args, "OOpL|iOOL", &xo, &lo, &want_grad, &k, &objective, &tro, &io,
+                          &call))
         return NULL;
     PyArrayObject *x = NULL, *labels = NULL, *loss = NULL, *logits = NULL, *pred = NULL,
-                  *grad = NULL;
+                  *grad = NULL, *index = NULL;
     PyObject *result = NULL;
+    fa_transform transform;
     if (!(x = as_array(xo, NPY_FLOAT32, 4, "x")))
         goto done;
+    if (parse_transform(tro, &transform, PyArray_DIM(x, 1), PyArray_DIM(x, 2),
+                        PyArray_DIM(x, 3)) < 0)
+        goto done;
+    if (io != Py_None && !(index = as_array(io, NPY_INT64, 1, "index")))
+        goto done;
+    if (index && PyArray_DIM(index, 0) != PyArray_DIM(x, 0)) {
+        PyErr_SetString(PyExc_ValueError, "index must have one entry per image of x");
+        goto done;
+    }
     if (lo != Py_None && !(labels = as_array(lo, NPY_INT64, 1, "labels")))
         goto done;
     npy_intp *shape = PyArray_DIMS(x);
@@ -275,8 +293,9 @@ static PyObject *Model_run(ModelObject *self, PyObject *args) {
         self->model, n, shape[1], shape[2], shape[3], (const float *)PyArray_DATA(x),
         labels ? (const int64_t *)PyArray_DATA(labels) : NULL, want_grad,
         loss ? (float *)PyArray_DATA(loss) : NULL, logits ? (float *)PyArray_DATA(logits) : NULL,
-        k, (int64_t *)PyArray_DATA(pred), grad ? (float *)PyArray_DATA(grad) : NULL, 0, NULL,
-        NULL, 0, objective);
+        k, (int64_t *)PyArray_DATA(pred), grad ? (float *)PyArray_DATA(grad) : NULL, 0,
+        tro != Py_None ? &transform : NULL, index ? (const int64_t *)PyArray_DATA(index) : NULL,
+        call, objective);
     Py_END_ALLOW_THREADS if (s != FA_OK) {
         raise_status(s);
         goto done;
@@ -291,6 +310,7 @@ done:
     Py_XDECREF(logits);
     Py_XDECREF(pred);
     Py_XDECREF(grad);
+    Py_XDECREF(index);
     return result;
 }
 
@@ -444,7 +464,8 @@ static int stop_requested(void *ctx) {
 }
 
 /* A Python callable as the oracle: fn(x [n,H,W,C] float32, labels int64 [n], want_grad) ->
- * (loss [n], pred [n], grad [n,H,W,C] or None). Host memory only. Lets tests drive the core
+ * (loss [n], pred [n], grad [n,H,W,C] or None) on host arrays (on device=cuda x and grad are
+ * staged through the host). Lets tests drive the core
  * with a NumPy model and users plug in any framework. */
 typedef struct {
     PyObject *fn;
@@ -457,6 +478,11 @@ typedef struct {
     /* targeted (SPEC 10): fn is asked about each row's target (targets[index - index_base])
      * and its CE and gradient are negated for the core, which ascends -CE(z, target) */
     const int64_t *targets;
+    /* device='cuda' (the conformance suite's attack loop on the CUDA backend): x and grad are
+     * device memory, staged through these host buffers (grown on demand) */
+    const fa_backend *be;
+    float *stage_x, *stage_g;
+    size_t stage_bytes;
 } py_oracle;
 
 /* Copy the oracle's output `what` into dst (skipped when dst is NULL: the core does not need
@@ -531,6 +557,22 @@ static fa_status py_oracle_grad(void *ctx, int64_t n, const int64_t *index, cons
                                 float *grad) {
     py_oracle *o = ctx;
     fa_status status = FA_OK;
+    float *device_grad = NULL;
+    const size_t bytes = (size_t)(n * o->h * o->w * o->c) * sizeof(float);
+    if (o->be != NULL) { /* device memory: through the host */
+        if (bytes > o->stage_bytes) {
+            free(o->stage_x), free(o->stage_g);
+            o->stage_x = malloc(bytes), o->stage_g = malloc(bytes);
+            o->stage_bytes = o->stage_x && o->stage_g ? bytes : 0;
+            if (!o->stage_bytes)
+                return fa_set_error(FA_ERR_MEMORY, "the oracle's host staging: out of memory");
+        }
+        if ((status = o->be->copy(o->stage_x, x, bytes, FA_COPY_D2H)) != FA_OK)
+            return status;
+        x = o->stage_x;
+        device_grad = grad;
+        grad = want_grad ? o->stage_g : NULL;
+    }
     PyGILState_STATE g = PyGILState_Ensure();
     npy_intp shape[4] = {(npy_intp)n, o->h, o->w, o->c};
     npy_intp ln = (npy_intp)n;
@@ -539,7 +581,7 @@ static fa_status py_oracle_grad(void *ctx, int64_t n, const int64_t *index, cons
     PyObject *out = NULL;
     if (!xa || !la)
         goto error;
-    memcpy(PyArray_DATA((PyArrayObject *)xa), x, (size_t)(n * o->h * o->w * o->c) * sizeof(float));
+    memcpy(PyArray_DATA((PyArrayObject *)xa), x, bytes);
     if (o->targets)
         for (int64_t r = 0; r < n; r++)
             ((int64_t *)PyArray_DATA((PyArrayObject *)la))[r] = o->targets[index[r] - o->index_base];
@@ -569,6 +611,9 @@ static fa_status py_oracle_grad(void *ctx, int64_t n, const int64_t *index, cons
         else if (loss || pred)
             o->forward_evals[index[r] - o->index_base]++;
     }
+    if (want_grad && device_grad != NULL &&
+        (status = o->be->copy(device_grad, grad, bytes, FA_COPY_H2D)) != FA_OK)
+        goto done;
     goto done;
 error:
     status = fa_set_error(FA_ERR_MODEL, "the oracle raised an exception");
@@ -583,9 +628,57 @@ done:
 
 /* ------------------------------------------------------------------ attack */
 
-static int parse_transform(PyObject *d, fa_transform *t) {
+/* transform["admix_pool"] (float32 [P, h, w, c]) and ["admix_pool_labels"] (int64 [P]), both
+ * C-contiguous, borrowed from the dict for the call (the caller holds it). */
+static int parse_admix_pool(PyObject *d, fa_transform *t, npy_intp h, npy_intp w, npy_intp c) {
+    PyObject *pool = PyDict_GetItemString(d, "admix_pool");
+    PyObject *labels = PyDict_GetItemString(d, "admix_pool_labels");
+    if (pool == NULL && labels == NULL)
+        return 0;
+    if (pool == NULL || labels == NULL || !PyArray_Check(pool) || !PyArray_Check(labels)) {
+        PyErr_SetString(PyExc_TypeError, "transform: admix_pool and admix_pool_labels must both "
+                        "be numpy arrays");
+        return -1;
+    }
+    PyArrayObject *p = (PyArrayObject *)pool, *l = (PyArrayObject *)labels;
+    if (PyArray_TYPE(p) != NPY_FLOAT32 || PyArray_NDIM(p) != 4 || !PyArray_IS_C_CONTIGUOUS(p) ||
+        (h >= 0 && (PyArray_DIM(p, 1) != h || PyArray_DIM(p, 2) != w || PyArray_DIM(p, 3) != c))) {
+        PyErr_Format(PyExc_ValueError, "transform: admix_pool must be C-contiguous float32 "
+                     "[P, %zd, %zd, %zd] (the images' shape)", (Py_ssize_t)h, (Py_ssize_t)w,
+                     (Py_ssize_t)c);
+        return -1;
+    }
+    if (PyArray_TYPE(l) != NPY_INT64 || PyArray_NDIM(l) != 1 || !PyArray_IS_C_CONTIGUOUS(l) ||
+        PyArray_DIM(l, 0) != PyArray_DIM(p, 0)) {
+        PyErr_SetString(PyExc_ValueError, "transform: admix_pool_labels must be C-contiguous "
+                        "int64 with one label per admix_pool image");
+        return -1;
+    }
+    t->admix_pool = (const float *)PyArray_DATA(p);
+    t->admix_pool_labels = (const int64_t *)PyArray_DATA(l);
+    t->admix_pool_n = (int64_t)PyArray_DIM(p, 0);
+    return 0;
+}
+
+static int parse_int(PyObject *d, const char *key, int *out) {
+    PyObject *v = PyDict_GetItemString(d, key);
+    if (v && (*out = (int)PyLong_AsLong(v)) == -1 && PyErr_Occurred())
+        return -1;
+    return 0;
+}
+
+static int parse_float(PyObject *d, const char *key, float *out) {
+    PyObject *v = PyDict_GetItemString(d, key);
+    if (v && (*out = (float)PyFloat_AsDouble(v)) == -1.0f && PyErr_Occurred())
+        return -1;
+    return 0;
+}
+
+static int parse_transform(PyObject *d, fa_transform *t, npy_intp h, npy_intp w, npy_intp c) {
     memset(t, 0, sizeof *t);
     t->di_min_scale = 0.9f;
+    t->admix_scales = 5, t->admix_eta = 0.2f;
+    t->bsr_blocks = 3, t->bsr_angle = 24.0f, t->sia_blocks = 3;
     if (d == Py_None)
         return 0;
     if (!PyDict_Check(d)) {
@@ -603,7 +696,47 @@ static int parse_transform(PyObject *d, fa_transform *t) {
         return -1;
     if ((v = PyDict_GetItemString(d, "seed")) && (t->seed = PyLong_AsUnsignedLongLongMask(v), PyErr_Occurred()))
         return -1;
-    return 0;
+    if (parse_int(d, "admix_copies", &t->admix_copies) < 0 ||
+        parse_int(d, "admix_scales", &t->admix_scales) < 0 ||
+        parse_float(d, "admix_eta", &t->admix_eta) < 0 ||
+        parse_int(d, "bsr_copies", &t->bsr_copies) < 0 ||
+        parse_int(d, "bsr_blocks", &t->bsr_blocks) < 0 ||
+        parse_float(d, "bsr_angle", &t->bsr_angle) < 0 ||
+        parse_int(d, "sia_copies", &t->sia_copies) < 0 ||
+        parse_int(d, "sia_blocks", &t->sia_blocks) < 0)
+        return -1;
+    return parse_admix_pool(d, t, h, w, c);
+}
+
+/* transform_draws(transform dict, kind, h, w, label, index, call, copy) -> list of floats: the
+ * draws of one transformed copy (fa_transform_draws), for the tests' reference. */
+static PyObject *py_transform_draws(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *d;
+    const char *kind;
+    long long h, w, label, index, call, copy;
+    if (!PyArg_ParseTuple(args, "OsLLLLLL", &d, &kind, &h, &w, &label, &index, &call, &copy))
+        return NULL;
+    fa_transform t;
+    if (parse_transform(d, &t, -1, -1, -1) < 0) /* -1: the pool's image shape is not checked */
+        return NULL;
+    int64_t count = 0;
+    fa_status s = fa_transform_draws(&t, kind, h, w, label, index, call, copy, NULL, 0, &count);
+    double *out = NULL;
+    if (s == FA_ERR_ARGUMENT && count > 0) {
+        if (!(out = malloc((size_t)count * sizeof *out)))
+            return PyErr_NoMemory();
+        s = fa_transform_draws(&t, kind, h, w, label, index, call, copy, out, count, &count);
+    }
+    if (s != FA_OK) {
+        free(out);
+        return raise_status(s);
+    }
+    PyObject *list = PyList_New((Py_ssize_t)count);
+    for (int64_t i = 0; list && i < count; i++)
+        PyList_SET_ITEM(list, (Py_ssize_t)i, PyFloat_FromDouble(out[i]));
+    free(out);
+    return list;
 }
 
 /* attack(model_or_callable, x0 float32 [N,H,W,C], labels int64 [N], config dict, device,
@@ -619,7 +752,7 @@ static PyObject *py_attack(PyObject *self, PyObject *args) {
     PyArrayObject *adv = NULL, *loss = NULL, *closs = NULL, *cpred = NULL, *iters = NULL,
                   *alpha = NULL, *status = NULL, *gevals = NULL, *fevals = NULL;
     PyObject *result = NULL;
-    py_oracle po = {NULL, 0, 0, 0, NULL, 0, NULL, NULL, NULL};
+    py_oracle po = {.fn = NULL}; /* every field zero */
     PyArrayObject *targets = NULL, *weights = NULL;
     fa_model *handles[MAX_MEMBERS];
     fa_model_oracle mo;
@@ -672,14 +805,17 @@ static PyObject *py_attack(PyObject *self, PyObject *args) {
         mo.grad_evals = PyArray_DATA(gevals), mo.forward_evals = PyArray_DATA(fevals);
         mo.objective = objective;
         mo.targets = targets ? PyArray_DATA(targets) : NULL;
-        if (parse_transform(tr_obj, &mo.transform) < 0)
+        if (parse_transform(tr_obj, &mo.transform, shape[1], shape[2], shape[3]) < 0)
             goto done;
         oracle.grad = fa_model_oracle_grad;
         oracle.ctx = &mo;
     } else if (PyCallable_Check(model_obj)) {
-        if (device != FA_DEVICE_CPU) {
-            PyErr_SetString(PyExc_ValueError, "a Python callable model runs on device='cpu' only");
-            goto done;
+        if (device == FA_DEVICE_CUDA) { /* the loop on the GPU, the callable on the host */
+            po.be = fa_backend_cuda();
+            if (po.be == NULL || !fa_cuda_available()) {
+                PyErr_SetString(PyExc_ValueError, "device='cuda': no CUDA backend or device");
+                goto done;
+            }
         }
         po.fn = model_obj;
         po.h = shape[1], po.w = shape[2], po.c = shape[3];
@@ -733,6 +869,7 @@ static PyObject *py_attack(PyObject *self, PyObject *args) {
                            alpha, "status", status, "grad_evals", gevals, "forward_evals",
                            fevals);
 done:
+    free(po.stage_x), free(po.stage_g);
     Py_XDECREF(po.error);
     Py_XDECREF(x);
     Py_XDECREF(labels);
@@ -911,9 +1048,292 @@ static PyObject *py_cuda_check_device(PyObject *self, PyObject *arg) {
 }
 #endif
 
+/* ------------------------------------------------------------------ the backend table (tests) */
+
+/*
+ * backend_op(device, op, args) -> the result of one entry of the backend table
+ * (core/fa_backend.h) on DEVICE_CPU or DEVICE_CUDA, with host NumPy arrays in and out: the
+ * conformance suite (tests/test_conformance.py) drives both backends with identical inputs.
+ * Rows are float32 [n, dim] arrays (copied to the backend's memory and back); per-image
+ * arrays are 1-D host arrays, as the table takes them. On CUDA the work runs on the current
+ * device's legacy default stream. Not part of the Python API.
+ *   "direction" (config, k, x, x0, g, gnorm|None, pcoef|None, m|None, v|None) -> (d, m, v)
+ *   "step"      (x, x0, d, alpha, scale, eps, max_rmse, in_place)           -> out
+ *   "step_rmse" (x, x0, ref, d, alpha, eps, max_rmse)                       -> [n]
+ *   "rmse"      (x, x0|None)  -> [n]          "abs_sum" (g,) -> [n]
+ *   "random_start" (x0, eps, seed, index int64)                             -> out
+ *   "compact"   (buf, src int64)        -> the first len(src) rows of buf afterwards
+ *   "copy_rows" (dst, src, rows int64)  -> dst afterwards
+ *   "fetch_rows" (buf, rows int64)      -> [len(rows), dim]
+ *   "calibrate" (x, x0, d, eps, max_rmse, r1)          -> alpha [n] (fa_calibrate)
+ *   "shorten"   (x, x0, d, eps, max_rmse, target, alpha) -> alpha [n] (fa_shorten)
+ */
+typedef struct {
+    const fa_backend *be;
+    void *dev[12];
+    PyArrayObject *host[12];
+    int ndev, nhost;
+    int64_t n, dim; /* of the first rows array; -1 before it */
+} op_ctx;
+
+static void op_free(op_ctx *c) {
+    for (int i = 0; i < c->ndev; i++)
+        c->be->free(c->dev[i]);
+    for (int i = 0; i < c->nhost; i++)
+        Py_DECREF(c->host[i]);
+}
+
+static int op_status(fa_status s) {
+    if (s != FA_OK) {
+        raise_status(s);
+        return -1;
+    }
+    return 0;
+}
+
+/* A host 1-D array of `type` with `count` entries (count < 0: any), kept until op_free. */
+static int op_host(op_ctx *c, PyObject *obj, int type, npy_intp count, const char *name,
+                   void **out) {
+    *out = NULL;
+    if (obj == Py_None)
+        return 0;
+    PyArrayObject *a = (PyArrayObject *)PyArray_FROMANY(obj, type, 1, 1, NPY_ARRAY_IN_ARRAY |
+                                                                             NPY_ARRAY_FORCECAST);
+    if (!a)
+        return -1;
+    c->host[c->nhost++] = a;
+    if (count >= 0 && PyArray_DIM(a, 0) != count) {
+        PyErr_Format(PyExc_ValueError, "%s has %zd entries, expected %zd", name,
+                     (Py_ssize_t)PyArray_DIM(a, 0), (Py_ssize_t)count);
+        return -1;
+    }
+    *out = PyArray_DATA(a);
+    return 0;
+}
+
+/* Rows [n, dim] (float32) copied into backend memory; the first one fixes n and dim. */
+static int op_rows(op_ctx *c, PyObject *obj, const char *name, float **out) {
+    *out = NULL;
+    if (obj == Py_None)
+        return 0;
+    PyArrayObject *a = (PyArrayObject *)PyArray_FROMANY(obj, NPY_FLOAT32, 2, 2,
+                                                        NPY_ARRAY_IN_ARRAY | NPY_ARRAY_FORCECAST);
+    if (!a)
+        return -1;
+    const int64_t n = PyArray_DIM(a, 0), dim = PyArray_DIM(a, 1);
+    if (c->n >= 0 && dim != c->dim) {
+        PyErr_Format(PyExc_ValueError, "%s has rows of %lld values, expected %lld", name,
+                     (long long)dim, (long long)c->dim);
+        Py_DECREF(a);
+        return -1;
+    }
+    if (c->n < 0)
+        c->n = n, c->dim = dim;
+    const size_t bytes = (size_t)(n * dim) * sizeof(float);
+    void *p = NULL;
+    fa_status s = c->be->alloc(&p, bytes);
+    if (s == FA_OK)
+        c->dev[c->ndev++] = p;
+    if (s == FA_OK)
+        s = c->be->copy(p, PyArray_DATA(a), bytes, FA_COPY_H2D);
+    Py_DECREF(a);
+    *out = p;
+    return op_status(s);
+}
+
+static PyObject *op_fetch(op_ctx *c, const float *dev, int64_t rows) {
+    npy_intp shape[2] = {(npy_intp)rows, (npy_intp)c->dim};
+    PyArrayObject *a = (PyArrayObject *)PyArray_SimpleNew(2, shape, NPY_FLOAT32);
+    if (!a)
+        return NULL;
+    const fa_status s = c->be->copy(PyArray_DATA(a), dev, (size_t)(rows * c->dim) * sizeof(float),
+                                    FA_COPY_D2H);
+    if (s != FA_OK) {
+        Py_DECREF(a);
+        return raise_status(s);
+    }
+    return (PyObject *)a;
+}
+
+static PyObject *op_per_image(int64_t n, PyArrayObject **out) {
+    npy_intp count = (npy_intp)n;
+    *out = (PyArrayObject *)PyArray_SimpleNew(1, &count, NPY_FLOAT32);
+    return (PyObject *)*out;
+}
+
+static PyObject *py_backend_op(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_ssize_t given = PyTuple_GET_SIZE(args);
+    if (given < 3) {
+        PyErr_SetString(PyExc_TypeError, "backend_op(device, op, args)");
+        return NULL;
+    }
+    int device = (int)PyLong_AsLong(PyTuple_GET_ITEM(args, 0));
+    const char *op = PyUnicode_AsUTF8(PyTuple_GET_ITEM(args, 1));
+    PyObject *a = PyTuple_GET_ITEM(args, 2);
+    if ((device == -1 && PyErr_Occurred()) || op == NULL)
+        return NULL;
+    if (!PyTuple_Check(a)) {
+        PyErr_SetString(PyExc_TypeError, "backend_op: args must be a tuple");
+        return NULL;
+    }
+    op_ctx c;
+    memset(&c, 0, sizeof c);
+    c.n = c.dim = -1;
+    c.be = device == FA_DEVICE_CUDA ? fa_backend_cuda() : fa_backend_cpu();
+    if (device != FA_DEVICE_CPU && device != FA_DEVICE_CUDA) {
+        PyErr_Format(PyExc_ValueError, "device=%d must be DEVICE_CPU or DEVICE_CUDA", device);
+        return NULL;
+    }
+    if (c.be == NULL || (device == FA_DEVICE_CUDA && !fa_cuda_available())) {
+        PyErr_SetString(PyExc_RuntimeError, "backend_op: no CUDA backend or no CUDA device");
+        return NULL;
+    }
+    if (device == FA_DEVICE_CUDA && op_status(fa_cuda_set_context(-1, NULL)) < 0)
+        return NULL;
+    PyObject *result = NULL, *o[9] = {NULL};
+    PyArrayObject *per = NULL;
+    float *r[6] = {NULL};
+    void *h[3] = {NULL};
+    float f[4] = {0};
+    unsigned long long seed = 0;
+    int k = 0, flag = 0;
+    if (strcmp(op, "direction") == 0) {
+        fa_config cfg;
+        if (!PyArg_ParseTuple(a, "OiOOOOOOO", &o[0], &k, &o[1], &o[2], &o[3], &o[4], &o[5],
+                              &o[6], &o[7]) ||
+            dict_to_config(o[0], &cfg) < 0 || op_rows(&c, o[1], "x", &r[0]) < 0 ||
+            op_rows(&c, o[2], "x0", &r[1]) < 0 || op_rows(&c, o[3], "g", &r[2]) < 0 ||
+            op_host(&c, o[4], NPY_FLOAT32, c.n, "gnorm", &h[0]) < 0 ||
+            op_host(&c, o[5], NPY_FLOAT32, c.n, "pcoef", &h[1]) < 0 ||
+            op_rows(&c, o[6], "m", &r[3]) < 0 || op_rows(&c, o[7], "v", &r[4]) < 0 ||
+            op_status(c.be->alloc((void **)&r[5], (size_t)(c.n * c.dim) * sizeof(float) + 1)) < 0)
+            goto done;
+        c.dev[c.ndev++] = r[5];
+        if (op_status(c.be->direction(&cfg, k, c.n, c.dim, r[0], r[1], r[2], h[0], h[1], r[3],
+                                      r[4], r[5])) < 0)
+            goto done;
+        PyObject *d = op_fetch(&c, r[5], c.n);
+        PyObject *m = r[3] ? op_fetch(&c, r[3], c.n) : (Py_INCREF(Py_None), Py_None);
+        PyObject *v = r[4] ? op_fetch(&c, r[4], c.n) : (Py_INCREF(Py_None), Py_None);
+        if (d && m && v)
+            result = PyTuple_Pack(3, d, m, v);
+        Py_XDECREF(d), Py_XDECREF(m), Py_XDECREF(v);
+    } else if (strcmp(op, "step") == 0) {
+        if (!PyArg_ParseTuple(a, "OOOOfffp", &o[0], &o[1], &o[2], &o[3], &f[0], &f[1], &f[2],
+                              &flag) ||
+            op_rows(&c, o[0], "x", &r[0]) < 0 || op_rows(&c, o[1], "x0", &r[1]) < 0 ||
+            op_rows(&c, o[2], "d", &r[2]) < 0 ||
+            op_host(&c, o[3], NPY_FLOAT32, c.n, "alpha", &h[0]) < 0)
+            goto done;
+        if (!flag) {
+            if (op_status(c.be->alloc((void **)&r[3], (size_t)(c.n * c.dim) * sizeof(float) + 1)) < 0)
+                goto done;
+            c.dev[c.ndev++] = r[3];
+        }
+        float *out = flag ? r[0] : r[3]; /* in_place: out aliases x */
+        if (op_status(c.be->step(c.n, c.dim, r[0], r[1], r[2], h[0], f[0], f[1], f[2], out)) == 0)
+            result = op_fetch(&c, out, c.n);
+    } else if (strcmp(op, "step_rmse") == 0) {
+        if (!PyArg_ParseTuple(a, "OOOOOff", &o[0], &o[1], &o[2], &o[3], &o[4], &f[0], &f[1]) ||
+            op_rows(&c, o[0], "x", &r[0]) < 0 || op_rows(&c, o[1], "x0", &r[1]) < 0 ||
+            op_rows(&c, o[2], "ref", &r[2]) < 0 || op_rows(&c, o[3], "d", &r[3]) < 0 ||
+            op_host(&c, o[4], NPY_FLOAT32, c.n, "alpha", &h[0]) < 0 || !op_per_image(c.n, &per))
+            goto done;
+        if (op_status(c.be->step_rmse(c.n, c.dim, r[0], r[1], r[2], r[3], h[0], f[0], f[1],
+                                      PyArray_DATA(per))) == 0)
+            result = (PyObject *)per, per = NULL;
+    } else if (strcmp(op, "rmse") == 0 || strcmp(op, "abs_sum") == 0) {
+        const int abs_sum = op[0] == 'a';
+        if (!PyArg_ParseTuple(a, abs_sum ? "O" : "OO", &o[0], &o[1]) ||
+            op_rows(&c, o[0], abs_sum ? "g" : "x", &r[0]) < 0 ||
+            (!abs_sum && op_rows(&c, o[1], "x0", &r[1]) < 0) || !op_per_image(c.n, &per))
+            goto done;
+        const fa_status s = abs_sum ? c.be->abs_sum(c.n, c.dim, r[0], PyArray_DATA(per))
+                                    : c.be->rmse(c.n, c.dim, r[0], r[1], PyArray_DATA(per));
+        if (op_status(s) == 0)
+            result = (PyObject *)per, per = NULL;
+    } else if (strcmp(op, "random_start") == 0) {
+        if (!PyArg_ParseTuple(a, "OfKO", &o[0], &f[0], &seed, &o[1]) ||
+            op_rows(&c, o[0], "x0", &r[0]) < 0 ||
+            op_host(&c, o[1], NPY_INT64, c.n, "index", &h[0]) < 0 ||
+            op_status(c.be->alloc((void **)&r[1], (size_t)(c.n * c.dim) * sizeof(float) + 1)) < 0)
+            goto done;
+        c.dev[c.ndev++] = r[1];
+        if (op_status(c.be->random_start(c.n, c.dim, r[0], f[0], (uint64_t)seed, h[0], r[1])) == 0)
+            result = op_fetch(&c, r[1], c.n);
+    } else if (strcmp(op, "compact") == 0) {
+        if (!PyArg_ParseTuple(a, "OO", &o[0], &o[1]) || op_rows(&c, o[0], "buf", &r[0]) < 0 ||
+            op_host(&c, o[1], NPY_INT64, -1, "src", &h[0]) < 0)
+            goto done;
+        const int64_t n_new = PyArray_DIM(c.host[c.nhost - 1], 0);
+        if (n_new > c.n) {
+            PyErr_SetString(PyExc_ValueError, "src has more entries than buf has rows");
+            goto done;
+        }
+        if (op_status(c.be->compact(r[0], c.dim, n_new, h[0])) == 0)
+            result = op_fetch(&c, r[0], n_new);
+    } else if (strcmp(op, "copy_rows") == 0 || strcmp(op, "fetch_rows") == 0) {
+        const int fetch = op[0] == 'f';
+        if (!PyArg_ParseTuple(a, fetch ? "OO" : "OOO", &o[0], &o[1], &o[2]) ||
+            op_rows(&c, o[0], fetch ? "buf" : "dst", &r[0]) < 0 ||
+            (!fetch && op_rows(&c, o[1], "src", &r[1]) < 0) ||
+            op_host(&c, fetch ? o[1] : o[2], NPY_INT64, -1, "rows", &h[0]) < 0)
+            goto done;
+        const int64_t count = PyArray_DIM(c.host[c.nhost - 1], 0);
+        for (int64_t q = 0; q < count; q++)
+            if (((int64_t *)h[0])[q] < 0 || ((int64_t *)h[0])[q] >= c.n) {
+                PyErr_Format(PyExc_ValueError, "rows[%lld] out of range", (long long)q);
+                goto done;
+            }
+        if (!fetch) {
+            if (op_status(c.be->copy_rows(r[0], r[1], c.dim, count, h[0])) == 0)
+                result = op_fetch(&c, r[0], c.n);
+            goto done;
+        }
+        npy_intp shape[2] = {(npy_intp)count, (npy_intp)c.dim};
+        PyArrayObject *out = (PyArrayObject *)PyArray_SimpleNew(2, shape, NPY_FLOAT32);
+        float **dst = out ? malloc((size_t)(count + 1) * sizeof(float *)) : NULL;
+        if (out && dst) {
+            for (int64_t q = 0; q < count; q++) /* in reverse: the destinations need no order */
+                dst[q] = (float *)PyArray_DATA(out) + (count - 1 - q) * c.dim;
+            if (op_status(c.be->fetch_rows(r[0], c.dim, count, h[0], dst)) == 0)
+                result = (PyObject *)out, out = NULL;
+        } else if (out) {
+            PyErr_NoMemory();
+        }
+        free(dst);
+        Py_XDECREF(out);
+    } else if (strcmp(op, "calibrate") == 0 || strcmp(op, "shorten") == 0) {
+        const int shorten = op[0] == 's';
+        if (!PyArg_ParseTuple(a, shorten ? "OOOfffO" : "OOOfff", &o[0], &o[1], &o[2], &f[0],
+                              &f[1], &f[2], &o[3]) ||
+            op_rows(&c, o[0], "x", &r[0]) < 0 || op_rows(&c, o[1], "x0", &r[1]) < 0 ||
+            op_rows(&c, o[2], "d", &r[2]) < 0 || !op_per_image(c.n, &per) ||
+            (shorten && op_host(&c, o[3], NPY_FLOAT32, c.n, "alpha", &h[0]) < 0))
+            goto done;
+        float *alpha = PyArray_DATA(per);
+        if (shorten)
+            memcpy(alpha, h[0], (size_t)c.n * sizeof(float));
+        const fa_status s =
+            shorten ? fa_shorten(c.be, c.n, c.dim, r[0], r[1], r[2], f[0], f[1], f[2], alpha)
+                    : fa_calibrate(c.be, c.n, c.dim, r[0], r[1], r[2], f[0], f[1], f[2], alpha);
+        if (op_status(s) == 0)
+            result = (PyObject *)per, per = NULL;
+    } else {
+        PyErr_Format(PyExc_ValueError, "backend_op: unknown op '%s'", op);
+    }
+done:
+    Py_XDECREF(per);
+    op_free(&c);
+    return result;
+}
+
 /* ------------------------------------------------------------------ module */
 
 static PyMethodDef module_methods[] = {
+    {"transform_draws", py_transform_draws, METH_VARARGS,
+     "transform_draws(transform, kind, h, w, label, index, call, copy) -> list of floats"},
     {"attack", py_attack, METH_VARARGS,
      "attack(model, x0, labels, config, device, transform, objective=0, targets=None) -> "
      "dict of per-image arrays "
@@ -930,6 +1350,8 @@ static PyMethodDef module_methods[] = {
     {"match_rmse", py_match_rmse, METH_VARARGS,
      "match_rmse(clean, adv, target[N], eps, mode, tol) -> (matched, reached, scale, rmse); "
      "mode MATCH_FLOAT, MATCH_UINT8 or MATCH_UINT8_AT_MOST"},
+    {"backend_op", py_backend_op, METH_VARARGS,
+     "backend_op(device, op, args): one entry of the backend table (tests only)"},
 #ifdef FA_WITH_CUDA
     {"cuda_check_device", py_cuda_check_device, METH_O,
      "cuda_check_device(index): RuntimeError unless the CUDA kernels run on that GPU"},
@@ -964,6 +1386,10 @@ PyMODINIT_FUNC PyInit__core(void) {
     PyObject *m = PyModule_Create(&module_def);
     if (!m)
         return NULL;
+#ifdef FA_WITH_CUDA
+    /* the CUDA backend's buffers from torch's caching allocator */
+    (void)fa_cuda_set_allocator(fa_torch_cuda_alloc, fa_torch_cuda_free);
+#endif
     Py_INCREF(&ModelType);
     if (PyModule_AddObject(m, "Model", (PyObject *)&ModelType) < 0 ||
         PyModule_AddObject(m, "OPTIMIZERS", names_tuple(fa_optimizer_name, FA_OPT_COUNT)) < 0 ||
@@ -980,7 +1406,8 @@ PyMODINIT_FUNC PyInit__core(void) {
         PyModule_AddIntConstant(m, "MATCH_UINT8", FA_MATCH_UINT8) < 0 ||
         PyModule_AddIntConstant(m, "MATCH_UINT8_AT_MOST", FA_MATCH_UINT8_AT_MOST) < 0 ||
         PyModule_AddIntConstant(m, "RETURNS_LAST", FA_RETURNS_LAST) < 0 ||
-        PyModule_AddStringConstant(m, "VERSION", FA_VERSION) < 0) {
+        PyModule_AddStringConstant(m, "VERSION", FA_VERSION) < 0 ||
+        PyModule_AddIntConstant(m, "WITH_CUDA", fa_backend_cuda() != NULL) < 0) {
         Py_DECREF(m);
         return NULL;
     }

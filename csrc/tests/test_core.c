@@ -271,8 +271,10 @@ static fa_status ft_attack(const fa_config *cfg, ft_oracle *o, const int64_t *la
     const fa_status st = ft_run(*cfg, o, first, n, r);
     ft_budget = 0.0f;
     FT_CHECK(st == FA_OK, "%s: %s %s", what, fa_status_name(st), fa_last_error());
-    /* NI-FGSM's look-ahead point is unprojected, as in the reference code (SPEC 3) */
-    FT_CHECK((o->outside == 0 || cfg->optimizer == FA_OPT_NIFGSM) && o->bad_args == 0,
+    /* NI-FGSM's look-ahead point is unprojected, as in the reference code (SPEC 3); VMI/VNI's
+     * neighbours lie in the ball of vmi_beta * eps around the iterate */
+    FT_CHECK((o->outside == 0 || cfg->optimizer == FA_OPT_NIFGSM ||
+              cfg->optimizer >= FA_OPT_VMIFGSM) && o->bad_args == 0,
              "%s: the oracle got %d values outside the box/ball, %d bad indices", what,
              o->outside, o->bad_args);
     return st;
@@ -547,7 +549,8 @@ static void ft_compare_reference(const char *what, const fa_config *cfg, int scr
 /* Every optimizer, a few variants: the update rules, projection and best iterate of the SPEC. */
 static void test_update_rules(void) {
     char what[96];
-    for (int opt = 0; opt < FA_OPT_COUNT; opt++)
+    /* VMI/VNI-FGSM (several gradients per step): tests/reference.py's NumPy reference */
+    for (int opt = 0; opt < FA_OPT_VMIFGSM; opt++)
         for (int variant = 0; variant < 5; variant++) {
             fa_config cfg = ft_default(opt);
             cfg.eps = 8.0f, cfg.max_iter = 5, cfg.stop_loss = INFINITY;
@@ -1251,7 +1254,8 @@ static void test_metrics_edges(void) {
 
 static void test_names(void) {
     const char *const opt[] = {"GD",      "MGD",   "NAGD", "Adam", "LAdam", "AdaB",    "MSVAG",
-                               "RMSProp", "AdamW", "Yogi", "FGSM", "PGD",   "MI-FGSM", "NI-FGSM"};
+                               "RMSProp", "AdamW", "Yogi", "FGSM", "PGD",   "MI-FGSM", "NI-FGSM",
+                               "VMI-FGSM", "VNI-FGSM"};
     const char *const image[] = {"running", "stop_loss", "stop_rmse", "max_iter", "skipped", "nan"};
     const char *const status[] = {"FA_OK",          "FA_ERR_ARGUMENT", "FA_ERR_TYPE",
                                   "FA_ERR_MEMORY",  "FA_ERR_MODEL",    "FA_ERR_IO",

@@ -10,7 +10,11 @@
 
 #include <c10/core/DeviceGuard.h>
 #include <c10/core/impl/DeviceGuardImplInterface.h>
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/Context.h>
+#include <c10/core/Allocator.h>
 #include <torch/csrc/autograd/autograd.h>
+#include <torch/csrc/jit/runtime/graph_executor.h>
 #include <torch/cuda.h>
 #include <torch/script.h>
 
@@ -140,6 +144,12 @@ std::string describe(const at::Tensor &t) {
 fa_status forward(fa_model *model, const at::Tensor &input, int64_t rows, at::Tensor *logits) {
     const bool tracked = !input.is_inference(); /* inference tensors have no version */
     const auto version = tracked ? input._version() : 0;
+    /* TorchScript's graph executor without its optimisations (thread-local, this call only):
+     * its profiling executor would respecialise the graph after the first calls and fuse
+     * element-wise groups on the GPU (e.g. x / 127.5 - 1.0 as one kernel), so a result would
+     * depend on the call number and on the batch shape (compaction changes N). Unoptimised, every
+     * call runs the same eager kernels. */
+    const torch::jit::GraphOptimizerEnabledGuard unoptimised(false);
     const c10::IValue output = model->module.forward({input});
     if (tracked && input._version() != version)
         return fa_set_error(FA_ERR_MODEL, "the model modified its input in place (e.g. x.div_() "
@@ -194,7 +204,38 @@ at::Tensor labels_on(const int64_t *labels, int64_t n, const torch::Device &devi
 
 bool transform_is_off(const fa_transform &t) {
     return t.di_prob == 0.0f && (t.si_copies == 0 || t.si_copies == 1) &&
-           (t.ti_kernel == 0 || t.ti_kernel == 1);
+           (t.ti_kernel == 0 || t.ti_kernel == 1) && t.admix_copies == 0 && t.bsr_copies == 0 &&
+           t.sia_copies == 0;
+}
+
+/* Admix, BSR and SIA (their own checks; the image size is the call's). */
+fa_status check_native_transforms(const fa_transform &t, int64_t h, int64_t w) {
+    if (t.admix_copies < 0 || t.bsr_copies < 0 || t.sia_copies < 0)
+        return fa_set_error(FA_ERR_ARGUMENT, "transform.%s=%d must be >= 0 (0: off)",
+                            t.admix_copies < 0 ? "admix_copies"
+                            : t.bsr_copies < 0 ? "bsr_copies" : "sia_copies",
+                            std::min({t.admix_copies, t.bsr_copies, t.sia_copies}));
+    if (t.admix_copies > 0) {
+        if (t.admix_scales < 1)
+            return fa_set_error(FA_ERR_ARGUMENT, "transform.admix_scales=%d must be >= 1",
+                                t.admix_scales);
+        if (!std::isfinite(t.admix_eta) || t.admix_eta < 0.0f)
+            return fa_set_error(FA_ERR_ARGUMENT, "transform.admix_eta=%g must be >= 0",
+                                static_cast<double>(t.admix_eta));
+        if (t.admix_pool == nullptr || t.admix_pool_labels == nullptr || t.admix_pool_n < 1)
+            return fa_set_error(FA_ERR_ARGUMENT, "transform.admix_pool is empty: Admix needs the "
+                                "images (and labels) to mix in");
+    }
+    if (t.bsr_copies > 0 && (t.bsr_blocks < 1 || t.bsr_blocks > std::min(h, w)))
+        return fa_set_error(FA_ERR_ARGUMENT, "transform.bsr_blocks=%d must be in [1, %lld] (the "
+                            "image's smaller side)", t.bsr_blocks, ll(std::min(h, w)));
+    if (t.bsr_copies > 0 && !(t.bsr_angle >= 0.0f && t.bsr_angle <= 180.0f))
+        return fa_set_error(FA_ERR_ARGUMENT, "transform.bsr_angle=%g must be in [0, 180] degrees",
+                            static_cast<double>(t.bsr_angle));
+    if (t.sia_copies > 0 && (t.sia_blocks < 1 || t.sia_blocks > std::min(h, w)))
+        return fa_set_error(FA_ERR_ARGUMENT, "transform.sia_blocks=%d must be in [1, %lld] (the "
+                            "image's smaller side)", t.sia_blocks, ll(std::min(h, w)));
+    return FA_OK;
 }
 
 fa_status check_transform(const fa_transform &t) {
@@ -228,8 +269,10 @@ fa_status check_run(const fa_model *model, int64_t n, int64_t h, int64_t w, int6
         return fa_set_error(FA_ERR_ARGUMENT, "want_grad=1 needs labels, but labels is NULL");
     if (want_grad && grad == nullptr)
         return fa_set_error(FA_ERR_ARGUMENT, "want_grad=1 needs grad, but grad is NULL");
-    if (want_grad && transform != nullptr)
-        return check_transform(*transform);
+    if (want_grad && transform != nullptr) {
+        const fa_status status = check_transform(*transform);
+        return status != FA_OK ? status : check_native_transforms(*transform, h, w);
+    }
     return FA_OK;
 }
 
@@ -325,6 +368,287 @@ at::Tensor smooth(fa_model *model, const at::Tensor &g, int k) {
     return at::conv2d(once, horizontal, std::nullopt, one, pad_cols, one, c);
 }
 
+/* ---------------------------------------------------------------- Admix, BSR, SIA
+ * Each transform maps the rows of the gradient pass (R = copies * n, copy-major: row r is image
+ * r % n) to more rows, copy-major again, so that they compose with SI and DI. Every draw comes
+ * from (seed, image index, call, copy, kind): batching never changes one. The draws are one
+ * vector of doubles per copy (fa_transform_draws exposes them to the tests). */
+
+enum : uint64_t { SALT_ADMIX = 0xad31c5ULL, SALT_BSR = 0xb5b5ULL, SALT_SIA = 0x51a51aULL };
+
+std::mt19937_64 stream(uint64_t seed, int64_t index, int64_t call, int64_t copy, uint64_t salt) {
+    return std::mt19937_64(mix(mix(mix(mix(mix(seed) ^ static_cast<uint64_t>(index)) ^
+                                       static_cast<uint64_t>(call)) ^
+                                   static_cast<uint64_t>(copy)) ^
+                               salt));
+}
+
+double uniform01(std::mt19937_64 &rng) { return static_cast<double>(rng() >> 11) * 0x1.0p-53; }
+
+int64_t below(std::mt19937_64 &rng, int64_t m) {
+    return static_cast<int64_t>(rng() % static_cast<uint64_t>(m));
+}
+
+/* A uniform permutation of 0..m-1 appended to out (Fisher-Yates). */
+void permutation(std::mt19937_64 &rng, int64_t m, std::vector<double> &out) {
+    std::vector<int64_t> p(static_cast<size_t>(m));
+    for (int64_t i = 0; i < m; i++)
+        p[static_cast<size_t>(i)] = i;
+    for (int64_t i = m - 1; i > 0; i--)
+        std::swap(p[static_cast<size_t>(i)], p[static_cast<size_t>(below(rng, i + 1))]);
+    out.insert(out.end(), p.begin(), p.end());
+}
+
+/* b random lengths that sum to size: uniform weights, rounded shares, the largest absorbing
+ * the rounding (BSR's cut, as TransferAttack's get_length). */
+void lengths(std::mt19937_64 &rng, int64_t b, int64_t size, std::vector<double> &out) {
+    std::vector<double> u(static_cast<size_t>(b));
+    double sum = 0.0;
+    for (double &v : u)
+        sum += (v = uniform01(rng) + 1e-12);
+    std::vector<int64_t> len(static_cast<size_t>(b));
+    int64_t total = 0, largest = 0;
+    for (int64_t i = 0; i < b; i++) {
+        len[static_cast<size_t>(i)] = std::llround(u[static_cast<size_t>(i)] / sum * size);
+        total += len[static_cast<size_t>(i)];
+        if (u[static_cast<size_t>(i)] > u[static_cast<size_t>(largest)])
+            largest = i;
+    }
+    len[static_cast<size_t>(largest)] += size - total;
+    out.insert(out.end(), len.begin(), len.end());
+}
+
+/* b + 1 sorted cuts 0 < c_1 < ... < c_{b-1} < size (distinct, uniform) with 0 and size. */
+void cuts(std::mt19937_64 &rng, int64_t b, int64_t size, std::vector<double> &out) {
+    std::vector<int64_t> pool(static_cast<size_t>(size - 1));
+    for (int64_t i = 0; i < size - 1; i++)
+        pool[static_cast<size_t>(i)] = i + 1;
+    for (int64_t i = 0; i < b - 1; i++)
+        std::swap(pool[static_cast<size_t>(i)],
+                  pool[static_cast<size_t>(i + below(rng, size - 1 - i))]);
+    std::vector<int64_t> c(pool.begin(), pool.begin() + (b - 1));
+    std::sort(c.begin(), c.end());
+    out.push_back(0.0);
+    out.insert(out.end(), c.begin(), c.end());
+    out.push_back(static_cast<double>(size));
+}
+
+fa_status admix_draws(const fa_transform &t, int64_t label, int64_t index, int64_t call,
+                      int64_t copy, std::vector<double> &out) {
+    int64_t others = 0;
+    for (int64_t p = 0; p < t.admix_pool_n; p++)
+        others += t.admix_pool_labels[p] != label;
+    if (others == 0)
+        return fa_set_error(FA_ERR_ARGUMENT, "transform.admix_pool: Admix mixes in images of "
+                            "other classes, but all %lld pool images have label %lld",
+                            ll(t.admix_pool_n), ll(label));
+    std::mt19937_64 rng = stream(t.seed, index, call, copy, SALT_ADMIX);
+    int64_t pick = below(rng, others);
+    for (int64_t p = 0; p < t.admix_pool_n; p++)
+        if (t.admix_pool_labels[p] != label && pick-- == 0) {
+            out.push_back(static_cast<double>(p));
+            break;
+        }
+    return FA_OK;
+}
+
+void bsr_draws(const fa_transform &t, int64_t h, int64_t w, int64_t index, int64_t call,
+               int64_t copy, std::vector<double> &out) {
+    std::mt19937_64 rng = stream(t.seed, index, call, copy, SALT_BSR);
+    const int64_t b = t.bsr_blocks;
+    const int64_t axis = below(rng, 2);
+    const int64_t first = axis == 0 ? h : w, second = axis == 0 ? w : h;
+    out.push_back(static_cast<double>(axis));
+    lengths(rng, b, first, out);
+    permutation(rng, b, out);
+    for (int64_t s = 0; s < b; s++) {
+        lengths(rng, b, second, out);
+        permutation(rng, b, out);
+    }
+    for (int64_t j = 0; j < b * b; j++)
+        out.push_back((2.0 * uniform01(rng) - 1.0) * static_cast<double>(t.bsr_angle));
+}
+
+void sia_draws(const fa_transform &t, int64_t h, int64_t w, int64_t index, int64_t call,
+               int64_t copy, std::vector<double> &out) {
+    std::mt19937_64 rng = stream(t.seed, index, call, copy, SALT_SIA);
+    const int64_t b = t.sia_blocks;
+    cuts(rng, b, h, out);
+    cuts(rng, b, w, out);
+    for (int64_t i = 0; i < b; i++)
+        for (int64_t j = 0; j < b; j++) {
+            const int64_t bh = static_cast<int64_t>(out[static_cast<size_t>(i + 1)] -
+                                                    out[static_cast<size_t>(i)]);
+            const int64_t bw = static_cast<int64_t>(out[static_cast<size_t>(b + 2 + j)] -
+                                                    out[static_cast<size_t>(b + 1 + j)]);
+            const int64_t op = below(rng, 7);
+            double parameter = 0.0;
+            if (op == 0)
+                parameter = static_cast<double>(below(rng, bh));
+            else if (op == 1)
+                parameter = static_cast<double>(below(rng, bw));
+            else if (op == 5)
+                parameter = uniform01(rng);
+            else if (op == 6)
+                parameter = static_cast<double>(rng() >> 11); /* exact in a double */
+            out.push_back(static_cast<double>(op));
+            out.push_back(parameter);
+        }
+}
+
+/* Admix of the rows of input (NCHW, rows = copies * n): for each partner j the rows plus
+ * admix_eta times partner j's clean image, then those at scales 0.5^s. */
+fa_status admix(const at::Tensor &input, int64_t n, const fa_transform &t, const int64_t *labels,
+                const int64_t *index, int64_t call, at::Tensor *out) {
+    const int64_t rows = input.size(0), h = input.size(2), w = input.size(3), c = input.size(1);
+    const int64_t dim = h * w * c;
+    std::vector<at::Tensor> mixed;
+    for (int64_t j = 0; j < t.admix_copies; j++) {
+        at::Tensor partners = torch::empty({n, h, w, c}, torch::kFloat);
+        float *dst = partners.data_ptr<float>();
+        for (int64_t i = 0; i < n; i++) {
+            std::vector<double> draw;
+            const int64_t id = index != nullptr ? index[i] : i;
+            const fa_status status = admix_draws(t, labels[i], id, call, j, draw);
+            if (status != FA_OK)
+                return status;
+            const int64_t p = static_cast<int64_t>(draw[0]);
+            std::copy(t.admix_pool + p * dim, t.admix_pool + (p + 1) * dim, dst + i * dim);
+        }
+        const at::Tensor mate = partners.to(input.device()).permute({0, 3, 1, 2});
+        const double eta = static_cast<double>(t.admix_eta);
+        mixed.push_back(input + eta * mate.repeat({rows / n, 1, 1, 1}));
+    }
+    const at::Tensor all = at::cat(mixed);
+    std::vector<at::Tensor> scaled{all};
+    for (int s = 1; s < t.admix_scales; s++)
+        scaled.push_back(all * std::ldexp(1.0, -s));
+    *out = at::cat(scaled);
+    return FA_OK;
+}
+
+/* One block [1, C, bh, bw] rotated about its centre by `degrees`: the output at pixel offset p
+ * from the centre samples the block at R(degrees) p (bilinear, zero outside). */
+at::Tensor rotate(const at::Tensor &block, double degrees) {
+    const int64_t bh = block.size(2), bw = block.size(3);
+    if (bh == 0 || bw == 0)
+        return block;
+    const double a = degrees * 3.14159265358979323846 / 180.0, co = std::cos(a), si = std::sin(a);
+    const double hw = static_cast<double>(bh) / static_cast<double>(bw);
+    const float theta[6] = {static_cast<float>(co), static_cast<float>(-si * hw), 0.0f,
+                            static_cast<float>(si / hw), static_cast<float>(co), 0.0f};
+    const at::Tensor m =
+        torch::from_blob(const_cast<float *>(theta), {1, 2, 3}, torch::kFloat).to(block.device());
+    const at::Tensor grid = at::affine_grid_generator(m, block.sizes(), false);
+    return at::grid_sampler(block, grid, 0, 0, false);
+}
+
+/* BSR: bsr_copies block-shuffled, rotated copies of every row. */
+at::Tensor block_shuffle(const at::Tensor &input, int64_t n, const fa_transform &t,
+                         const int64_t *index, int64_t call) {
+    const int64_t rows = input.size(0), h = input.size(2), w = input.size(3), b = t.bsr_blocks;
+    std::vector<at::Tensor> parts;
+    for (int64_t copy = 0; copy < t.bsr_copies; copy++)
+        for (int64_t r = 0; r < rows; r++) {
+            const int64_t i = r % n, id = index != nullptr ? index[i] : i;
+            std::vector<double> d;
+            bsr_draws(t, h, w, id, call, copy * (rows / n) + r / n, d);
+            const int64_t first = d[0] == 0.0 ? 2 : 3, second = first == 2 ? 3 : 2;
+            auto split = [&](const at::Tensor &x, int64_t dim, size_t at_) {
+                std::vector<at::Tensor> pieces;
+                int64_t start = 0;
+                for (int64_t k = 0; k < b; k++) {
+                    const int64_t len = static_cast<int64_t>(d[at_ + static_cast<size_t>(k)]);
+                    pieces.push_back(x.narrow(dim, start, len));
+                    start += len;
+                }
+                return pieces;
+            };
+            const std::vector<at::Tensor> strips = split(input.narrow(0, r, 1), first, 1);
+            std::vector<at::Tensor> out_strips;
+            for (int64_t s = 0; s < b; s++) {
+                const at::Tensor strip =
+                    strips[static_cast<size_t>(d[static_cast<size_t>(1 + b + s)])];
+                const size_t base = static_cast<size_t>(1 + 2 * b + 2 * b * s);
+                const std::vector<at::Tensor> pieces = split(strip, second, base);
+                std::vector<at::Tensor> placed;
+                for (int64_t k = 0; k < b; k++) {
+                    const size_t which = static_cast<size_t>(d[base + static_cast<size_t>(b + k)]);
+                    const double angle = d[static_cast<size_t>(1 + 2 * b + 2 * b * b + s * b + k)];
+                    placed.push_back(rotate(pieces[which], angle));
+                }
+                out_strips.push_back(at::cat(placed, second));
+            }
+            parts.push_back(at::cat(out_strips, first));
+        }
+    return at::cat(parts);
+}
+
+/* One SIA block transform (op, parameter of sia_draws). */
+at::Tensor sia_block(const at::Tensor &x, int64_t op, double parameter) {
+    switch (op) {
+    case 0:
+        return x.roll({static_cast<int64_t>(parameter)}, {2});
+    case 1:
+        return x.roll({static_cast<int64_t>(parameter)}, {3});
+    case 2:
+        return x.flip({2});
+    case 3:
+        return x.flip({3});
+    case 4:
+        return x.flip({2, 3});
+    case 5:
+        return x * parameter;
+    default: {
+        at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(
+            static_cast<uint64_t>(parameter));
+        const at::Tensor noise = torch::empty(x.sizes(), torch::kFloat).uniform_(-16.0, 16.0, gen);
+        return at::clamp(x + noise.to(x.device()), 0.0, 255.0);
+    }
+    }
+}
+
+/* SIA: sia_copies structure-invariant copies of every row. */
+at::Tensor structure_invariant(const at::Tensor &input, int64_t n, const fa_transform &t,
+                               const int64_t *index, int64_t call) {
+    const int64_t rows = input.size(0), h = input.size(2), w = input.size(3), b = t.sia_blocks;
+    std::vector<at::Tensor> parts;
+    for (int64_t copy = 0; copy < t.sia_copies; copy++)
+        for (int64_t r = 0; r < rows; r++) {
+            const int64_t i = r % n, id = index != nullptr ? index[i] : i;
+            std::vector<double> d;
+            sia_draws(t, h, w, id, call, copy * (rows / n) + r / n, d);
+            const at::Tensor row = input.narrow(0, r, 1);
+            std::vector<at::Tensor> bands;
+            for (int64_t bi = 0; bi < b; bi++) {
+                const int64_t top = static_cast<int64_t>(d[static_cast<size_t>(bi)]);
+                const int64_t bh = static_cast<int64_t>(d[static_cast<size_t>(bi + 1)]) - top;
+                std::vector<at::Tensor> blocks;
+                for (int64_t bj = 0; bj < b; bj++) {
+                    const int64_t left = static_cast<int64_t>(d[static_cast<size_t>(b + 1 + bj)]);
+                    const int64_t bw =
+                        static_cast<int64_t>(d[static_cast<size_t>(b + 2 + bj)]) - left;
+                    const size_t at_ = static_cast<size_t>(2 * b + 2 + 2 * (bi * b + bj));
+                    blocks.push_back(sia_block(row.narrow(2, top, bh).narrow(3, left, bw),
+                                               static_cast<int64_t>(d[at_]), d[at_ + 1]));
+                }
+                bands.push_back(at::cat(blocks, 3));
+            }
+            parts.push_back(at::cat(bands, 2));
+        }
+    return at::cat(parts);
+}
+
+int64_t copies_of(const fa_transform &t) {
+    int64_t copies = std::max(t.si_copies, 1);
+    if (t.admix_copies > 0)
+        copies *= static_cast<int64_t>(t.admix_copies) * std::max(t.admix_scales, 1);
+    if (t.bsr_copies > 0)
+        copies *= t.bsr_copies;
+    if (t.sia_copies > 0)
+        copies *= t.sia_copies;
+    return copies;
+}
 
 /* The surrogate of one call: a model, or an ensemble's members with weights summing to 1 and
  * a fuse rule (fa_fuse, SPEC 9). Members share the device of the first. */
@@ -404,9 +728,9 @@ at::Tensor nonfinite_rows(const std::vector<at::Tensor> &outs) {
 
 /*
  * The gradient pass on x_nhwc (NHWC, on the model's device, possibly the caller's memory):
- * *gradient = d sum_i objective_i / d x over the transformed inputs (fa_loss; CE by default), as an NCHW tensor whose memory
- * is NHWC (channels_last), and *logits the plain logits at x when the transformed pass gives
- * them (no DI). The model sees x as a channels_last NCHW view of the caller's memory: no copy.
+ * *gradient = d sum_i objective_i / d x over the transformed inputs (fa_loss; CE by default),
+ * as an NCHW tensor whose memory is NHWC (channels_last), and *logits every member's plain
+ * logits at x when the transformed pass gives them (no DI, Admix, BSR or SIA). The model sees x as a channels_last NCHW view of the caller's memory: no copy.
  * Autograd never writes into a leaf, and a model that writes into its input fails (a leaf that
  * requires grad cannot be modified in place).
  */
@@ -428,11 +752,20 @@ fa_status gradient_pass(const surrogate &s, const at::Tensor &x_nhwc, int64_t n,
             scaled.push_back(x * std::ldexp(1.0, -i));
         input = at::cat(scaled);
     }
+    fa_status status = FA_OK;
+    if (t.admix_copies > 0 && (status = admix(input, n, t, labels, index, call, &input)) != FA_OK)
+        return status;
+    if (t.bsr_copies > 0)
+        input = block_shuffle(input, n, t, index, call);
+    if (t.sia_copies > 0)
+        input = structure_invariant(input, n, t, index, call);
+    const int64_t total = copies_of(t); /* SI x Admix x BSR x SIA rows per image */
+    const bool plain_first = !di && total == copies; /* copy 0 is x itself */
     if (di)
         input = diverse(input, n, t, index, call);
 
     std::vector<at::Tensor> outs;
-    fa_status status = forward_all(s, input, copies * n, &outs);
+    status = forward_all(s, input, total * n, &outs);
     if (status != FA_OK)
         return status;
     const int64_t k = outs.front().size(1);
@@ -444,19 +777,19 @@ fa_status gradient_pass(const surrogate &s, const at::Tensor &x_nhwc, int64_t n,
         return status;
 
     at::Tensor y = labels_on(labels, n, outs.front().device());
-    if (copies > 1)
-        y = y.repeat({copies});
+    if (total > 1)
+        y = y.repeat({total});
     /* one backward through every member's graph (one gradient pass per member) */
-    const at::Tensor total = fused_objective(s, outs, y, objective).sum();
-    *gradient = torch::autograd::grad({total}, {leaf})[0].permute({0, 3, 1, 2});
+    const at::Tensor summed = fused_objective(s, outs, y, objective).sum();
+    *gradient = torch::autograd::grad({summed}, {leaf})[0].permute({0, 3, 1, 2});
 
     torch::NoGradGuard no_grad;
-    if (copies > 1)
-        gradient->div_(copies);
+    if (total > 1)
+        gradient->div_(static_cast<double>(total));
     if (t.ti_kernel > 1)
         *gradient = smooth(s.first(), *gradient, t.ti_kernel);
     logits->clear();
-    if (!di)
+    if (plain_first)
         for (const at::Tensor &out : outs)
             logits->push_back(out.narrow(0, 0, n).detach()); /* copy 0 is the plain x */
     return FA_OK;
@@ -747,6 +1080,81 @@ const char *fa_fuse_name(int fuse) {
     return fuse >= 0 && fuse < FA_FUSE_COUNT ? names[fuse] : nullptr;
 }
 
+fa_status fa_torch_cuda_alloc(void **p, size_t bytes, int device_index, void *cuda_stream) {
+    return guarded("fa_torch_cuda_alloc", [&]() -> fa_status {
+        if (p == nullptr)
+            return fa_set_error(FA_ERR_ARGUMENT, "p is NULL");
+        *p = nullptr;
+        if (device_index < 0)
+            return fa_set_error(FA_ERR_ARGUMENT, "device_index=%d must be >= 0", device_index);
+        /* torch's CUDA state (its caching allocator among it) exists after its lazy init only:
+         * a process that has not made a CUDA tensor yet (the conformance suite) has none */
+        at::globalContext().lazyInitDevice(c10::DeviceType::CUDA);
+        const torch::Device device(torch::kCUDA, static_cast<c10::DeviceIndex>(device_index));
+        const c10::DeviceGuard on_device(device);
+        /* torch's caching allocator orders a block on the current stream of its device: serve
+         * only that stream (the core allocates for any other one itself) */
+        if (c10::impl::getDeviceGuardImpl(device.type())->getStream(device).native_handle() !=
+            cuda_stream)
+            return FA_OK;
+        *p = c10::GetAllocator(c10::DeviceType::CUDA)->raw_allocate(bytes);
+        return FA_OK;
+    });
+}
+
+void fa_torch_cuda_free(void *p) {
+    try {
+        if (p != nullptr)
+            c10::GetAllocator(c10::DeviceType::CUDA)->raw_deallocate(p);
+    } catch (...) { /* nothing may cross the boundary, and a free has no status */
+    }
+}
+
+int64_t fa_transform_copies(const fa_transform *transform) {
+    return transform != nullptr ? copies_of(*transform) : 1;
+}
+
+fa_status fa_transform_draws(const fa_transform *transform, const char *kind, int64_t h,
+                             int64_t w, int64_t label, int64_t index, int64_t call, int64_t copy,
+                             double *out, int64_t capacity, int64_t *count) {
+    return guarded("fa_transform_draws", [&]() -> fa_status {
+        if (transform == nullptr || kind == nullptr || count == nullptr)
+            return fa_set_error(FA_ERR_ARGUMENT, "transform, kind and count must not be NULL");
+        if (h < 1 || w < 1)
+            return fa_set_error(FA_ERR_ARGUMENT, "h=%lld, w=%lld must be >= 1", ll(h), ll(w));
+        const std::string name(kind);
+        std::vector<double> d;
+        if (name == "admix") {
+            fa_transform t = *transform;
+            t.admix_copies = std::max(t.admix_copies, 1);
+            fa_status status = check_native_transforms(t, h, w);
+            if (status == FA_OK)
+                status = admix_draws(t, label, index, call, copy, d);
+            if (status != FA_OK)
+                return status;
+        } else if (name == "bsr" || name == "sia") {
+            fa_transform t = *transform;
+            (name == "bsr" ? t.bsr_copies : t.sia_copies) = 1;
+            const fa_status status = check_native_transforms(t, h, w);
+            if (status != FA_OK)
+                return status;
+            if (name == "bsr")
+                bsr_draws(t, h, w, index, call, copy, d);
+            else
+                sia_draws(t, h, w, index, call, copy, d);
+        } else {
+            return fa_set_error(FA_ERR_ARGUMENT, "kind='%s' must be 'admix', 'bsr' or 'sia'",
+                                kind);
+        }
+        *count = static_cast<int64_t>(d.size());
+        if (*count > capacity || (out == nullptr && *count > 0))
+            return fa_set_error(FA_ERR_ARGUMENT, "capacity=%lld: the draws need %lld entries",
+                                ll(capacity), ll(*count));
+        std::copy(d.begin(), d.end(), out);
+        return FA_OK;
+    });
+}
+
 fa_status fa_model_oracle_grad(void *ctx, int64_t n, const int64_t *index, const int64_t *labels,
                                const float *x, int want_grad, float *loss, int64_t *pred,
                                float *grad) {
@@ -794,11 +1202,13 @@ fa_status fa_model_oracle_grad(void *ctx, int64_t n, const int64_t *index, const
         return status;
     /* the passes fa_model_run made: see fa_model_oracle in fa_torch.h */
     const int64_t members = std::max(oracle->n_members, 1); /* every pass is one per member */
-    const int64_t passes =
-        want_grad ? members * std::max(transform != nullptr ? transform->si_copies : 1, 1) : 0;
-    const bool di = want_grad && transform != nullptr && transform->di_prob > 0.0f;
+    const int64_t copies = fa_transform_copies(transform); /* SI x Admix x BSR x SIA */
+    const int64_t passes = want_grad ? members * copies : 0;
+    /* the gradient pass gives the plain logits only when its copy 0 is x (gradient_pass) */
+    const bool plain = transform == nullptr ||
+                       (transform->di_prob <= 0.0f && copies == std::max(transform->si_copies, 1));
     const int64_t forwards =
-        (loss != nullptr || pred != nullptr) && (!want_grad || di) ? members : 0;
+        (loss != nullptr || pred != nullptr) && (!want_grad || !plain) ? members : 0;
     for (int64_t r = 0; r < n; r++) {
         const int64_t i = index[r] - oracle->index_base;
         if (oracle->grad_evals != nullptr)

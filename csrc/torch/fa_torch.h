@@ -20,6 +20,11 @@
  * Non-finite logits: a row whose logits contain NaN or +-inf gets pred = -1 and loss = NaN
  * (never argmax = 0 and a finite CE); its logits are returned as they are.
  *
+ * TorchScript: the module runs with the graph executor's optimisations off for each call (a
+ * thread-local guard; the caller's own TorchScript is unaffected): no profiling runs, no
+ * respecialisation, no fusion, so a result never depends on the call number or on the batch
+ * shape.
+ *
  * Devices and streams: a model lives on the CPU or on one GPU (cuda:device_index). Every call
  * makes that GPU current for its own duration (a device guard), whatever the calling thread had
  * current, and runs on torch's current CUDA stream of that GPU for the calling thread
@@ -72,7 +77,31 @@ typedef struct fa_transform {
     int si_copies;     /* SI: average gradients at x * 0.5^i, i = 0..si_copies-1 (0/1: off)  */
     int ti_kernel;     /* TI: smooth the gradient with a ti_kernel^2 Gaussian, sigma =
                           (kernel-1)/6, per channel (0: off; odd, e.g. 15)                    */
-    uint64_t seed;     /* DI draws from (seed, image index, call number)                      */
+    uint64_t seed;     /* DI, Admix, BSR and SIA draw from (seed, image index, call number,
+                          copy): batching never changes a draw                                */
+    /* Admix: admix_copies partners per image and call, each row x + admix_eta * x' with x' the
+     * clean image of a pool image of another class (uniform, drawn per (seed, index, call,
+     * partner)), then scaled by 0.5^s, s = 0..admix_scales-1 (admix_copies * admix_scales
+     * copies; 0: off). The pool is every image the attack was given, so that the partners never
+     * depend on the batch or on which images are still running. */
+    int admix_copies;
+    int admix_scales;                  /* 5 */
+    float admix_eta;                   /* 0.2 */
+    const float *admix_pool;           /* host, admix_pool_n NHWC images of the call's shape  */
+    const int64_t *admix_pool_labels;  /* host, admix_pool_n labels                           */
+    int64_t admix_pool_n;
+    /* BSR: bsr_copies copies (0: off), each cut into bsr_blocks strips along a random axis
+     * (random lengths), the strips shuffled, each strip cut into bsr_blocks pieces along the
+     * other axis and those shuffled, every piece rotated about its centre by a uniform angle in
+     * [-bsr_angle, bsr_angle] degrees (bilinear, zero fill). */
+    int bsr_copies;
+    int bsr_blocks;                    /* 3 */
+    float bsr_angle;                   /* 24 */
+    /* SIA: sia_copies copies (0: off), each cut into sia_blocks x sia_blocks blocks at random
+     * cuts; each block gets one of 7 transforms: roll rows, roll columns, flip rows, flip
+     * columns, rotate 180, scale by U[0, 1), add U[-16, 16] noise and clip to [0, 255]. */
+    int sia_copies;
+    int sia_blocks;                    /* 3 */
 } fa_transform;
 
 /*
@@ -100,6 +129,31 @@ fa_status fa_model_run(fa_model *model, int64_t n, int64_t h, int64_t w, int64_t
                        float *logits, int64_t k_expected, int64_t *pred, float *grad,
                        int device_io, const fa_transform *transform, const int64_t *index,
                        int64_t call);
+
+/* torch's CUDA caching allocator, for fa_cuda_set_allocator (fairattack.h): `bytes` on GPU
+ * device_index through c10's allocator, ordered on torch's current stream there; *p stays NULL
+ * (FA_OK) when cuda_stream is not that stream. Out of memory (after torch freed its cache):
+ * FA_ERR_MEMORY. fa_torch_cuda_free(NULL) does nothing. */
+fa_status fa_torch_cuda_alloc(void **p, size_t bytes, int device_index, void *cuda_stream);
+void fa_torch_cuda_free(void *p);
+
+/* The gradient passes one call of a transform makes per image (the product of the copies of
+ * SI, Admix, BSR and SIA; 1 without them): what grad_evals counts. NULL: 1. */
+int64_t fa_transform_copies(const fa_transform *transform);
+
+/* The random draws of one transformed copy of one image (what the tests' reference rebuilds
+ * the transforms from), as doubles in *out (capacity entries; *count gets how many there are,
+ * FA_ERR_ARGUMENT naming capacity when they do not fit). kind: "admix" (copy = partner j:
+ * [pool position]), "bsr" ([axis (0: strips of rows first, 1: of columns), b strip lengths, b
+ * strip order, then per output strip b piece lengths and b piece order, then b*b angles in
+ * degrees]; output strip s is input strip order[s]), "sia" ([b+1 row cuts, b+1 column cuts,
+ * then per block, row-major, (op, parameter)]: op 0/1 roll rows/columns by parameter, 2/3 flip
+ * rows/columns, 4 rotate 180, 5 scale by parameter, 6 noise from a torch CPU generator seeded
+ * with parameter, uniform_(-16, 16) of the block's [1, C, bh, bw] shape). label: the image's
+ * (admix); h, w: the image's size (bsr, sia). */
+fa_status fa_transform_draws(const fa_transform *transform, const char *kind, int64_t h,
+                             int64_t w, int64_t label, int64_t index, int64_t call, int64_t copy,
+                             double *out, int64_t capacity, int64_t *count);
 
 /* What a gradient pass differentiates (SPEC 10), per row with logits z and class c = labels[r]
  * (the true label of an untargeted attack, the target of a targeted one). Every one is
@@ -156,9 +210,11 @@ fa_status fa_ensemble_run(fa_model *const *members, const float *weights, int co
  *
  * What an attack spends (SPEC 12), per image, when grad_evals / forward_evals are not NULL:
  * row r of a call is image index[r] - index_base of the caller's arrays (index must then not be
- * NULL). A gradient call adds its gradient passes to grad_evals (one per transformed copy: SI's
- * si_copies, else 1); a forward that only serves loss or pred (a call without gradient, or one
- * whose gradient pass saw DI-transformed images and so not x itself) adds 1 to forward_evals.
+ * NULL). A gradient call adds its gradient passes to grad_evals (one per transformed copy:
+ * fa_transform_copies, the product of SI's, Admix's, BSR's and SIA's copies, else 1; VMI/VNI's
+ * neighbours are gradient calls of their own); a forward that only serves loss or pred (a call
+ * without gradient, or one whose gradient pass saw DI-transformed images and so not x itself)
+ * adds 1 to forward_evals.
  *
  * Targeted attacks (SPEC 10), when targets is not NULL: row r's class is the target
  * targets[index[r] - index_base] instead of labels[r] (which stay the true labels: the core's

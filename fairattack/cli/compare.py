@@ -19,40 +19,33 @@ from ..compare import MODES
 
 def add_parser(sub):
     """Register the `compare` sub-command."""
-    c = sub.add_parser("compare", help="ASR of attacks at matched l-inf AND RMSE (docs/fair-comparison.md)",
-                       description=__doc__.splitlines()[0])
+    from ._common import add_options, description, nonnegative_int, positive_float
+
+    c = sub.add_parser("compare", help="ASR of attacks at matched l-inf AND RMSE "
+                       "(docs/fair-comparison.md)", description=description(__doc__))
     c.add_argument("--clean", help="folder of clean images (PNG); with --adv")
     c.add_argument("--adv", nargs="+", default=[], metavar="NAME=DIR",
                    help="adversarial images of an attack: a folder with the clean folder's "
                         "file names")
-    c.add_argument("--attacks", nargs="+", default=[], metavar="NAME",
-                   help="fairattack optimizers (FGSM PGD MI-FGSM NI-FGSM Adam ...), with "
-                        "options as NAME=OPTIMIZER[:SETTING][,key=value...] "
-                        "(DI=PGD,di_prob=0.5), or ta:NAME (torchattacks); run on --surrogate")
-    c.add_argument("--surrogate", metavar="MODEL",
-                   help="registry name or TorchScript file (A+B: an ensemble, fused by --fuse); "
-                        "picks the images that count (those it classifies correctly) and runs "
-                        "--attacks")
+    add_options(c, "attacks", "surrogates", "data", "n_images", "labels", "victims", "eps",
+                "out", "no_resume", "seed", "image_size", "batch_size", "device",
+                "allow_subpixel", "quiet", attacks=[], n_images=100, eps=16.0,
+                out="fairattack-compare",
+                attacks_help="fairattack optimizers (FGSM PGD MI-FGSM NI-FGSM Adam ...), with "
+                "options as NAME=OPTIMIZER[:SETTING][,key=value...] (DI=PGD,di_prob=0.5), or "
+                "ta:NAME (torchattacks); run on --surrogate",
+                surrogates_help="the one model the attacks run on (registry name or "
+                "TorchScript file; A+B: an ensemble, fused by --fuse); picks the images that "
+                "count (those it classifies correctly)")
     c.add_argument("--fuse", choices=("logits", "probs", "loss"), default="logits",
-                   help="how an ensemble --surrogate A+B fuses its members (default logits)")
-    c.add_argument("--data", help="an image folder to select --n-images from (with --attacks)")
-    c.add_argument("--n-images", type=int, default=100, help="images to select from --data")
-    c.add_argument("--labels", help="label file (lines 'FILE INDEX'); default: SYNSET_name "
-                                    "file names")
-    c.add_argument("--victims", nargs="+", required=True, metavar="MODEL")
-    c.add_argument("--rmse", nargs="+", type=float, default=[2, 4, 6, 8, 10, 12],
-                   metavar="R", help="RMSE budgets in pixels")
-    c.add_argument("--mode", default="rescale", choices=MODES)
-    c.add_argument("--eps", type=float, default=16.0, help="l-inf budget in pixels (16)")
-    c.add_argument("--out", default="fairattack-compare", help="results folder (resumable)")
-    c.add_argument("--no-resume", action="store_true", help="recompute every cell")
-    c.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the CIs")
-    c.add_argument("--seed", type=int, default=0, help="selection, attacks and bootstrap seed")
-    c.add_argument("--image-size", type=int, default=None,
-                   help="--data: the surrogate's input size when its file does not say")
-    c.add_argument("--batch-size", type=int, default=16)
-    c.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    c.add_argument("--quiet", action="store_true", help="no progress bars")
+                   help="how an ensemble --surrogate A+B fuses its members")
+    c.add_argument("--rmse", nargs="+", type=positive_float, default=[2, 4, 6, 8, 10, 12],
+                   metavar="R", help="RMSE budgets in pixels (each at most --eps)")
+    c.add_argument("--mode", default="rescale", choices=MODES,
+                   help="rescale: match each attack's images after the fact; budget: rerun "
+                   "fairattack attacks under the joint budget")
+    c.add_argument("--n-boot", type=nonnegative_int, default=1000,
+                   help="bootstrap resamples for the CIs")
     c.add_argument("--target", metavar="random|least_likely|FILE",
                    help="a targeted comparison: ASR becomes the targeted success rate; FILE "
                         "has lines 'IMAGE_NAME CLASS' for every image")
@@ -61,6 +54,75 @@ def add_parser(sub):
                         "margin: untargeted)")
     c.set_defaults(func=cmd_compare)
     return c
+
+
+def _check(args):
+    """Every argument of compare, before any model is loaded or image read."""
+    from .. import peers
+    from ..settings import check_pixel_units, make_config
+    from ..spec import CONFIG_KEYS, TRANSFORMS, coerce, parse_text
+    from ._common import UsageError, check_names
+
+    if bool(args.clean) == bool(args.data):
+        raise UsageError("give the images either as --clean DIR (with --adv NAME=DIR ...) or "
+                         "as --data DIR (with --attacks and --surrogate)")
+    if args.clean and not args.adv and not args.attacks:
+        raise UsageError("--clean: give the adversarial folders with --adv NAME=DIR ...")
+    if args.data and not args.attacks:
+        raise UsageError("--data: name the attacks to run with --attacks NAME ...")
+    if args.attacks and not args.surrogates:
+        raise UsageError("--attacks run on a surrogate: pass --surrogate MODEL")
+    if args.surrogates and len(args.surrogates) != 1:
+        raise UsageError(f"--surrogate: compare runs on one surrogate, got "
+                         f"{len(args.surrogates)}")
+    for flag, folder in (("--clean", args.clean), ("--data", args.data)):
+        if folder and not Path(folder).is_dir():
+            raise UsageError(f"{flag} {folder!r} is not a folder")
+    members = args.surrogates[0].split("+") if args.surrogates else []
+    for spec in members + args.victims:
+        if spec.endswith((".pt", ".pth", ".ts")) and not Path(spec).is_file():
+            raise UsageError(f"model file {spec!r} does not exist")
+    for item in args.adv:
+        name, sep, folder = item.partition("=")
+        if not sep or not name or not folder:
+            raise UsageError(f"--adv {item!r}: expected NAME=DIR")
+        if not Path(folder).is_dir():
+            raise UsageError(f"--adv {item!r}: {folder!r} is not a folder")
+    try:
+        check_pixel_units("eps", args.eps, args.allow_subpixel)
+        for r in args.rmse:
+            check_pixel_units("rmse", r, args.allow_subpixel)
+    except ValueError as error:
+        raise UsageError(str(error).replace("allow_subpixel=True", "--allow-subpixel")) \
+            from None
+    over = [r for r in args.rmse if r > args.eps]
+    if over:
+        raise UsageError(f"--rmse {over[0]:g} can never be reached with --eps {args.eps:g} (an "
+                         "image's RMSE is at most its l-inf): lower --rmse or raise --eps")
+    for i, text in enumerate(args.attacks):  # names and hyper-parameters, before any work
+        if peers.is_peer_name(text):
+            continue
+        if "=" not in text:
+            check_names([text], ())
+        else:
+            try:
+                spec = parse_text(text)[1]
+            except ValueError as error:
+                raise UsageError(f"--attacks: {error}") from None
+            check_names([spec["optimizer"]], [spec["setting"]] if "setting" in spec else ())
+        try:
+            attack = coerce(text, f"--attacks {text!r}",
+                            allowed=CONFIG_KEYS + TRANSFORMS + ("rounding", "allow_subpixel"))
+        except (TypeError, ValueError) as error:
+            raise UsageError(str(error)) from None
+        if attack.kind == "fairattack":
+            params = {k: v for k, v in attack.params.items() if k != "rounding"}
+            params["allow_subpixel"] = bool(params.get("allow_subpixel") or args.allow_subpixel)
+            params.setdefault("eps", args.eps)
+            try:
+                make_config(attack.optimizer, attack.setting, **params)
+            except (TypeError, ValueError) as error:
+                raise UsageError(f"--attacks {text!r}: {error}") from None
 
 
 def _folders(args):
@@ -110,7 +172,9 @@ def _target_of(text, names):
 def _markdown(df, table, path, meta):
     lines = [f"# Fair comparison ({meta['mode']}, eps {meta['eps']:g}, "
              f"{meta['n_images']} images)", "",
-             "ASR = mean victim error; [95% bootstrap CI]; linf and rmse: the attack's own "
+             "ASR = mean victim error on the images that count (those the surrogate "
+             "classifies correctly); [95% bootstrap CI]; clean_error: the victims' error on "
+             "the same clean images (the baseline of ASR); linf and rmse: the attack's own "
              "uint8 images.", ""]
     cols = list(table.columns)
     lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
@@ -136,19 +200,10 @@ def cmd_compare(args):
     from ..compare import compare, comparison_table
     from ..store import write_comparison
 
-    if bool(args.clean) == bool(args.data):
-        raise ValueError("give the images either as --clean DIR (with --adv NAME=DIR ...) or as "
-                         "--data DIR (with --attacks and --surrogate)")
-    if args.clean and not args.adv and not args.attacks:
-        raise ValueError("--clean: give the adversarial folders with --adv NAME=DIR ...")
-    if args.data and not args.attacks:
-        raise ValueError("--data: name the attacks to run with --attacks NAME ...")
-    if args.attacks and not args.surrogate:
-        raise ValueError("--attacks run on a surrogate: pass --surrogate MODEL")
+    _check(args)
+    args.surrogate = args.surrogates[0] if args.surrogates else None
     members = args.surrogate.split("+") if args.surrogate else []
-    for spec in members + args.victims:
-        if spec and spec.endswith((".pt", ".pth", ".ts")) and not Path(spec).is_file():
-            raise ValueError(f"model file {spec!r} does not exist")
+    victim_specs = model_specs(args.victims, "--victims")
     surrogate, size = None, None
     if len(members) > 1:
         from ..ensemble import EnsembleSpec
@@ -158,21 +213,17 @@ def cmd_compare(args):
     elif args.surrogate:
         (name, spec), = model_specs([args.surrogate], "--surrogate").items()
         surrogate, size = load_spec(name, spec, args.device), input_size(args.surrogate)
-    victims = {name: load_spec(name, spec, args.device)
-               for name, spec in model_specs(args.victims, "--victims").items()}
+    if args.data:
+        size = args.image_size or size
+        if size is None:
+            raise ValueError(f"--surrogate {args.surrogate!r}: unknown input size; pass "
+                             "--image-size")
+    victims = {name: load_spec(name, spec, args.device) for name, spec in victim_specs.items()}
 
     if args.clean:
         images, labels, names, attacks = _folders(args)
         source = f"{args.clean} ({len(names)} images)"
     else:
-        if not Path(args.data).is_dir():
-            raise ValueError(f"--data {args.data!r} is not a folder")
-        size = args.image_size or size
-        if size is None:
-            raise ValueError(f"--surrogate {args.surrogate!r}: unknown input size; pass "
-                             "--image-size")
-        if args.n_images < 1:
-            raise ValueError(f"--n-images must be >= 1, got {args.n_images}")
         dataset = data.open_dataset(args.data, labels=args.labels)
         images, labels, names = data.select(dataset, surrogate, args.n_images, size,
                                             seed=args.seed, batch_size=args.batch_size,
@@ -188,7 +239,7 @@ def cmd_compare(args):
     out = Path(args.out)
     df = compare(surrogate, images, labels, attacks, victims, rmse=args.rmse, mode=args.mode,
                  eps=args.eps, batch_size=args.batch_size, progress=not args.quiet,
-                 seed=args.seed, n_boot=args.n_boot,
+                 seed=args.seed, n_boot=args.n_boot, allow_subpixel=args.allow_subpixel,
                  cache_dir=None if args.no_resume else out / "cache",
                  target=_target_of(args.target, names), loss=args.loss)
     per_image = df.per_image.copy()

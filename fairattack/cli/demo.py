@@ -5,7 +5,7 @@ import time
 from pathlib import Path
 
 from ..settings import PAPER_OPTIMIZERS
-from ._common import UsageError, check_names, common_options
+from ._common import UsageError, add_options, check_names, common_options, description
 from .report import report
 
 DEMO_SURROGATE = "efficientnet-lite0"
@@ -33,13 +33,14 @@ def _gallery(out_dir, surrogate, setting, optimizers, clean, names):
 
 
 def add_parser(sub):
-    d = sub.add_parser("demo", help="EfficientNet-Lite0 -> Lite1/Lite2/MobileNetV2, end to end")
-    d.add_argument("--data", help="a folder of images (default: photos scikit-image ships)")
-    d.add_argument("--n", type=int, default=None,
-                   help="images to select from --data (default 16)")
-    d.add_argument("--out", default="fairattack-demo", help="results folder")
+    d = sub.add_parser("demo", help="EfficientNet-Lite0 -> Lite1/Lite2/MobileNetV2, end to end",
+                       description=description(__doc__))
+    add_options(d, "data", "n_images", "out", out="fairattack-demo",
+                data_help="a folder of images (default: photos scikit-image ships)",
+                n_images_help="images to select from --data (default 16; --n: the same)")
     common_options(d)
     d.set_defaults(func=cmd_demo)
+    return d
 
 
 def cmd_demo(args):
@@ -47,6 +48,8 @@ def cmd_demo(args):
     from ..study import run_study
 
     check_names(args.optimizers, args.settings)
+    if args.data is not None and args.n_images is None:
+        args.n_images = 16
     optimizers = args.optimizers or list(PAPER_OPTIMIZERS)
     started = time.time()
     size = models.input_size(DEMO_SURROGATE)
@@ -58,12 +61,12 @@ def cmd_demo(args):
         if not Path(args.data).is_dir():
             raise UsageError(f"--data {args.data!r} is not a folder")
         source = args.data
-        print(f"data: {args.data}, the first {args.n} images {DEMO_SURROGATE} classifies "
+        print(f"data: {args.data}, the first {args.n_images} images {DEMO_SURROGATE} classifies "
               "correctly (seeded order)")
     print(f"surrogate {DEMO_SURROGATE}, victims {', '.join(DEMO_VICTIMS)}; "
-          f"{len(optimizers)} optimizers x {', '.join(args.settings)}")
+          f"{len(optimizers)} optimizers x {', '.join(args.settings or ['their default setting'])}")
     df = run_study([DEMO_SURROGATE], list(DEMO_VICTIMS), source, optimizers=optimizers,
-                   settings=args.settings, out_dir=args.out, n_images=args.n,
+                   settings=args.settings, out_dir=args.out, n_images=args.n_images,
                    batch_size=args.batch_size, device=args.device, progress=not args.quiet)
     print()
     report(df, args.out, started)

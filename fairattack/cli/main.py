@@ -1,4 +1,4 @@
-"""The `fairattack` command: demo, run, report, compare, models.
+"""The `fairattack` command: demo, run, report, compare, leaderboard, models, export.
 
     fairattack demo                      # Lite0 -> Lite1/Lite2/MobileNetV2 on photos scikit-image ships
     fairattack demo --data my-imagenet-photos/ --n 32
@@ -8,7 +8,10 @@
     torchrun --standalone --nproc-per-node 4 -m fairattack run ...   # the same, 4 processes
     fairattack report fairattack-study
     fairattack compare --clean clean/ --adv pgd=pgd/ mi=mi/ --victims efficientnet-lite1
+    fairattack leaderboard --attacks PGD MI-FGSM ta:PGD,steps=10 --surrogates efficientnet-lite0 \
+        --victims efficientnet-lite1 --data my-photos/ --n-images 24 --out board
     fairattack models
+    fairattack export resnet50 resnet50-weights.pth resnet50.pt   # a torchvision net + weights
 """
 
 import argparse
@@ -16,20 +19,40 @@ import os
 import sys
 import warnings
 
-from . import compare, demo, models, report, run
-from ._common import UsageError
+from . import compare, demo, export, leaderboard, models, report, run
+from ._common import Formatter, Parser, UsageError, check_flags, unknown_options
 
-COMMANDS = (demo, run, report, models, compare)
+COMMANDS = (demo, run, compare, leaderboard, report, models, export)
 
 
 def parser():
-    p = argparse.ArgumentParser(prog="fairattack", description=__doc__.splitlines()[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="\n".join(__doc__.splitlines()[2:]))
-    sub = p.add_subparsers(dest="command", required=True)
+    from .. import _core
+
+    p = Parser(prog="fairattack", description=__doc__.splitlines()[0],
+               formatter_class=argparse.RawDescriptionHelpFormatter,
+               epilog="\n".join(__doc__.splitlines()[2:]))
+    p.add_argument("--version", action="version", version=f"fairattack {_core.VERSION}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                           title="commands (fairattack COMMAND --help for each)")
     for command in COMMANDS:
-        command.add_parser(sub)
+        c = command.add_parser(sub)
+        if c is not None:
+            c.formatter_class = Formatter
     return p
+
+
+def _parse(argv):
+    """The arguments; every mistake (argparse's too) is a UsageError naming a close option."""
+    p = parser()
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    commands = p._subparsers._group_actions[0].choices
+    command = next((a for a in argv if not a.startswith("-")), None)
+    if command in commands:
+        check_flags(argv[argv.index(command) + 1:], commands[command])
+    args, extra = p.parse_known_args(argv)
+    if extra:
+        unknown_options(extra, commands[args.command])
+    return args
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
@@ -39,11 +62,9 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 
 
 def main(argv=None):
-    args = parser().parse_args(argv)
-    if args.command == "demo" and args.n is None and args.data is not None:
-        args.n = 16
     shown, warnings.showwarning = warnings.showwarning, _show_warning
     try:
+        args = _parse(argv)
         return args.func(args)
     except KeyboardInterrupt:
         print("\nfairattack: interrupted; finished work is kept, run the same command again "

@@ -2,8 +2,10 @@
 
 
 def add_parser(sub):
-    m = sub.add_parser("models", help="the registered models")
+    m = sub.add_parser("models", help="the registered models",
+                       description="The registered models and their input sizes.")
     m.set_defaults(func=cmd_models)
+    return m
 
 
 def cmd_models(args):
@@ -11,5 +13,6 @@ def cmd_models(args):
 
     for name in models.available_models():
         print(f"{name:24s} input {models.input_size(name)}")
-    print("(or any TorchScript file: see fairattack.models.export for wrapping your own net)")
+    print("(or any TorchScript file: `fairattack export ARCH WEIGHTS OUT.pt` wraps a torchvision "
+          "or timm network with its weights file)")
     return 0

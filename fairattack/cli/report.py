@@ -4,7 +4,7 @@ and demo print at the end)."""
 import time
 from pathlib import Path
 
-from ._common import UsageError
+from ._common import UsageError, description
 
 TABLE_COLUMNS = ("surrogate", "attack", "optimizer", "setting", "targeted", "n_images",
                  "n_skipped", "n_failed", "n_target_not_reached", "rmse", "linf", "l2", "l0",
@@ -16,7 +16,7 @@ def _table(df, victims=True):
 
     cols = [c for c in TABLE_COLUMNS if c in df.columns]
     if victims:
-        cols += [c for c in df.columns if c.startswith("err_")] + \
+        cols += [c for c in df.columns if c.startswith(("err_", "clean_err_", "n_failed_"))] + \
             [c for c in ("asr", "asr_ci_low", "asr_ci_high", "seconds") if c in df.columns]
     with pd.option_context("display.width", 200, "display.max_columns", None,
                            "display.float_format", "{:.3f}".format):
@@ -47,7 +47,7 @@ def _figures(df, out_dir):
 
 def _markdown(df, path):
     cols = [c for c in TABLE_COLUMNS if c in df.columns] + \
-        [c for c in df.columns if c.startswith("err_")] + \
+        [c for c in df.columns if c.startswith(("err_", "clean_err_", "n_failed_"))] + \
         [c for c in ("asr", "asr_ci_low", "asr_ci_high") if c in df.columns]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for _, row in df[cols].iterrows():
@@ -70,9 +70,34 @@ def report(df, out_dir, started=None):
 
 
 def add_parser(sub):
-    rep = sub.add_parser("report", help="table and figures of every cell in a results folder")
-    rep.add_argument("out_dir")
+    rep = sub.add_parser("report", help="table and figures of a results folder (of run, demo "
+                         "or compare)", description=description(__doc__))
+    rep.add_argument("out_dir", help="the --out folder of run, demo or compare")
     rep.set_defaults(func=cmd_report)
+    return rep
+
+
+def _report_comparison(out_dir):
+    """compare's table of a compare folder (compare.csv), with its figure."""
+    import pandas as pd
+
+    from .. import figures
+    from ..compare import comparison_table
+
+    csv = out_dir / "compare.csv"
+    try:
+        df = pd.read_csv(csv)
+        if "rmse" in df.columns:  # "native" or a budget: the CSV reads them all as text
+            df["rmse"] = [r if r == "native" else float(r) for r in df["rmse"]]
+        table = comparison_table(df)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise UsageError(f"{csv}: malformed comparison file ({error})") from None
+    with pd.option_context("display.width", 200, "display.max_columns", None,
+                           "display.float_format", "{:.3f}".format):
+        print(table.to_string(index=False))
+    figures.plot_asr_at_rmse(df, out_dir / "asr_at_rmse.png")
+    print(f"figure: {out_dir / 'asr_at_rmse.png'}")
+    return 0
 
 
 def cmd_report(args):
@@ -80,6 +105,10 @@ def cmd_report(args):
 
     if not Path(args.out_dir).is_dir():
         raise UsageError(f"{args.out_dir!r} is not a results folder")
+    out_dir = Path(args.out_dir)
+    if (out_dir / "compare.csv").is_file() and not (out_dir / "results.csv").is_file() \
+            and not (out_dir / "cells").is_dir():
+        return _report_comparison(out_dir)
     df = load_results(args.out_dir)
     if df is None or len(df) == 0:
         raise UsageError(f"{args.out_dir!r} holds no finished cells")

@@ -27,7 +27,7 @@ from .._validate import int_at_least
 from ..attack import TARGET_CHOICES, attack, loss_objective
 from ..ensemble import FUSES, EnsembleSpec, ensemble_specs
 from ..outcome import attacked_mask
-from ..settings import PAPER_OPTIMIZERS
+from ..settings import PAPER_OPTIMIZERS, default_setting
 from ..spec import canonical_setting, resolve, split_overrides, study_attacks
 from ..store import (StudyFolder, as_stored, digest_json, explain_change, locked, safe_name,
                      sweep_temps, victim_key)
@@ -73,7 +73,7 @@ class _Cell:
         return f"{self.surrogate}/{self.setting}/{self.name}"
 
 
-def run_study(surrogates, victims, data, optimizers=None, settings=("const_loss",),
+def run_study(surrogates, victims, data, optimizers=None, settings=None,
               out_dir="fairattack-study", n_images=None, seed=0, batch_size=16, overrides=None,
               resume=True, progress=True, *, attacks=None, labels=None,
               device="cpu", rounding="round", image_size=None, chunk_size=CHUNK_SIZE,
@@ -94,10 +94,13 @@ def run_study(surrogates, victims, data, optimizers=None, settings=("const_loss"
     optimizers: names from fairattack.OPTIMIZERS (any case), each an attack named by itself;
         default: the paper's seven unless `attacks` is given.
     attacks: named attack specs, {"pgd-di": {"optimizer": "PGD", "di_prob": 0.5}, ...}: an
-        optimizer, optionally a setting (else the spec runs under every setting of `settings`),
+        optimizer, optionally a setting (else the spec runs under every setting of `settings`, or
+        its default setting),
         any hyper-parameter of `make_config` (eps, max_iter, returns, max_rmse, ...) and the
         input transforms of `attack` (di_prob, ti_kernel, si_copies, ...).
-    settings: names from fairattack.SETTINGS.
+    settings: names from fairattack.SETTINGS; default None: each attack under its own default
+        setting (`fairattack.settings.default_setting`: fixed for the sign attacks FGSM, PGD,
+        MI-FGSM, NI-FGSM, const_loss for the others), as `fairattack.attack` runs it.
     overrides: hyper-parameters for every cell (eps=..., max_iter=...), optionally nested per
         setting, optimizer or attack name: {"eps": 8, "adam": {"max_iter": 50}}; a nested key
         that names none of them raises ValueError.
@@ -117,12 +120,16 @@ def run_study(surrogates, victims, data, optimizers=None, settings=("const_loss"
     Under torchrun (`torchrun --nproc-per-node K -m fairattack run ...`, or a script calling
     run_study), the work items are shared by the ranks and every rank returns the same table.
 
-    One row per cell: surrogate, attack, optimizer, setting; counts n_images (attacked),
+    One row per cell: surrogate, attack, optimizer, setting, targeted; counts n_images (attacked),
     n_skipped, n_failed, n_stop_loss, n_stop_rmse, n_max_iter, n_target_not_reached (max_iter
     under a stop_rmse target); the means over attacked images of rmse, linf, l2, l1, l0, psnr,
-    ssim, loss (CE nats), iterations, grad_evals and forward_evals;
-    surrogate_fooling_rate; err_<victim> per victim; asr
-    (their mean) with its bootstrap 95% interval asr_ci_low / asr_ci_high; seconds (crafting).
+    ssim, loss (CE nats), iterations, grad_evals and forward_evals; surrogate_fooling_rate;
+    err_<victim> and n_failed_<victim> (images with non-finite logits: left out of its rate) per
+    victim; asr (per image the mean over the victims that judged it, then over images) with its
+    bootstrap 95% interval asr_ci_low / asr_ci_high; seconds (crafting).
+    Every rate is over the attacked images (those the surrogate classifies correctly, not
+    failed); clean_err_<victim> is the victim's error on the same clean images, the baseline of
+    err_<victim> (a victim that already misclassifies an image is counted as fooled on it).
     """
     pin_local_gpu(device)
     from tqdm.auto import tqdm
@@ -130,11 +137,13 @@ def run_study(surrogates, victims, data, optimizers=None, settings=("const_loss"
     if optimizers is None:
         optimizers = list(PAPER_OPTIMIZERS) if attacks is None else []
     optimizers = [optimizers] if isinstance(optimizers, str) else list(optimizers)
-    settings = [settings] if isinstance(settings, str) else list(settings)
+    defaults = settings is None  # each attack under its own default setting
+    settings = [] if defaults else [settings] if isinstance(settings, str) else list(settings)
     if not optimizers and not attacks:
         raise ValueError("optimizers: expected at least one optimizer (or attacks=...)")
-    if not settings:
-        raise ValueError("settings: expected at least one setting")
+    if not settings and not defaults:
+        raise ValueError("settings: expected at least one setting (or None: each attack's "
+                         "default)")
     settings = list(dict.fromkeys(canonical_setting(s) for s in settings))
     if target is not None and target not in TARGET_CHOICES:
         raise ValueError(f"target={target!r}; a study draws its targets per image: expected "
@@ -159,7 +168,8 @@ def run_study(surrogates, victims, data, optimizers=None, settings=("const_loss"
     # the grid, validated before any work: surrogate, then setting, then attack
     pairs = []
     for spec in attack_specs:
-        for setting in ([spec.setting] if spec.setting else settings):
+        for setting in ([spec.setting] if spec.setting else settings
+                        or [default_setting(spec.optimizer)]):
             pairs.append((setting, spec))
     setting_order = list(dict.fromkeys(settings + [s for s, _ in pairs]))
     pairs.sort(key=lambda p: setting_order.index(p[0]))  # stable: attacks keep their order
@@ -171,9 +181,14 @@ def run_study(surrogates, victims, data, optimizers=None, settings=("const_loss"
     ranks = Ranks(device)
     try:
         source = ImageSource(data, labels, n_images, seed, batch_size, folder, progress)
-        folder.root.mkdir(parents=True, exist_ok=True)
         sizes = {s: (spec.input_size() if isinstance(spec, EnsembleSpec) else input_size(spec))
                  or image_size for s, spec in surrogate_specs.items()}
+        unknown = [s for s, size in sizes.items() if size is None]
+        if unknown and source.arrays is None:  # before the folder is made: no half-made study
+            raise ValueError(f"surrogate {unknown[0]!r}: unknown input size (a TorchScript "
+                             "file without fairattack's metadata); pass image_size=... "
+                             "(--image-size), or export it with fairattack.models.export")
+        folder.root.mkdir(parents=True, exist_ok=True)
         models = {}
 
         def surrogate_model(name):
@@ -189,6 +204,17 @@ def run_study(surrogates, victims, data, optimizers=None, settings=("const_loss"
             if name not in victim_models:
                 victim_models[name] = load_spec(name, victim_specs[name], device)
             return victim_models[name]
+
+        clean_preds = {}
+
+        def clean_predictions(cell):
+            """The victims' predictions of a cell's clean images (once per surrogate)."""
+            if cell.surrogate not in clean_preds:
+                images = cell.selection.images
+                clean_preds[cell.surrogate] = {
+                    v: victim_model(v).predict(np.asarray(images), batch_size=batch_size)
+                    for v in victim_specs} if len(images) else {}
+            return clean_preds[cell.surrogate]
 
         digests = {s: spec.digest() if isinstance(spec, EnsembleSpec) else model_digest(spec)
                    for s, spec in surrogate_specs.items()}
@@ -225,23 +251,27 @@ def run_study(surrogates, victims, data, optimizers=None, settings=("const_loss"
                     _work_item(cell, start, chunk_size, batch_size, rounding, surrogate_model,
                                victim_model, victim_digests, folder)
                 bar.update(1)
-                _assemble_if_complete(cell, chunk_size, victim_digests, folder, seed)
+                _assemble_if_complete(cell, chunk_size, victim_digests, folder, seed,
+                                      clean_predictions)
             for cell, start in waiting:  # held by another process: wait, then check
                 with locked(folder.lock_path("item", cell.label, str(start))):
                     _work_item(cell, start, chunk_size, batch_size, rounding, surrogate_model,
                                victim_model, victim_digests, folder)
                 bar.update(1)
-                _assemble_if_complete(cell, chunk_size, victim_digests, folder, seed)
+                _assemble_if_complete(cell, chunk_size, victim_digests, folder, seed,
+                                      clean_predictions)
         finally:
             bar.close()
         ranks.barrier()
         if ranks.rank == 0:
             for cell in cells:
-                _assemble_if_complete(cell, chunk_size, victim_digests, folder, seed)
+                _assemble_if_complete(cell, chunk_size, victim_digests, folder, seed,
+                                      clean_predictions)
             write_results(folder)
             sweep_temps(folder.root)
         ranks.barrier()
-        rows = [_grid_row(cell, chunk_size, victim_digests, folder, seed) for cell in cells]
+        rows = [_grid_row(cell, chunk_size, victim_digests, folder, seed,
+                          clean_predictions(cell)) for cell in cells]
         return frame_of(rows, list(victim_specs))
     finally:
         ranks.close()
@@ -323,10 +353,9 @@ def _work_item(cell, start, chunk_size, batch_size, rounding, surrogate_model, v
         seconds = time.perf_counter() - began
         adv = res.images
         attacked = np.asarray(res.attacked_mask)
-        surrogate_pred = np.full(len(y), -1, np.int64)
-        if attacked.any():
-            surrogate_pred[attacked] = model.predict(adv[attacked], batch_size=batch_size)
-        frame = res.to_frame()
+        # the surrogate's class of each attacked uint8 image (fa.attack measured it), else -1
+        surrogate_pred = np.where(attacked, res.pred, -1).astype(np.int64)
+        frame = res.to_frame().drop(columns=["image", "pred"])  # the chunk record's columns
         frame.insert(0, "png", selection.pngs[start:stop])
         frame.insert(0, "name", selection.names[start:stop])
         frame["surrogate_pred"] = surrogate_pred
@@ -383,7 +412,8 @@ def _row_head(cell):
             "setting": cell.setting, "targeted": "target" in cell.aim}
 
 
-def _assemble_if_complete(cell, chunk_size, victim_digests, folder, seed):
+def _assemble_if_complete(cell, chunk_size, victim_digests, folder, seed,
+                          clean_predictions=None):
     """When every chunk and every victim's predictions of a cell are recorded: write images.csv,
     victims/<victim>.json and the cell's row, then results.csv."""
     starts = _chunk_starts(cell, chunk_size)
@@ -396,8 +426,10 @@ def _assemble_if_complete(cell, chunk_size, victim_digests, folder, seed):
         if record is None or record.get("key") != cell.key:
             return
         # assembled victim files exist only under their current key (plan_cell drops stale ones)
+        # (a row stored before failures were counted per victim is summarised again)
+        row = record.get("row") or {}
         if record.get("complete") and all(folder.victim_path(cell.dir, v).is_file()
-                                          for v in victim_digests):
+                                          and f"n_failed_{v}" in row for v in victim_digests):
             return
         frame, seconds = _cell_frame(cell, chunk_size, folder)
         if frame is None:
@@ -412,19 +444,22 @@ def _assemble_if_complete(cell, chunk_size, victim_digests, folder, seed):
             v: (victim_key(cell.key, victim_digests[v]), cell.key, pred)
             for v, pred in predictions.items()})
         every = folder.read_victims(cell.dir, cell.key)
-        row = dict(_row_head(cell), **summarize(frame, every, cell.config["stop_rmse"], seed))
+        clean = clean_predictions(cell) if clean_predictions is not None else None
+        row = dict(_row_head(cell), **summarize(frame, every, cell.config["stop_rmse"], seed,
+                                                clean))
         row["seconds"] = seconds
         folder.complete_cell(cell.dir, record, every, row, seconds)
     write_results(folder)
 
 
-def _grid_row(cell, chunk_size, victim_digests, folder, seed):
+def _grid_row(cell, chunk_size, victim_digests, folder, seed, clean_predictions=None):
     """The row of a finished cell for this run's victims (in their order)."""
     frame, seconds = _cell_frame(cell, chunk_size, folder)
     if frame is None:
         raise RuntimeError(f"cell {cell.label} is incomplete after every process finished")
     predictions = {v: _cell_predictions(cell, chunk_size, v, d, folder)
                    for v, d in victim_digests.items()}
-    row = dict(_row_head(cell), **summarize(frame, predictions, cell.config["stop_rmse"], seed))
+    row = dict(_row_head(cell), **summarize(frame, predictions, cell.config["stop_rmse"], seed,
+                                            clean_predictions))
     row["seconds"] = seconds
     return row

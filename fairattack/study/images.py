@@ -57,8 +57,12 @@ class ImageSource:
                 [f"{i:05d}" for i in range(len(y))]
             if len(names) != len(y):
                 raise ValueError(f"data: {len(y)} images but {len(names)} names")
-            if len(set(names)) != len(names):
-                raise ValueError("data: two images have the same name")
+            first = {}
+            for i, name in enumerate(names):
+                if name in first:
+                    raise ValueError(f"data: two images have the same name {name!r} (images "
+                                     f"{first[name]} and {i})")
+                first[name] = i
             if n_images is not None:
                 images, y, names = images[:n_images], y[:n_images], names[:n_images]
             self.arrays = (images, y, names)

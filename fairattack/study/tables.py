@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 
 from ..attack import SPENT
-from ..outcome import attacked_mask, bootstrap_ci, fooled_mask
+from ..outcome import (attacked_mask, bootstrap_ci, error_rate, mean_over_victims,
+                       victim_outcome)
 from ..settings import OPTIMIZERS, PAPER_OPTIMIZERS, SETTINGS
 from ..store import StudyFolder
 
@@ -25,10 +26,15 @@ TAIL_COLUMNS = ("asr", "asr_ci_low", "asr_ci_high", "seconds")
 BOOTSTRAP = 1000
 
 
-def summarize(frame, predictions, stop_rmse, seed=0):
+def summarize(frame, predictions, stop_rmse, seed=0, clean_predictions=None):
     """One table row from per-image records (frame: label, status, metrics...; predictions:
     {victim: [n] predicted class, -1 where not evaluated}): counts, means over attacked images,
-    victim error rates, ASR (their mean) and its bootstrap 95% interval."""
+    victim error rates and failures (-1 among attacked images: no finite logits; left out of
+    the rate, counted in n_failed_<victim>), ASR (per image, the mean over the victims that
+    judged it; then over images) and its bootstrap 95% interval. clean_predictions:
+    {victim: [n] predicted class of the clean images}: clean_err_<victim>, the victim's error on
+    the same (attacked) clean images, the baseline of its err_<victim> (of a targeted cell: the
+    rate at which the clean images are already classified as their targets)."""
     status = frame["status"].to_numpy().astype(str)
     attacked = attacked_mask(status)
     labels = frame["label"].to_numpy()
@@ -43,17 +49,21 @@ def summarize(frame, predictions, stop_rmse, seed=0):
         values = frame[key].to_numpy(np.float64)[attacked] if key in frame else np.zeros(0)
         row[key] = float(values.mean()) if values.size else float("nan")
     surrogate = frame["surrogate_pred"].to_numpy()[attacked]
-    row["surrogate_fooling_rate"] = float(np.mean(fooled_mask(surrogate, labels[attacked],
-                                                              targets))) \
-        if attacked.any() else float("nan")
-    errors = []
+    row["surrogate_fooling_rate"] = error_rate(*victim_outcome(surrogate, labels[attacked],
+                                                                  targets))
+    fooled, failed = [], []
     for victim, pred in predictions.items():
-        wrong = fooled_mask(np.asarray(pred)[attacked], labels[attacked],
-                            targets).astype(np.float64)
-        errors.append(wrong)
-        row[f"err_{victim}"] = float(wrong.mean()) if wrong.size else float("nan")
-    if errors and attacked.any():
-        per_image = np.mean(errors, axis=0)
+        f, bad = victim_outcome(np.asarray(pred)[attacked], labels[attacked], targets)
+        fooled.append(f)
+        failed.append(bad)
+        row[f"err_{victim}"] = error_rate(f, bad)
+        row[f"n_failed_{victim}"] = int(bad.sum())
+        if clean_predictions is not None and victim in clean_predictions:
+            row[f"clean_err_{victim}"] = error_rate(*victim_outcome(
+                np.asarray(clean_predictions[victim])[attacked], labels[attacked], targets))
+    per_image, judged = mean_over_victims(fooled, failed) if fooled else (None, None)
+    if fooled and judged.any():
+        per_image = per_image[judged]
         row["asr"] = float(per_image.mean())
         row["asr_ci_low"], row["asr_ci_high"] = bootstrap_ci(per_image, seed, BOOTSTRAP)
     else:
@@ -65,13 +75,16 @@ def frame_of(rows, victim_names=None):
     df = pd.DataFrame(rows)
     if df.empty:
         return pd.DataFrame(columns=list(COLUMNS) + list(TAIL_COLUMNS))
-    errs = [c for c in df.columns if c.startswith("err_")]
-    if victim_names is not None:
-        errs = [f"err_{v}" for v in victim_names]
-    columns = [c for c in COLUMNS if c in df.columns] + errs + list(TAIL_COLUMNS)
+    if victim_names is None:
+        victim_names = [c[4:] for c in df.columns if c.startswith("err_")]
+    # each victim's error after the attack, then its clean error on the same images (baseline)
+    errs = [c for v in victim_names for c in (f"err_{v}", f"clean_err_{v}")
+            if c.startswith("err_") or c in df.columns]
+    failed = [f"n_failed_{v}" for v in victim_names]  # images each victim failed on
+    columns = [c for c in COLUMNS if c in df.columns] + errs + failed + list(TAIL_COLUMNS)
     df = df.reindex(columns=columns)
-    for c in COUNTS:
-        if c in df.columns:
+    for c in COUNTS + tuple(failed):
+        if c in df.columns and not df[c].isna().any():  # a row stored before n_failed_<v>
             df[c] = df[c].astype("int64")
     numeric = [c for c in df.columns if c not in NAME_COLUMNS]
     df[numeric] = df[numeric].apply(pd.to_numeric)
