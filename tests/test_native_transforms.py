@@ -12,7 +12,7 @@ import torch.nn.functional as F
 import fairattack as fa
 from fairattack import _core, spec
 from fairattack.settings import NAMED_ATTACKS, transform_copies
-from tests.tiny import SmallNet
+from tiny import SmallNet
 
 H, W = 12, 10
 
@@ -347,7 +347,7 @@ def test_unknown_named_attack():
 
 @pytest.mark.parametrize("name", ["VMI-FGSM", "VNI-FGSM"])
 def test_variance_tuning_spends_neighbour_gradients_and_reduces_to_mi(name, model):
-    from tests.reference import LinearOracle
+    from reference import LinearOracle
 
     oracle = LinearOracle((6, 5, 3))
     x = np.random.default_rng(10).integers(0, 256, (3, 6, 5, 3)).astype(np.uint8)
@@ -405,8 +405,8 @@ def test_named_attacks_in_compare(model):
 
 
 def test_named_attacks_on_the_command_line(tmp_path):
-    from tests.test_cli import cli
-    from tests.tiny import user_folder
+    from test_cli import cli
+    from tiny import user_folder
 
     root, s, v, folder = user_folder(tmp_path, n=6)
     out = cli("compare", "--attacks", "SIA", "b=BSR,max_iter=2,bsr_copies=2",
