@@ -14,7 +14,8 @@ from ._validate import (check_pixels, images_f32, is_integral, labels_i64, posit
                         round_to_uint8)
 from .outcome import attacked_mask
 from .settings import (OPTIMIZERS, STOP_LOSS_TARGETED, core_config, default_setting, make_config,
-                       readable_config, transform_copies, transform_of)
+                       grad_passes_per_step, readable_config, transform_copies,
+                       transform_of)
 
 STATUS = tuple(_core.IMAGE_STATUS)
 METRICS = ("rmse", "linf", "l2", "l1", "l0", "psnr", "ssim")
@@ -279,6 +280,21 @@ def _check_memory(model, transform, batch_size, n, height, width):
             f"{free / 2**30:.1f} GiB available on {model.device}: lower batch_size or {knob}")
 
 
+def _within_grads(cfg, max_grads, members, optimizer, setting, overrides):
+    """The configuration of an attack held to max_grads gradient passes per image: its step
+    cap lowered to K // passes per step (remade, so the sign attacks' eps / steps follows)."""
+    k = positive_int(max_grads, "max_grads")
+    per_step = grad_passes_per_step(cfg, members)
+    steps = k // per_step
+    if steps < 1:
+        raise ValueError(f"max_grads={k}: one step of {OPTIMIZERS[cfg['optimizer']]} costs "
+                         f"{per_step} gradient passes per image here (transform copies x "
+                         "members x VMI/VNI neighbours); raise max_grads or lower the copies")
+    if steps < cfg["max_iter"]:
+        cfg = make_config(optimizer, setting, **dict(overrides, max_iter=steps))
+    return dict(cfg, max_grads=k)
+
+
 def _admix_pool(transform, images, labels):
     """Admix mixes in the clean images of other classes: its partners are drawn from every image
     given to `attack` (per image, call and partner from the seed), never from the current batch
@@ -344,8 +360,9 @@ def _is_torch_module(model):
 
 
 def attack(model, images, labels, optimizer="Adam", setting=None, *, target=None, loss=None,
-           stop_loss_targeted=None, batch_size=16, rounding="round", progress=False,
-           di_prob=None, di_min_scale=None, si_copies=None, ti_kernel=None, **overrides):
+           stop_loss_targeted=None, max_grads=None, batch_size=16, rounding="round",
+           progress=False, di_prob=None, di_min_scale=None, si_copies=None, ti_kernel=None,
+           **overrides):
     """Craft adversarial examples of `images` on the surrogate `model`.
 
     model: a `fairattack.Model` (from `load_model`, or an ensemble from `fairattack.ensemble`),
@@ -381,6 +398,11 @@ def attack(model, images, labels, optimizer="Adam", setting=None, *, target=None
     loss: the loss the gradient ascends: "ce" (default: CE to the label, or CE to the target
         descended), "margin" (untargeted: max_{j≠y} z_j − z_y) or "logit" (targeted: the
         target's logit z_t). A Python callable gives "ce" only.
+    max_grads: a compute budget, K gradient passes per image (counted as res.grad_evals): the
+        step cap becomes min(max_iter, K // passes per step), the passes per step being the
+        transform's copies x an ensemble's members x (1 + VMI/VNI's neighbours)
+        (`settings.grad_passes_per_step`); the sign attacks' default step stays eps / steps.
+        A K below one step's passes is refused. None: no compute budget.
     Memory: the output is one preallocated uint8 array and metrics are measured per batch, so
     the attack holds about one uint8 copy of the input plus a batch of floats.
     The core runs without the GIL; Ctrl-C stops it with KeyboardInterrupt.
@@ -426,6 +448,10 @@ def attack(model, images, labels, optimizer="Adam", setting=None, *, target=None
     transform_args = {"di_prob": di_prob, "di_min_scale": di_min_scale, "si_copies": si_copies,
                       "ti_kernel": ti_kernel}
     cfg = make_config(optimizer, setting, **transform_args, **overrides)
+    if max_grads is not None:
+        members = len(model.members) if isinstance(model, Ensemble) else 1
+        cfg = _within_grads(cfg, max_grads, members, optimizer, setting,
+                            dict(transform_args, **overrides))
     batch_size = positive_int(batch_size, "batch_size")
     to_uint8(np.zeros(1), rounding)  # validates `rounding` before any work
     images = check_pixels(images)

@@ -47,6 +47,7 @@ Rules that keep the numbers comparable:
 """
 
 import math
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -57,7 +58,7 @@ from ._validate import images_f32, int_at_least, positive_int, round_to_uint8
 from .attack import SPENT, loss_objective, resolve_targets
 from .outcome import bootstrap_ci, error_rate, mean_over_victims, victim_outcome
 from .settings import check_pixel_units, make_config
-from .spec import CONFIG_KEYS, TRANSFORMS, coerce
+from .spec import ATTACK_KEYS, RUN_KEYWORDS, coerce
 from .store import CompareCache, digest_parts
 
 #: Matched images are within this many pixels (RMSE) of their target where reachable.
@@ -162,12 +163,11 @@ def _parse_attacks(attacks, surrogate, eps, shape):
     for i, item in enumerate(attacks):
         where = f"attacks[{i}]"
         attack = coerce(item, where, shape=shape, reserved=_RESERVED,
-                        allowed=CONFIG_KEYS + TRANSFORMS + ("rounding", "allow_subpixel"))
+                        allowed=ATTACK_KEYS)
         attack.build(surrogate, eps)  # a peer named by text, on the surrogate
         if attack.kind == "fairattack":  # fails early, naming the attack
-            params = {k: v for k, v in attack.params.items() if k != "rounding"}
             try:
-                make_config(attack.optimizer, attack.setting, **params)
+                make_config(attack.optimizer, attack.setting, **attack.config_params())
             except (TypeError, ValueError) as error:
                 raise type(error)(f"{where} ({attack.name!r}): {error}") from None
         out.append(attack)
@@ -197,7 +197,8 @@ def _native(attack, surrogate, x, y, kept, eps, batch_size, progress, seed, max_
         kwargs = attack.attack_kwargs()
         kwargs.setdefault("seed", seed)
         if max_rmse is not None:
-            overrides = {k: v for k, v in kwargs.items() if k not in ("setting", "rounding")}
+            overrides = {k: v for k, v in kwargs.items()
+                         if k != "setting" and k not in RUN_KEYWORDS}
             cfg = make_config(attack.optimizer, attack.setting, eps=eps, **overrides)
             kwargs["max_rmse"] = float(max_rmse)
             if cfg["stop_rmse"] > max_rmse:  # stop at the budget, not above it (core rejects)
@@ -267,7 +268,8 @@ class ComparisonFrame(pd.DataFrame):
 
 def compare(surrogate, images, labels, attacks, victims, rmse=(2, 4, 6, 8, 10, 12),
             mode="rescale", eps=16, batch_size=16, progress=False, seed=0, n_boot=1000,
-            cache_dir=None, allow_subpixel=False, examples=0, target=None, loss=None):
+            cache_dir=None, allow_subpixel=False, examples=0, target=None, loss=None,
+            max_grads=None):
     """Every attack's own ℓ∞, RMSE and ASR, and its ASR at each common RMSE budget.
 
     surrogate: the model the attacks run on (a fairattack Model, or a callable oracle for
@@ -315,6 +317,11 @@ def compare(surrogate, images, labels, attacks, victims, rmse=(2, 4, 6, 8, 10, 1
         every attack); then ASR is the targeted success rate (the victim predicts the target)
         and fairattack's attacks run targeted. Callables and peer attacks cannot be told a
         target (precomputed images can: they are judged against it). loss: as in `fa.attack`.
+    max_grads: a matched compute budget next to the matched RMSE: K gradient passes per image.
+        fairattack's attacks run within it (`fa.attack(max_grads=K)`: their step caps lowered;
+        an attack's own max_grads wins); peers and callables cannot be held to it, so a row
+        whose attack spent more per image (grad_evals_mean > K) is flagged (over_max_grads)
+        and named in a warning, and one whose spending is not counted (NaN) is named too.
 
     Returns a tidy pandas DataFrame, one row per (attack, rmse, victim): attack, how ("native",
     "rescale" or "budget"), rmse (the budget, or "native" for the attack's own output), targeted
@@ -324,7 +331,9 @@ def compare(surrogate, images, labels, attacks, victims, rmse=(2, 4, 6, 8, 10, 1
     classified as their targets; both are over the images that count, those the surrogate
     classifies correctly), n_images, n_failed, n_unreachable, rmse_mean and linf_mean (of the
     evaluated uint8 images: the native row carries the attack's own RMSE and ℓ∞),
-    grad_evals_mean and forward_evals_mean (what the attack spent per image on the surrogate:
+    max_grads (K, or NaN without one) and over_max_grads (the attack spent more than K per
+    image; False where nothing was counted), grad_evals_mean and forward_evals_mean (what the
+    attack spent per image on the surrogate:
     `AttackResult.grad_evals` for fairattack's attacks, the counted rows for peers; a rescaled
     row spends what its native run did, a budget row its own run; NaN for callables and
     precomputed images). An image whose logits a victim cannot compute (non-finite) is a
@@ -350,6 +359,8 @@ def compare(surrogate, images, labels, attacks, victims, rmse=(2, 4, 6, 8, 10, 1
     seed = int_at_least(seed, "seed", 0)
     n_boot = int_at_least(n_boot, "n_boot", 0)
     examples = int_at_least(examples, "examples", 0)
+    if max_grads is not None:
+        max_grads = positive_int(max_grads, "max_grads")
     x_all = images_f32(images)
     x_u8 = round_to_uint8(x_all)
     victims = victims_of(victims, device=getattr(surrogate, "device", "cpu")
@@ -370,6 +381,8 @@ def compare(surrogate, images, labels, attacks, victims, rmse=(2, 4, 6, 8, 10, 1
     for attack in attack_list:
         if allow_subpixel and attack.kind == "fairattack":  # the same eps reaches fa.attack
             attack.params.setdefault("allow_subpixel", True)
+        if max_grads is not None and attack.kind == "fairattack":  # part of its identity
+            attack.params.setdefault("max_grads", max_grads)
 
     # the images that count, once for every attack (the paired test needs the same images)
     if surrogate is None:
@@ -491,6 +504,7 @@ def compare(surrogate, images, labels, attacks, victims, rmse=(2, 4, 6, 8, 10, 1
 
     clean, clean_bad = np.stack(clean_fooled), np.stack(clean_failed)
     df = ComparisonFrame(rows)
+    _flag_compute(df, max_grads)
     df.per_image = pd.concat(per_image, ignore_index=True)
     df.clean_per_image = pd.DataFrame({
         "image": np.tile(kept, len(victims)),
@@ -506,6 +520,25 @@ def compare(surrogate, images, labels, attacks, victims, rmse=(2, 4, 6, 8, 10, 1
     df.attrs["eps"], df.attrs["mode"] = eps, mode
     df.attrs["cells"], df.attrs["cached_cells"] = len(attack_list) * (1 + len(budgets)), hits
     return df
+
+
+def _flag_compute(df, max_grads):
+    """compare's max_grads and over_max_grads columns, and a warning naming the attacks that
+    spent more than max_grads per image or whose spending nobody counted."""
+    if not len(df):
+        return
+    spent = df["grad_evals_mean"].astype(float)
+    df["max_grads"] = float("nan") if max_grads is None else float(max_grads)
+    df["over_max_grads"] = (spent > max_grads) if max_grads is not None else False
+    if max_grads is None:
+        return
+    over = list(dict.fromkeys(df.loc[df["over_max_grads"], "attack"]))
+    unknown = list(dict.fromkeys(df.loc[spent.isna(), "attack"]))
+    if over or unknown:
+        parts = ([f"{over} spent more than max_grads={max_grads} gradient passes per image "
+                  "(over_max_grads)"] if over else []) + \
+                ([f"{unknown} did not report what they spent"] if unknown else [])
+        warnings.warn(f"compare: attacks {'; attacks '.join(parts)}", stacklevel=3)
 
 
 def _rows(attack, how, r, victim_names, result, seed, n_boot, clean_error, targeted=False):

@@ -219,7 +219,8 @@ def plot_gallery(clean, adversarials, rmse=None, path=None, title=None):
 def plot_asr_at_rmse(df, path=None, victims=None, title=None):
     """ASR against the RMSE budget, one line per attack with its bootstrap 95% band, one panel
     per victim and the mean (a `fairattack.compare` table). Each attack's own output (the
-    "native" rows) is an open marker at its own mean RMSE.
+    "native" rows) is an open marker at its own mean RMSE. What each attack spent is in the
+    legend: its native run's gradient passes per image (grad_evals_mean, where counted).
 
     victims: the panels to draw (default: every victim, then "mean").
     """
@@ -240,6 +241,13 @@ def plot_asr_at_rmse(df, path=None, victims=None, title=None):
     attacks = list(dict.fromkeys(df["attack"]))
     colour = {a: _PALETTE[i % len(_PALETTE)] for i, a in enumerate(attacks)}
     marker = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h")
+    label = {a: a for a in attacks}
+    if "grad_evals_mean" in df:  # the gradient cost, from each attack's native run
+        native_rows = df[is_native]
+        for a in attacks:
+            spent = native_rows.loc[native_rows["attack"] == a, "grad_evals_mean"].astype(float)
+            if len(spent) and np.isfinite(spent.iloc[0]):
+                label[a] = f"{a} ({spent.iloc[0]:.0f} grads/image)"
 
     columns = min(len(victims), 3)
     lines = -(-len(victims) // columns)
@@ -260,7 +268,7 @@ def plot_asr_at_rmse(df, path=None, victims=None, title=None):
             m = marker[i % len(marker)]
             if len(r):
                 ax.plot(r, asr, "-", marker=m, color=colour[attack], lw=1.6, ms=4,
-                        label=attack)
+                        label=label[attack])
                 if np.isfinite(low).any():
                     ax.fill_between(r, low, high, color=colour[attack], alpha=0.15, lw=0)
                 top = max(top, float(r.max()))
@@ -268,7 +276,7 @@ def plot_asr_at_rmse(df, path=None, victims=None, title=None):
                 x = float(row["rmse_mean"])
                 ax.plot([x], [100 * float(row["asr"])], ls="", marker=m, ms=8, mfc="white",
                         mec=colour[attack], mew=1.5,
-                        label=None if len(r) else attack)
+                        label=None if len(r) else label[attack])
                 top = max(top, x)
         ax.set_title(victim)
         ax.set_xlabel("RMSE budget (pixels)")

@@ -30,7 +30,7 @@ from ._validate import images_f32, int_at_least, labels_i64, positive_int
 from .board_page import write_board
 from .compare import _RESERVED, MODES, ComparisonFrame, _budgets, _eps, compare
 from .curves import ranks, summaries
-from .spec import CONFIG_KEYS, TRANSFORMS, coerce
+from .spec import ATTACK_KEYS, coerce
 from .store import digest_json, digest_parts, read_json, safe_name, write_atomic, write_json
 from .study.images import RecomputeWarning
 
@@ -134,7 +134,7 @@ def checked_budgets(rmse, eps):
 
 def leaderboard(surrogates, images, labels, attacks, victims, rmse=(1, 2, 4, 8), eps=16,
                 mode="rescale", out=None, n_boot=1000, seed=0, batch_size=16, examples=3,
-                device="cpu", progress=False):
+                device="cpu", progress=False, max_grads=None):
     """Every attack on every surrogate, natively and at each RMSE budget, with curve summaries.
 
     surrogates: model names, TorchScript paths, fairattack Models, or a dict name -> any of them.
@@ -143,12 +143,14 @@ def leaderboard(surrogates, images, labels, attacks, victims, rmse=(1, 2, 4, 8),
     attacks: as for fa.compare (optimizer names, NAME=OPT[:SETTING][,k=v] texts, dicts, peers by
         name "ta:PGD,steps=10", (name, fn | peer object | images)).
     victims: as for fa.compare (names and paths are loaded on `device`).
-    rmse, eps, mode, n_boot, seed, batch_size: as for fa.compare. examples: adversarial images
+    rmse, eps, mode, n_boot, seed, batch_size, max_grads: as for fa.compare (max_grads: every
+        fairattack attack within K gradient passes per image; peers that spent more are
+        flagged in over_max_grads). examples: adversarial images
         kept per attack for the page. out: a folder: cells are kept there (resumable) and
         leaderboard.csv, leaderboard.md and leaderboard.html are written into it.
 
     Returns the tidy table (one row per surrogate, attack, victim and "mean"): n_images,
-    grad_evals (mean per image, where the attack reports it), linf, rmse (its own output), asr
+    grad_evals (mean per image, where the attack reports it), over_max_grads, linf, rmse (its own output), asr
     with asr_low/asr_high, asr@r with asr@r_low/asr@r_high per budget, rmse50 with
     rmse50_low/rmse50_high, auc, rank and rank@r/shift@r. table.attrs: "frames" {surrogate:
     compare frame}, "cells", "reused" (cells taken from out), "files" (written paths).
@@ -161,6 +163,8 @@ def leaderboard(surrogates, images, labels, attacks, victims, rmse=(1, 2, 4, 8),
     seed = int_at_least(seed, "seed", 0)
     batch_size = positive_int(batch_size, "batch_size")
     examples = int_at_least(examples, "examples", 0)
+    if max_grads is not None:
+        max_grads = positive_int(max_grads, "max_grads")
     x = images_f32(images)
     y = labels_i64(labels, x.shape[0])
     if isinstance(attacks, (str, dict, tuple)):
@@ -169,7 +173,7 @@ def leaderboard(surrogates, images, labels, attacks, victims, rmse=(1, 2, 4, 8),
     if not attacks:
         raise ValueError("attacks: expected at least one attack")
     specs = [coerce(a, f"attacks[{i}]", shape=x.shape, reserved=_RESERVED,
-                    allowed=CONFIG_KEYS + TRANSFORMS + ("rounding",))
+                    allowed=ATTACK_KEYS)
              for i, a in enumerate(attacks)]  # every name checked before any work
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
@@ -181,6 +185,8 @@ def leaderboard(surrogates, images, labels, attacks, victims, rmse=(1, 2, 4, 8),
     common = {"images": digest_parts(x, y), "budgets": budgets, "eps": eps, "mode": mode,
               "seed": seed, "n_boot": n_boot, "examples": examples, "victims": victim_ids,
               "version": str(_core.VERSION)}
+    if max_grads is not None:  # (boards without one keep their cells' keys)
+        common["max_grads"] = max_grads
     cells = _Cells(out)
     work = [(s, a, spec) for s in surrogate_models for a, spec in zip(attacks, specs)]
     if progress:
@@ -203,7 +209,8 @@ def leaderboard(surrogates, images, labels, attacks, victims, rmse=(1, 2, 4, 8),
         else:
             frame = compare(surrogate_models[surrogate], x, y, [attack], victim_models,
                             rmse=budgets, mode=mode, eps=eps, batch_size=batch_size,
-                            progress=False, seed=seed, n_boot=n_boot, examples=examples)
+                            progress=False, seed=seed, n_boot=n_boot, examples=examples,
+                            max_grads=max_grads)
             cells.put(surrogate, spec.name, parts, frame)
         by_surrogate[surrogate].append(frame)
     frames = {s: _combine(f) for s, f in by_surrogate.items()}
@@ -233,6 +240,7 @@ def board_table(frames):
             entry = {"surrogate": surrogate, "attack": attack, "victim": victim,
                      "n_images": int(native["n_images"]),
                      "grad_evals": spent.get(attack, np.nan),
+                     "over_max_grads": bool(native.get("over_max_grads", False)),
                      "linf": float(native["linf_mean"]), "rmse": float(native["rmse_mean"]),
                      "asr": float(native["asr"]), "asr_low": float(native["ci_low"]),
                      "asr_high": float(native["ci_high"])}

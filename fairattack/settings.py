@@ -99,6 +99,16 @@ def transform_copies(transform):
     return copies
 
 
+def grad_passes_per_step(cfg, members=1):
+    """Gradient passes per image and step of a make_config configuration, as the shim counts
+    them (AttackResult.grad_evals): the transform's copies (`transform_copies`) x the surrogate's
+    members (an ensemble runs one pass per member) x 1 + VMI/VNI's neighbours. The step-size
+    calibration reuses the first gradient and NI's look-ahead replaces it: neither adds one."""
+    calls = 1 + (int(cfg["vmi_neighbours"]) if OPTIMIZERS[cfg["optimizer"]] in
+                 ("VMI-FGSM", "VNI-FGSM") else 0)
+    return transform_copies(transform_of(cfg)) * max(int(members), 1) * calls
+
+
 def optimizer_index(optimizer):
     """The core's enum value of an optimizer name (case-insensitive; "PGD" also as "I-FGSM")."""
     if not isinstance(optimizer, str):

@@ -33,6 +33,11 @@ from .settings import (CONFIG_FIELDS, NAMED_ATTACKS, OPTIMIZERS, SETTINGS, TRANS
 TRANSFORMS = TRANSFORM_FIELDS
 #: The config fields an attack spec may set (the core's fields less the two the runner sets).
 CONFIG_KEYS = tuple(f for f in CONFIG_FIELDS if f not in ("optimizer", "index_offset"))
+#: fa.attack keywords a spec of compare or the leaderboard may carry that are not config fields
+#: (make_config does not take them; `AttackSpec.config_params` leaves them out).
+RUN_KEYWORDS = ("rounding", "max_grads")
+#: Every key such a spec may set.
+ATTACK_KEYS = CONFIG_KEYS + TRANSFORMS + ("allow_subpixel",) + RUN_KEYWORDS
 GRAMMAR = "NAME=OPTIMIZER[:SETTING][,key=value...]"
 
 
@@ -60,6 +65,10 @@ class AttackSpec:
     def attack_kwargs(self):
         """fa.attack keywords of a fairattack spec: the setting (if fixed) and its params."""
         return dict({"setting": self.setting} if self.setting else {}, **self.params)
+
+    def config_params(self):
+        """The params that make_config takes (the run keywords left out)."""
+        return {k: v for k, v in self.params.items() if k not in RUN_KEYWORDS}
 
     def identity(self):
         """What determines the attack's output besides the images and models (a JSON-able

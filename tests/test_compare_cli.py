@@ -110,6 +110,25 @@ def test_compare_attacks_from_a_data_folder_in_budget_mode(folders):
     assert again.returncode == 0 and "4 of 4 cells from the cache" in again.stdout
 
 
+def test_compare_max_grads_on_the_command_line(folders):
+    """--max-grads K: fairattack's attacks within K passes per image (SI's copies counted), the
+    budget in the table and its json."""
+    root, s, v, clean_dir, _, _ = folders
+    out_dir = root / "out-grads"
+    out = cli("compare", "--attacks", "PGD", "SI=MI-FGSM,si_copies=3", "--surrogate", s,
+              "--data", clean_dir, "--n-images", 4, "--image-size", 16, "--victims", v,
+              "--rmse", 3, "--n-boot", 0, "--max-grads", 7, "--out", out_dir, "--quiet")
+    assert out.returncode == 0, out.stderr
+    df = pd.read_csv(out_dir / "compare.csv")
+    spent = df[df["how"] == "native"].groupby("attack")["grad_evals_mean"].first()
+    assert spent["PGD"] == 7 and spent["SI"] == 6  # 7 steps; 2 steps of 3 copies
+    assert (df["max_grads"] == 7).all() and not df["over_max_grads"].any()
+    assert json.loads((out_dir / "compare.json").read_text())["meta"]["max_grads"] == 7
+    bad = cli("compare", "--attacks", "PGD", "--surrogate", s, "--data", clean_dir,
+              "--victims", v, "--max-grads", 0, "--out", root / "o", "--quiet")
+    assert bad.returncode == 2 and "--max-grads" in bad.stderr
+
+
 @pytest.mark.parametrize("extra, message", [
     ([], "either as --clean"),
     (["--clean", "/no/such/dir", "--adv", "a=/x"], "is not a folder"),

@@ -40,7 +40,9 @@ def test_sigint_stops_an_attack_at_any_moment(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     child = subprocess.Popen([sys.executable, "-c", CHILD, str(ROOT / "tests"),
                               str(tmp_path / "tiny.pt"), *map(str, DELAYS)],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                             cwd=tmp_path)  # never the repository root: its source tree has no
+    # compiled extension unless built in place (`python -c` puts the cwd first on the path)
     watchdog = threading.Timer(120, child.kill)  # a lost signal fails the test, never hangs it
     watchdog.start()
     try:

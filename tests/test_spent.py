@@ -184,3 +184,92 @@ def test_compare_rows_carry_the_mean_spend(net_and_model):
                                                "max_iter": 3}],
                         victims={"v": other}, rmse=[2], mode="budget", n_boot=0)
     assert (budget["grad_evals_mean"] == 3).all()
+
+
+# ----------------------------------------------------------------- a matched compute budget
+
+BUDGET_CASES = [  # (optimizer, setting, overrides, gradient passes per step, by hand)
+    ("PGD", "fixed", {}, 1),
+    ("Adam", "const_loss", {"stop_loss": math.inf}, 1),
+    ("MI-FGSM", "fixed", {"si_copies": 3}, 3),
+    ("MI-FGSM", "fixed", {"admix_copies": 2, "admix_scales": 2}, 4),
+    ("VMI-FGSM", "fixed", {"vmi_neighbours": 4}, 5),
+    ("PGD", "fixed", {"bsr_copies": 2, "si_copies": 2}, 4),
+]
+
+
+@pytest.mark.parametrize("optimizer,setting,overrides,per_step", BUDGET_CASES)
+def test_max_grads_holds_every_image_within_k_passes(net_and_model, optimizer, setting,
+                                                     overrides, per_step):
+    _, model = net_and_model
+    x, y = batch(model, n=6)
+    y[:1] = (y[:1] + 1) % 10  # two classes for Admix's partners (and one skipped image)
+    for k in (per_step, 2 * per_step + 1, 7 * per_step - 1):
+        res = fa.attack(model, x, y, optimizer, setting, max_grads=k, **overrides)
+        steps = k // per_step
+        assert (res.grad_evals <= k).all(), (k, res.grad_evals)
+        assert (res.iterations <= steps).all()
+        capped = res.status == "max_iter"
+        assert capped.any()
+        np.testing.assert_array_equal(res.grad_evals[capped], steps * per_step)
+        assert res.config["max_grads"] == k and res.config["max_iter"] == steps
+
+
+def test_max_grads_is_the_attack_with_that_many_steps(net_and_model):
+    """The cap is the step count: PGD within 4 passes is PGD with 4 steps, its default step
+    eps / 4 following (TransferAttack's alpha = epsilon / epoch), and a budget above the cap
+    changes nothing."""
+    _, model = net_and_model
+    x, y = batch(model)
+    capped = fa.attack(model, x, y, "PGD", max_grads=4)
+    four = fa.attack(model, x, y, "PGD", max_iter=4)
+    np.testing.assert_array_equal(capped.images, four.images)
+    assert capped.config["alpha"] == pytest.approx(16 / 4)
+    roomy = fa.attack(model, x, y, "PGD", max_grads=1000)
+    np.testing.assert_array_equal(roomy.images, fa.attack(model, x, y, "PGD").images)
+    assert roomy.config["max_iter"] == 10
+    ens = fa.ensemble([model, fa.load_model(SmallNet().eval(), mode="pixels")])
+    two = fa.attack(ens, x, y, "PGD", max_grads=7)  # two passes per step: 3 steps
+    assert (two.iterations <= 3).all() and (two.grad_evals <= 7).all()
+    assert two.config["max_iter"] == 3
+
+
+@pytest.mark.parametrize("bad,error", [(0, ValueError), (True, TypeError), (2.5, TypeError),
+                                       ("10", TypeError)])
+def test_max_grads_bad_values_name_the_argument(net_and_model, bad, error):
+    _, model = net_and_model
+    x, y = batch(model, n=2)
+    with pytest.raises(error, match="max_grads"):
+        fa.attack(model, x, y, "PGD", max_grads=bad)
+
+
+def test_max_grads_below_one_step_is_refused(net_and_model):
+    _, model = net_and_model
+    x, y = batch(model, n=2)
+    with pytest.raises(ValueError, match=r"max_grads=4: one step of MI-FGSM costs 5"):
+        fa.attack(model, x, y, "MI-FGSM", si_copies=5, max_grads=4)
+
+
+def test_compare_max_grads_runs_natives_within_k_and_flags_peers_over_it(net_and_model):
+    torchattacks = pytest.importorskip("torchattacks")
+    _, model = net_and_model
+    x, y = batch(model, n=4)
+    other = fa.load_model(SmallNet().eval(), mode="pixels")
+    peer = torchattacks.PGD(model.as_torch_module(), eps=16 / 255, alpha=1.6 / 255, steps=10,
+                            random_start=False)
+    with pytest.warns(UserWarning, match=r"\['ta-pgd10'\] spent more than max_grads=5.*"
+                                         r"\['copy'\] did not report"):
+        df = fa.compare(model, x, y, attacks=["PGD", {"name": "si", "optimizer": "MI-FGSM",
+                                                       "si_copies": 2},
+                                              ("ta-pgd10", peer), ("copy", lambda a, b: a)],
+                        victims={"v": other}, rmse=[2], n_boot=0, max_grads=5)
+    native = df[df["how"] == "native"].groupby("attack").first()
+    assert native.loc["PGD", "grad_evals_mean"] <= 5 and native.loc["si", "grad_evals_mean"] <= 4
+    assert native.loc["ta-pgd10", "grad_evals_mean"] == 10
+    assert df.set_index("attack")["over_max_grads"].groupby(level=0).all().to_dict() == {
+        "PGD": False, "si": False, "ta-pgd10": True, "copy": False}
+    assert (df["max_grads"] == 5).all()
+    plain = fa.compare(model, x, y, attacks=["PGD"], victims={"v": other}, rmse=[2], n_boot=0)
+    assert plain["max_grads"].isna().all() and not plain["over_max_grads"].any()
+    with pytest.raises(ValueError, match="max_grads"):
+        fa.compare(model, x, y, attacks=["PGD"], victims={"v": other}, rmse=[2], max_grads=0)

@@ -19,7 +19,7 @@ from ..compare import MODES
 
 def add_parser(sub):
     """Register the `compare` sub-command."""
-    from ._common import add_options, description, nonnegative_int, positive_float
+    from ._common import add_options, description, nonnegative_int, positive_float, positive_int
 
     c = sub.add_parser("compare", help="ASR of attacks at matched l-inf AND RMSE "
                        "(docs/fair-comparison.md)", description=description(__doc__))
@@ -52,6 +52,9 @@ def add_parser(sub):
     c.add_argument("--loss", choices=("ce", "logit", "margin"),
                    help="the loss fairattack's attacks ascend (default ce; logit: targeted, "
                         "margin: untargeted)")
+    c.add_argument("--max-grads", type=positive_int, metavar="K",
+                   help="a matched compute budget: fairattack's attacks run within K gradient "
+                        "passes per image; peers that spent more are flagged (over_max_grads)")
     c.set_defaults(func=cmd_compare)
     return c
 
@@ -60,7 +63,7 @@ def _check(args):
     """Every argument of compare, before any model is loaded or image read."""
     from .. import peers
     from ..settings import check_pixel_units, make_config
-    from ..spec import CONFIG_KEYS, TRANSFORMS, coerce, parse_text
+    from ..spec import ATTACK_KEYS, coerce, parse_text
     from ._common import UsageError, check_names
 
     if bool(args.clean) == bool(args.data):
@@ -112,11 +115,11 @@ def _check(args):
             check_names([spec["optimizer"]], [spec["setting"]] if "setting" in spec else ())
         try:
             attack = coerce(text, f"--attacks {text!r}",
-                            allowed=CONFIG_KEYS + TRANSFORMS + ("rounding", "allow_subpixel"))
+                            allowed=ATTACK_KEYS)
         except (TypeError, ValueError) as error:
             raise UsageError(str(error)) from None
         if attack.kind == "fairattack":
-            params = {k: v for k, v in attack.params.items() if k != "rounding"}
+            params = attack.config_params()
             params["allow_subpixel"] = bool(params.get("allow_subpixel") or args.allow_subpixel)
             params.setdefault("eps", args.eps)
             try:
@@ -241,13 +244,15 @@ def cmd_compare(args):
                  eps=args.eps, batch_size=args.batch_size, progress=not args.quiet,
                  seed=args.seed, n_boot=args.n_boot, allow_subpixel=args.allow_subpixel,
                  cache_dir=None if args.no_resume else out / "cache",
-                 target=_target_of(args.target, names), loss=args.loss)
+                 target=_target_of(args.target, names), loss=args.loss,
+                 max_grads=args.max_grads)
     per_image = df.per_image.copy()
     per_image.insert(4, "name", [names[i] for i in per_image["image"]])
     table = comparison_table(df)
     meta = {"mode": args.mode, "eps": args.eps, "n_images": int(df["n_images"].iloc[0]),
             "n_given": len(names), "rmse": sorted(args.rmse), "victims": list(victims),
-            "surrogate": args.surrogate, "target": args.target, "loss": args.loss}
+            "surrogate": args.surrogate, "target": args.target, "loss": args.loss,
+            "max_grads": args.max_grads}
 
     write_comparison(out, df, per_image, meta)
     _markdown(df, table, out / "compare.md", meta)

@@ -19,6 +19,8 @@ from ..compare import MODES
 
 def add_parser(sub):
     """Register the `leaderboard` sub-command."""
+    from ._common import positive_int
+
     c = sub.add_parser("leaderboard", help="attacks x surrogates, natively and at matched RMSE: "
                        "leaderboard.csv/.md/.html", description=__doc__.splitlines()[0])
     c.add_argument("--attacks", nargs="+", required=True, metavar="NAME",
@@ -40,6 +42,9 @@ def add_parser(sub):
                    help="adversarial images per attack on the page (default: 3)")
     c.add_argument("--out", default="fairattack-leaderboard",
                    help="results folder, resumable (default: fairattack-leaderboard)")
+    c.add_argument("--max-grads", type=positive_int, metavar="K",
+                   help="a matched compute budget: fairattack's attacks run within K gradient "
+                        "passes per image; peers that spent more are flagged (over_max_grads)")
     c.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default: 1000)")
     c.add_argument("--seed", type=int, default=0, help="selection, attacks and bootstrap seed "
                                                        "(default: 0)")
@@ -88,7 +93,8 @@ def cmd_leaderboard(args):
     table = leaderboard(surrogates, images, labels, args.attacks, victims, rmse=budgets,
                         eps=args.eps, mode=args.mode, out=args.out, n_boot=args.n_boot,
                         seed=args.seed, batch_size=args.batch_size, examples=args.examples,
-                        device=args.device, progress=not args.quiet)
+                        device=args.device, progress=not args.quiet,
+                        max_grads=args.max_grads)
     print((Path(args.out) / "leaderboard.md").read_text())
     print(f"{len(table.attrs['reused'])} of {table.attrs['cells']} cells reused from {args.out}")
     for path in table.attrs["files"]:
