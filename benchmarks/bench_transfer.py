@@ -1,6 +1,7 @@
 """Native transfer attacks and surrogate ensembles against plain PyTorch loops, in one run.
 
     python benchmarks/bench_transfer.py [--batch 4] [--steps 2] [--repeats 2] [--data FOLDER]
+        [--only attacks|ensemble]
 
 (--data: a folder of ImageNet JPEGs, by default the shared samples beside the repository, as
 for parity_torchattacks.py.)
@@ -134,6 +135,7 @@ def main():
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--steps", type=int, default=2)
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--only", choices=("attacks", "ensemble"), help="time only these rows")
     p.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" /
                                             "imagenet-samples"))
     args = p.parse_args()
@@ -165,6 +167,8 @@ def main():
         ("SIA (20 copies; plain: model floor)", lambda: plain_copies(lite0, x0, y, steps),
          lambda: fa.attack(m_lite0, images, labels, "SIA", "fixed", **fixed)),
     ]
+    if args.only == "ensemble":
+        rows = []
     ensemble = fa.ensemble(list(loaded.values()), fuse="logits")
     rows.append(("ensemble Lite0 + MobileNetV2, PGD",
                  lambda: plain_ensemble_pgd(list(nets.values()), x0, y, steps),
@@ -177,6 +181,8 @@ def main():
             t_mine = min(t_mine, best(mine, 1))
         print(f"| {name} | {t_plain:.2f} s | {t_mine:.2f} s | {t_mine / t_plain:.2f} |",
               flush=True)
+    if args.only == "attacks":
+        return
     members = sum(best(lambda m=m: fa.attack(m, images, labels, "PGD", "fixed", **fixed),
                        args.repeats) for m in loaded.values())
     t_ens = best(lambda: fa.attack(ensemble, images, labels, "PGD", "fixed", **fixed),

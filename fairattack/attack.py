@@ -19,9 +19,9 @@ from .settings import (OPTIMIZERS, STOP_LOSS_TARGETED, core_config, default_sett
 
 STATUS = tuple(_core.IMAGE_STATUS)
 METRICS = ("rmse", "linf", "l2", "l1", "l0", "psnr", "ssim")
-#: What an attack spends per image (SPEC 12): gradient passes and loss-only forwards.
+#: What an attack spends per image (docs/protocol.md#what-an-attack-spends): gradient passes and loss-only forwards.
 SPENT = ("grad_evals", "forward_evals")
-#: The losses a gradient may ascend (SPEC 10), by (name, targeted): the shim's fa_loss values.
+#: The losses a gradient may ascend (docs/protocol.md#targeted-attacks), by (name, targeted): the shim's fa_loss values.
 LOSSES = {("ce", False): "ce", ("margin", False): "margin", ("ce", True): "target_ce",
           ("logit", True): "logit"}
 #: The named ways of choosing targets; an array of classes is the third.
@@ -50,7 +50,7 @@ class AttackResult:
       "nan"        failed: a non-finite loss or logit (returned unchanged, never a success)
     attacked_mask: the images that count (neither skipped nor failed).
     index: int64 [N], each image's number (index_offset + i), the key of its randomness.
-    What the attack spent on each image (SPEC 12, docs/protocol.md#what-an-attack-spends):
+    What the attack spent on each image (docs/protocol.md#what-an-attack-spends):
     grad_evals = gradient passes through the surrogate (one per transformed copy: the product
     of SI's, Admix's, BSR's and SIA's copies; VMI/VNI's neighbours count as passes of their own;
     the step-size calibration reuses the first gradient and adds none; a callable oracle counts
@@ -321,7 +321,7 @@ def loss_objective(loss, targeted):
 
 
 def resolve_targets(target, model, images, labels, num_classes, seed=0, index_offset=0):
-    """One target class per image (SPEC 10), never the image's label.
+    """One target class per image (docs/protocol.md#targeted-attacks), never the image's label.
 
     target: an array of class indices, "random" (per image uniform over the other classes,
     drawn from (seed, index_offset + i): batching never changes it) or "least_likely" (the
@@ -499,7 +499,7 @@ def attack(model, images, labels, optimizer="Adam", setting=None, *, target=None
     failed_code = STATUS.index("nan")
     max_rmse = float(cfg["max_rmse"])
     base = core_config(cfg)
-    if targeted:  # the core ascends -CE(z, t): stop once -CE >= -threshold (SPEC 10)
+    if targeted:  # the core ascends -CE(z, t): stop once -CE >= -threshold
         base["stop_loss"] = -stop_loss_targeted if math.isfinite(cfg["stop_loss"]) else math.inf
         cfg = dict(cfg, stop_loss_targeted=stop_loss_targeted)
     offset = int(cfg["index_offset"])

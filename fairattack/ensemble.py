@@ -1,4 +1,4 @@
-"""Surrogate ensembles (SPEC 9; docs/protocol.md#surrogate-ensembles): `ensemble([m1, m2, ...],
+"""Surrogate ensembles (docs/protocol.md#surrogate-ensembles): `ensemble([m1, m2, ...],
 fuse="logits"|"probs"|"loss", weights=None)` is a `Model` usable wherever a surrogate is
 (`fa.attack`, `fa.compare`, `run_study`). Every gradient pass runs inside the LibTorch shim, one
 forward and backward per member, with no Python per step; loss, prediction and the stopping
@@ -55,7 +55,7 @@ class Ensemble(Model):
 
 
 def ensemble(models, fuse="logits", weights=None):
-    """A surrogate that fuses the members' outputs (SPEC 9), z_i the logits of member i:
+    """A surrogate that fuses the members' outputs, z_i the logits of member i:
 
     fuse="logits": L = CE(Σ w_i z_i, y) (the MI-FGSM paper's ensemble); "probs":
     L = −log Σ w_i softmax(z_i)_y; "loss": L = Σ w_i CE(z_i, y). Targeted attacks and the

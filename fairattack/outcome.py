@@ -34,7 +34,7 @@ def attacked_mask(status):
 
 def fooled_mask(pred, labels, targets=None):
     """Per image: the victim's prediction differs from the label (predictions that exist); for
-    a targeted attack (targets: one class per image, SPEC 10) it predicts the target."""
+    a targeted attack (targets: one class per image) it predicts the target."""
     if targets is not None:
         return np.asarray(pred) == np.asarray(targets)
     return np.asarray(pred) != np.asarray(labels)

@@ -222,3 +222,53 @@ def test_cli_compare_takes_an_ensemble_surrogate(tmp_path, members):
     assert code == 0
     rows = json.loads((tmp_path / "cmp" / "compare.json").read_text())["rows"]
     assert rows and all(r["grad_evals_mean"] == 20 for r in rows)  # 10 PGD steps x 2 members
+
+
+def test_cli_ensemble_weights_are_the_python_ensembles(tmp_path, members, capsys):
+    """--weights W1 W2 gives an A+B surrogate the weights fa.ensemble(weights=...) has: the same
+    table as the Python API; weights that do not fit are refused before any work."""
+    import json
+
+    from fairattack.cli.main import main
+    from fairattack.data import synset_of
+    from PIL import Image
+
+    nets, models = members
+    paths = []
+    for i, net in enumerate(nets):
+        paths.append(tmp_path / f"m{i}.pt")
+        torch.jit.save(torch.jit.script(net), str(paths[-1]))
+    ens = fa.ensemble(models, fuse="logits", weights=[0.25, 0.75])
+    x, y = batch(ens, n=4, size=16)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(len(x)):
+        Image.fromarray(x[i]).save(folder / f"{synset_of(int(y[i]))}_img{i}.png")
+    args = ["compare", "--surrogate", f"{paths[0]}+{paths[1]}", "--attacks", "PGD",
+            "--victims", str(paths[1]), "--data", str(folder), "--n-images", "4",
+            "--image-size", "16", "--rmse", "2", "--n-boot", "0", "--quiet"]
+    assert main(args + ["--weights", "0.25", "0.75", "--out", str(tmp_path / "w")]) == 0
+    rows = json.loads((tmp_path / "w" / "compare.json").read_text())["rows"]
+    df = fa.compare(ens, x, y, ["PGD"], {"v": models[1]}, rmse=[2], n_boot=0)
+    mine = [r for r in rows if r["how"] == "native" and r["victim"] == "mean"][0]
+    theirs = df[(df["how"] == "native") & (df["victim"] == "mean")].iloc[0]
+    assert mine["asr"] == pytest.approx(theirs["asr"])
+    assert mine["rmse_mean"] == pytest.approx(theirs["rmse_mean"])
+    equal = fa.compare(fa.ensemble(models), x, y, ["PGD"], {"v": models[1]}, rmse=[2],
+                       n_boot=0)
+    assert not np.isclose(equal["rmse_mean"].iloc[0], theirs["rmse_mean"])  # weights matter
+    def refused(argv):
+        try:
+            return main(argv)
+        except SystemExit as stop:  # argparse's own refusals
+            return stop.code
+
+    for extra, message in [(["--weights", "0.5"], "1 weights for the 2 members"),
+                           (["--weights", "0.5", "0.6"], "sum to 1.1"),
+                           (["--weights", "-1", "2"], "--weights")]:
+        assert refused(args + extra + ["--out", str(tmp_path / "bad")]) == 2
+        assert message in capsys.readouterr().err
+    alone = args[:2] + [str(paths[0])] + args[3:]
+    assert refused(alone + ["--weights", "1", "--out", str(tmp_path / "bad")]) == 2
+    assert "give the surrogate as A+B" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()

@@ -2,7 +2,7 @@
  * fairattack.h -- the contract of the fairattack C core (pure C11).
  *
  * The core crafts adversarial examples for a batch of images under the protocol of
- * shared/SPEC.md: optimizer update rules, projection onto the l-inf ball and the pixel box,
+ * docs/protocol.md: optimizer update rules, projection onto the l-inf ball and the pixel box,
  * per-image step-size calibration, per-image stopping and best-iterate tracking, and metrics.
  * It knows neither Python nor LibTorch: gradients arrive through a callback (fa_oracle).
  *
@@ -59,7 +59,7 @@ const char *fa_status_name(int status);
 /* ---------------------------------------------------------------- optimizers */
 
 typedef enum fa_optimizer {
-    /* the paper's seven attacks (raw directions, SPEC section 3) */
+    /* the paper's seven attacks (raw directions, docs/protocol.md#update-rules) */
     FA_OPT_GD = 0,
     FA_OPT_MGD = 1,
     FA_OPT_NAGD = 2,
@@ -92,7 +92,7 @@ typedef enum fa_nesterov {
     FA_NESTEROV_TEXTBOOK = 1  /* same look-ahead gradient, but x' = P(x + a*m)                */
 } fa_nesterov;
 
-/* Which iterate an image that runs to max_iter returns (SPEC 2). */
+/* Which iterate an image that runs to max_iter returns (docs/protocol.md#the-attack-loop). */
 typedef enum fa_returns {
     FA_RETURNS_BEST = 0, /* the iterate of maximal CE (the loss-stopped protocols' rule)       */
     FA_RETURNS_LAST = 1  /* the last iterate, as every peer library returns it (setting fixed) */
@@ -126,7 +126,7 @@ typedef struct fa_config {
     float stop_rmse;        /* > 0: stop an image once its RMSE reaches this (last step is
                                shortened to land on it); 0: off                              */
     float rmse_weight;      /* gamma >= 0: from step 1 on, ascend CE + gamma * RMSE(x, x0)    */
-    /* optimizer constants (fa_config_default fills the SPEC's values) */
+    /* optimizer constants (fa_config_default fills the paper's values) */
     float momentum;         /* MGD/NAGD mu (0.9); MI/NI-FGSM mu (1.0)                        */
     float beta1;            /* Adam family beta1 (0.9)                                       */
     float beta2;            /* Adam family beta2 (0.999)                                     */
@@ -143,7 +143,7 @@ typedef struct fa_config {
                                that splits a dataset into batches passes each batch's start */
     int skip_misclassified; /* 1: images the model gets wrong at x0 are skipped (default 1)   */
     int returns;            /* fa_returns: what an image that hits max_iter returns (best)    */
-    float max_rmse;         /* > 0: joint budget (SPEC 8): every iterate is projected exactly
+    float max_rmse;         /* > 0: joint budget (docs/fair-comparison.md): every iterate is projected exactly
                                onto {l-inf <= eps} n {RMSE <= max_rmse} n box; 0: off         */
     /* VMI/VNI-FGSM (variance tuning): step k's direction is MI's (NI's) on g_k + v_{k-1}, and
      * v_k = mean_j g(x_k + u_j) - g_k over vmi_neighbours points, u_j uniform in the l-inf ball
@@ -153,8 +153,8 @@ typedef struct fa_config {
     float vmi_beta;         /* beta (1.5)                                                     */
 } fa_config;
 
-/* Fills *out with the SPEC's defaults for `optimizer` under the const_loss setting: eps 16,
- * stop_loss 30, max_iter and first_step_rmse from SPEC section 2's table, returns best (sign
+/* Fills *out with the paper's defaults for `optimizer` under the const_loss setting: eps 16,
+ * stop_loss 30, max_iter and first_step_rmse from the paper's table (docs/protocol.md), returns best (sign
  * attacks: FGSM one step of alpha = eps; PGD/MI/NI 10 steps of alpha = eps/10, no loss stop,
  * returns last). */
 fa_status fa_config_default(int optimizer, fa_config *out);
@@ -171,7 +171,7 @@ fa_status fa_config_check(const fa_config *cfg);
  *   want_grad  0: only loss and pred are needed; grad may be left untouched
  *   loss[n]    host out: per-image cross-entropy in nats (-log p_y). This is the measure the
  *              stop rules (stop_loss) and the best iterate read, larger being further along:
- *              the oracle of a targeted attack gives -CE(z, target) instead (SPEC 10), whatever
+ *              the oracle of a targeted attack gives -CE(z, target) instead (docs/protocol.md#targeted-attacks), whatever
  *              loss its gradient ascends, and labels stay the true labels (the skip rule)
  *   pred[n]    host out: argmax class per image
  *   grad       out, n*dim floats in the run's memory: d loss_i / d x_i (pixel units)
@@ -234,7 +234,7 @@ typedef struct fa_result {
 } fa_result;
 
 /*
- * Runs the attack loop of SPEC section 2 on n images of dim floats each.
+ * Runs the attack loop of docs/protocol.md#the-attack-loop on n images of dim floats each.
  *   x0       host, n*dim, values in [0, 255] (checked)
  *   labels   host, n, >= 0 (range against the model is the oracle's check)
  * All images run independently: a result never depends on the batch it was run in.
@@ -260,20 +260,20 @@ typedef struct fa_metrics {
                     gaussian_weights=True, use_sample_covariance=False, data_range=255)      */
 } fa_metrics;
 
-/* ---------------------------------------------------------------- fair budgets (SPEC 8) */
+/* ---------------------------------------------------------------- fair budgets (docs/fair-comparison.md) */
 
 /*
  * The exact projection of y onto {||delta||_inf <= eps} n {RMSE(delta) <= max_rmse} n [0, 255]
  * around x0 (n images of dim floats, host): delta_j = clip(mu * (y_j - x0_j), l_j, u_j) with
  * l = max(-eps, -x0), u = min(eps, 255 - x0) and the largest mu in [0, 1] that meets the RMSE
- * budget (SPEC 8's lambda is 1/mu - 1). max_rmse = 0: the l-inf and box projection alone. The
+ * budget (the joint budget's lambda is 1/mu - 1). max_rmse = 0: the l-inf and box projection alone. The
  * attack loop projects every iterate with the same code.
  */
 fa_status fa_project_rmse(int64_t n, int64_t dim, const float *x0, const float *y, float eps,
                           float max_rmse, float *out);
 
 /*
- * RMSE matching (SPEC 8): out = clean + clip(s * (adv - clean), l, u) with the per-image s >= 0
+ * RMSE matching (docs/fair-comparison.md): out = clean + clip(s * (adv - clean), l, u) with the per-image s >= 0
  * at which RMSE(out - clean) = target[i]. quantize (fa_match_mode) FA_MATCH_UINT8: out holds
  * integers (what a uint8 image holds) inside the l-inf ball and the box, chosen per value
  * between the two integers around the scaled value so that the RMSE of the integer image is as

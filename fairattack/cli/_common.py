@@ -190,7 +190,32 @@ def _options():
                            "alpha and RMSE values below one pixel level (refused by default "
                            "as [0, 1] units)")),
         "quiet": (("--quiet",), dict(action="store_true", help="no progress bars")),
+        "fuse": (("--fuse",), dict(choices=("logits", "probs", "loss"), default="logits",
+                                   help="how an ensemble surrogate A+B fuses its members")),
+        "weights": (("--weights",), dict(nargs="+", type=nonnegative_float, metavar="W",
+                                         help="an ensemble surrogate's member weights, in the "
+                                         "order of A+B, summing to 1 (default: equal)")),
     }
+
+
+def ensemble_weights(surrogates, weights):
+    """--weights checked against the ensemble surrogates (A+B texts) before any work: a
+    weight per member of each (UsageError naming --weights otherwise)."""
+    if weights is None:
+        return None
+    ensembles = [s for s in surrogates or () if "+" in s]
+    if not ensembles:
+        raise UsageError("--weights: the weights of an ensemble surrogate's members; give the "
+                         "surrogate as A+B")
+    for spec in ensembles:
+        if len(spec.split("+")) != len(weights):
+            raise UsageError(f"--weights: {len(weights)} weights for the "
+                             f"{len(spec.split('+'))} members of {spec!r}")
+    from ..ensemble import WEIGHT_TOL
+
+    if abs(sum(weights) - 1.0) > WEIGHT_TOL:
+        raise UsageError(f"--weights sum to {sum(weights):g}; they must sum to 1")
+    return list(weights)
 
 
 def add_options(p, *names, **defaults):

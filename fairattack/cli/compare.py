@@ -29,7 +29,8 @@ def add_parser(sub):
                         "file names")
     add_options(c, "attacks", "surrogates", "data", "n_images", "labels", "victims", "eps",
                 "out", "no_resume", "seed", "image_size", "batch_size", "device",
-                "allow_subpixel", "quiet", attacks=[], n_images=100, eps=16.0,
+                "allow_subpixel", "quiet", "fuse", "weights", attacks=[], n_images=100,
+                eps=16.0,
                 out="fairattack-compare",
                 attacks_help="fairattack optimizers (FGSM PGD MI-FGSM NI-FGSM Adam ...), with "
                 "options as NAME=OPTIMIZER[:SETTING][,key=value...] (DI=PGD,di_prob=0.5), or "
@@ -37,8 +38,6 @@ def add_parser(sub):
                 surrogates_help="the one model the attacks run on (registry name or "
                 "TorchScript file; A+B: an ensemble, fused by --fuse); picks the images that "
                 "count (those it classifies correctly)")
-    c.add_argument("--fuse", choices=("logits", "probs", "loss"), default="logits",
-                   help="how an ensemble --surrogate A+B fuses its members")
     c.add_argument("--rmse", nargs="+", type=positive_float, default=[2, 4, 6, 8, 10, 12],
                    metavar="R", help="RMSE budgets in pixels (each at most --eps)")
     c.add_argument("--mode", default="rescale", choices=MODES,
@@ -64,7 +63,7 @@ def _check(args):
     from .. import peers
     from ..settings import check_pixel_units, make_config
     from ..spec import ATTACK_KEYS, coerce, parse_text
-    from ._common import UsageError, check_names
+    from ._common import UsageError, check_names, ensemble_weights
 
     if bool(args.clean) == bool(args.data):
         raise UsageError("give the images either as --clean DIR (with --adv NAME=DIR ...) or "
@@ -82,6 +81,7 @@ def _check(args):
         if folder and not Path(folder).is_dir():
             raise UsageError(f"{flag} {folder!r} is not a folder")
     members = args.surrogates[0].split("+") if args.surrogates else []
+    ensemble_weights(args.surrogates, args.weights)
     for spec in members + args.victims:
         if spec.endswith((".pt", ".pth", ".ts")) and not Path(spec).is_file():
             raise UsageError(f"model file {spec!r} does not exist")
@@ -211,7 +211,7 @@ def cmd_compare(args):
     if len(members) > 1:
         from ..ensemble import EnsembleSpec
 
-        spec = EnsembleSpec(members, args.fuse)
+        spec = EnsembleSpec(members, args.fuse, args.weights)
         surrogate, size = spec.load(args.device), spec.input_size()
     elif args.surrogate:
         (name, spec), = model_specs([args.surrogate], "--surrogate").items()

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from ..spec import CONFIG_KEYS, TRANSFORMS, _value
 from ._common import (UsageError, add_options, check_names, common_options, description,
+                      ensemble_weights,
                       nonnegative_float, nonnegative_int, positive_float, positive_int, rank)
 from .report import report
 
@@ -64,7 +65,7 @@ def add_parser(sub):
     r = sub.add_parser("run", help="a study on your data, models and settings (torchrun: "
                        "shared by K processes)", description=description(__doc__))
     add_options(r, "surrogates", "victims", "data", "labels", "n_images", "attacks", "seed",
-                "out", "no_resume", "image_size", "allow_subpixel",
+                "out", "no_resume", "image_size", "allow_subpixel", "fuse", "weights",
                 surrogates_required=True, data_required=True, out="fairattack-study",
                 surrogates_help="registry names (fairattack models, any case) or TorchScript "
                 "files (fairattack export); A+B is an ensemble of A and B (fused by --fuse)",
@@ -77,8 +78,6 @@ def add_parser(sub):
                    help="float -> uint8 of the adversarial images")
     r.add_argument("--chunk-size", type=positive_int, default=256,
                    help="images per work item")
-    r.add_argument("--fuse", choices=("logits", "probs", "loss"), default="logits",
-                   help="how an ensemble surrogate (A+B) fuses its members")
     r.add_argument("--target", choices=("random", "least_likely"), default=None,
                    help="targeted attacks: every image aims at a random other class or the "
                    "surrogate's least likely one (error rates become target success rates)")
@@ -142,6 +141,7 @@ def cmd_run(args):
     if not Path(args.data).exists():
         raise UsageError(f"--data {args.data!r} does not exist")
     members = [m for spec in args.surrogates for m in spec.split("+")]
+    ensemble_weights(args.surrogates, args.weights)
     for spec in members + args.victims:
         if spec.endswith((".pt", ".pth", ".ts")) and not Path(spec).is_file():
             raise UsageError(f"model file {spec!r} does not exist")
@@ -157,7 +157,7 @@ def cmd_run(args):
                    progress=not args.quiet, labels=args.labels, device=args.device,
                    rounding=args.rounding, image_size=args.image_size,
                    chunk_size=args.chunk_size, target=args.target, loss=args.loss,
-                   fuse=args.fuse)
+                   fuse=args.fuse, weights=args.weights)
     if rank() == 0:  # under torchrun, rank 0 speaks for every rank
         print()
         report(df, args.out, started)

@@ -77,13 +77,14 @@ def run_study(surrogates, victims, data, optimizers=None, settings=None,
               out_dir="fairattack-study", n_images=None, seed=0, batch_size=16, overrides=None,
               resume=True, progress=True, *, attacks=None, labels=None,
               device="cpu", rounding="round", image_size=None, chunk_size=CHUNK_SIZE,
-              target=None, loss=None, fuse="logits"):
+              target=None, loss=None, fuse="logits", weights=None):
     """Run every (surrogate, setting, attack) cell and return the table (pandas DataFrame).
 
     surrogates, victims: registry names (`fairattack.models.available_models()`, any case),
         TorchScript paths, fairattack Models, or a dict name -> any of those. A surrogate may be
         an ensemble (`fairattack.ensemble`), or a text joining members with "+"
-        ("efficientnet-lite0+mobilenet-v2", fused by `fuse`, equal weights); its cell is keyed
+        ("efficientnet-lite0+mobilenet-v2", fused by `fuse` with `weights`, one per member of
+        each such text, default equal, as in `fairattack.ensemble`); its cell is keyed
         by its members' contents, fuse and weights, and its images are selected at its largest
         member's input size.
     data: a folder in a layout `fairattack.data.open_dataset` reads (or a Dataset; `labels` names a
@@ -153,7 +154,7 @@ def run_study(surrogates, victims, data, optimizers=None, settings=None,
     _check_arguments(data, n_images, seed, batch_size, chunk_size, rounding, image_size, device)
     if not isinstance(fuse, str) or fuse not in FUSES:
         raise ValueError(f"fuse={fuse!r}; expected one of {FUSES}")
-    surrogate_specs = _surrogate_specs(surrogates, fuse)
+    surrogate_specs = _surrogate_specs(surrogates, fuse, weights)
     victim_specs = model_specs(victims, "victims")
     flat, nested = split_overrides(overrides, [a.name for a in attack_specs])
     for what, names in (("surrogates", surrogate_specs), ("victims", victim_specs),
@@ -277,10 +278,10 @@ def run_study(surrogates, victims, data, optimizers=None, settings=None,
         ranks.close()
 
 
-def _surrogate_specs(surrogates, fuse):
+def _surrogate_specs(surrogates, fuse, weights=None):
     """{name: spec} of the surrogates (model_specs), where ensembles are EnsembleSpecs named by
     their members ("a+b") unless a dict names them."""
-    given = ensemble_specs(surrogates, fuse)
+    given = ensemble_specs(surrogates, fuse, weights)
     items = list(given.items()) if isinstance(given, dict) else \
         [(spec.name if isinstance(spec, EnsembleSpec) else None, spec) for spec in given]
     out = {}
