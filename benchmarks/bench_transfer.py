@@ -173,7 +173,7 @@ def main():
     rows.append(("ensemble Lite0 + MobileNetV2, PGD",
                  lambda: plain_ensemble_pgd(list(nets.values()), x0, y, steps),
                  lambda: fa.attack(ensemble, images, labels, "PGD", "fixed", **fixed)))
-    print(f"| attack | plain PyTorch | fairattack | ratio |\n|---|---|---|---|")
+    print("| attack | plain PyTorch | fairattack | ratio |\n|---|---|---|---|")
     for name, plain, mine in rows:
         t_plain, t_mine = math.inf, math.inf
         for _ in range(args.repeats):  # alternating, so that load drifts hit both sides

@@ -543,45 +543,58 @@ at::Tensor rotate(const at::Tensor &block, double degrees) {
     return at::grid_sampler(block, grid, 0, 0, false);
 }
 
+/* The copies of a per-row transform, copy-major: for every copy and row r of input (image
+ * r % n), build(row [1, C, H, W], the image's index, its draw number) gives the row's copy; the
+ * draw number copy * (rows / n) + r / n keeps the copies of SI's rows apart. */
+template <typename Build>
+at::Tensor per_row_copies(const at::Tensor &input, int64_t n, int64_t copies,
+                          const int64_t *index, Build build) {
+    const int64_t rows = input.size(0);
+    std::vector<at::Tensor> parts;
+    parts.reserve(static_cast<size_t>(copies * rows));
+    for (int64_t copy = 0; copy < copies; copy++)
+        for (int64_t r = 0; r < rows; r++) {
+            const int64_t i = r % n, id = index != nullptr ? index[i] : i;
+            parts.push_back(build(input.narrow(0, r, 1), id, copy * (rows / n) + r / n));
+        }
+    return at::cat(parts);
+}
+
 /* BSR: bsr_copies block-shuffled, rotated copies of every row. */
 at::Tensor block_shuffle(const at::Tensor &input, int64_t n, const fa_transform &t,
                          const int64_t *index, int64_t call) {
-    const int64_t rows = input.size(0), h = input.size(2), w = input.size(3), b = t.bsr_blocks;
-    std::vector<at::Tensor> parts;
-    for (int64_t copy = 0; copy < t.bsr_copies; copy++)
-        for (int64_t r = 0; r < rows; r++) {
-            const int64_t i = r % n, id = index != nullptr ? index[i] : i;
-            std::vector<double> d;
-            bsr_draws(t, h, w, id, call, copy * (rows / n) + r / n, d);
-            const int64_t first = d[0] == 0.0 ? 2 : 3, second = first == 2 ? 3 : 2;
-            auto split = [&](const at::Tensor &x, int64_t dim, size_t at_) {
-                std::vector<at::Tensor> pieces;
-                int64_t start = 0;
-                for (int64_t k = 0; k < b; k++) {
-                    const int64_t len = static_cast<int64_t>(d[at_ + static_cast<size_t>(k)]);
-                    pieces.push_back(x.narrow(dim, start, len));
-                    start += len;
-                }
-                return pieces;
-            };
-            const std::vector<at::Tensor> strips = split(input.narrow(0, r, 1), first, 1);
-            std::vector<at::Tensor> out_strips;
-            for (int64_t s = 0; s < b; s++) {
-                const at::Tensor strip =
-                    strips[static_cast<size_t>(d[static_cast<size_t>(1 + b + s)])];
-                const size_t base = static_cast<size_t>(1 + 2 * b + 2 * b * s);
-                const std::vector<at::Tensor> pieces = split(strip, second, base);
-                std::vector<at::Tensor> placed;
-                for (int64_t k = 0; k < b; k++) {
-                    const size_t which = static_cast<size_t>(d[base + static_cast<size_t>(b + k)]);
-                    const double angle = d[static_cast<size_t>(1 + 2 * b + 2 * b * b + s * b + k)];
-                    placed.push_back(rotate(pieces[which], angle));
-                }
-                out_strips.push_back(at::cat(placed, second));
+    const int64_t h = input.size(2), w = input.size(3), b = t.bsr_blocks;
+    return per_row_copies(input, n, t.bsr_copies, index, [&](const at::Tensor &row, int64_t id,
+                                                             int64_t draw) {
+        std::vector<double> d;
+        bsr_draws(t, h, w, id, call, draw, d);
+        const int64_t first = d[0] == 0.0 ? 2 : 3, second = first == 2 ? 3 : 2;
+        auto split = [&](const at::Tensor &x, int64_t dim, size_t at_) {
+            std::vector<at::Tensor> pieces;
+            int64_t start = 0;
+            for (int64_t k = 0; k < b; k++) {
+                const int64_t len = static_cast<int64_t>(d[at_ + static_cast<size_t>(k)]);
+                pieces.push_back(x.narrow(dim, start, len));
+                start += len;
             }
-            parts.push_back(at::cat(out_strips, first));
+            return pieces;
+        };
+        const std::vector<at::Tensor> strips = split(row, first, 1);
+        std::vector<at::Tensor> out_strips;
+        for (int64_t s = 0; s < b; s++) {
+            const at::Tensor strip = strips[static_cast<size_t>(d[static_cast<size_t>(1 + b + s)])];
+            const size_t base = static_cast<size_t>(1 + 2 * b + 2 * b * s);
+            const std::vector<at::Tensor> pieces = split(strip, second, base);
+            std::vector<at::Tensor> placed;
+            for (int64_t k = 0; k < b; k++) {
+                const size_t which = static_cast<size_t>(d[base + static_cast<size_t>(b + k)]);
+                const double angle = d[static_cast<size_t>(1 + 2 * b + 2 * b * b + s * b + k)];
+                placed.push_back(rotate(pieces[which], angle));
+            }
+            out_strips.push_back(at::cat(placed, second));
         }
-    return at::cat(parts);
+        return at::cat(out_strips, first);
+    });
 }
 
 /* One SIA block transform (op, parameter of sia_draws). */
@@ -611,32 +624,27 @@ at::Tensor sia_block(const at::Tensor &x, int64_t op, double parameter) {
 /* SIA: sia_copies structure-invariant copies of every row. */
 at::Tensor structure_invariant(const at::Tensor &input, int64_t n, const fa_transform &t,
                                const int64_t *index, int64_t call) {
-    const int64_t rows = input.size(0), h = input.size(2), w = input.size(3), b = t.sia_blocks;
-    std::vector<at::Tensor> parts;
-    for (int64_t copy = 0; copy < t.sia_copies; copy++)
-        for (int64_t r = 0; r < rows; r++) {
-            const int64_t i = r % n, id = index != nullptr ? index[i] : i;
-            std::vector<double> d;
-            sia_draws(t, h, w, id, call, copy * (rows / n) + r / n, d);
-            const at::Tensor row = input.narrow(0, r, 1);
-            std::vector<at::Tensor> bands;
-            for (int64_t bi = 0; bi < b; bi++) {
-                const int64_t top = static_cast<int64_t>(d[static_cast<size_t>(bi)]);
-                const int64_t bh = static_cast<int64_t>(d[static_cast<size_t>(bi + 1)]) - top;
-                std::vector<at::Tensor> blocks;
-                for (int64_t bj = 0; bj < b; bj++) {
-                    const int64_t left = static_cast<int64_t>(d[static_cast<size_t>(b + 1 + bj)]);
-                    const int64_t bw =
-                        static_cast<int64_t>(d[static_cast<size_t>(b + 2 + bj)]) - left;
-                    const size_t at_ = static_cast<size_t>(2 * b + 2 + 2 * (bi * b + bj));
-                    blocks.push_back(sia_block(row.narrow(2, top, bh).narrow(3, left, bw),
-                                               static_cast<int64_t>(d[at_]), d[at_ + 1]));
-                }
-                bands.push_back(at::cat(blocks, 3));
+    const int64_t h = input.size(2), w = input.size(3), b = t.sia_blocks;
+    return per_row_copies(input, n, t.sia_copies, index, [&](const at::Tensor &row, int64_t id,
+                                                             int64_t draw) {
+        std::vector<double> d;
+        sia_draws(t, h, w, id, call, draw, d);
+        std::vector<at::Tensor> bands;
+        for (int64_t bi = 0; bi < b; bi++) {
+            const int64_t top = static_cast<int64_t>(d[static_cast<size_t>(bi)]);
+            const int64_t bh = static_cast<int64_t>(d[static_cast<size_t>(bi + 1)]) - top;
+            std::vector<at::Tensor> blocks;
+            for (int64_t bj = 0; bj < b; bj++) {
+                const int64_t left = static_cast<int64_t>(d[static_cast<size_t>(b + 1 + bj)]);
+                const int64_t bw = static_cast<int64_t>(d[static_cast<size_t>(b + 2 + bj)]) - left;
+                const size_t at_ = static_cast<size_t>(2 * b + 2 + 2 * (bi * b + bj));
+                blocks.push_back(sia_block(row.narrow(2, top, bh).narrow(3, left, bw),
+                                           static_cast<int64_t>(d[at_]), d[at_ + 1]));
             }
-            parts.push_back(at::cat(bands, 2));
+            bands.push_back(at::cat(blocks, 3));
         }
-    return at::cat(parts);
+        return at::cat(bands, 2);
+    });
 }
 
 int64_t copies_of(const fa_transform &t) {
