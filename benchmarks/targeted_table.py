@@ -26,6 +26,8 @@ def main():
     p.add_argument("--iters", type=int, default=300)
     p.add_argument("--rmse", type=float, nargs="+", default=[2, 4, 8])
     p.add_argument("--ensemble", action="store_true")
+    p.add_argument("--losses", nargs="+", choices=("logit", "ce"), default=["logit", "ce"],
+                   help="logit: MI and DI-TI-MI under the logit loss; ce: DI-TI-MI under CE")
     p.add_argument("--out", default="targeted-table")
     args = p.parse_args()
     out = Path(args.out)
@@ -43,7 +45,9 @@ def main():
     attacks = [{"name": "MI logit", "optimizer": "MI-FGSM", **step},
                {"name": "DI-TI-MI logit", "optimizer": "MI-FGSM", **step, **dti}]
     frames = []
-    for loss, chosen in (("logit", attacks), ("ce", [dict(attacks[1], name="DI-TI-MI ce")])):
+    runs = {"logit": attacks, "ce": [dict(attacks[1], name="DI-TI-MI ce")]}
+    for loss in args.losses:
+        chosen = runs[loss]
         frames.append(fa.compare(surrogate, images, labels, chosen, victims, rmse=args.rmse,
                                  target="random", loss=loss, cache_dir=out / "cache",
                                  progress=True))

@@ -230,18 +230,30 @@ def read_matching_folder(folder, files, clean, what):
     return np.stack(out)
 
 
+def classes_of_names(table, names, what):
+    """One class per image name from a {name: class} table (a label file's `read_label_file`),
+    matched by the name, its file name or its stem; ValueError naming `what` and the first
+    image the table lacks."""
+    by_stem = {Path(k).stem: v for k, v in table.items()}
+    out = []
+    for name in names:
+        path = Path(str(name))
+        found = table.get(str(name), table.get(path.name, by_stem.get(path.stem)))
+        if found is None:
+            missing = sum(1 for n in names if str(n) not in table and Path(str(n)).name not in
+                          table and Path(str(n)).stem not in by_stem)
+            raise ValueError(f"{what}: no entry for {path.name!r} ({missing} image(s) "
+                             "without one)")
+        out.append(found)
+    return np.array(out, np.int64)
+
+
 def labels_of_files(files, label_file=None, what="--clean"):
     """Class indices of image files: from a label file (lines 'FILE INDEX', matched by name or
     stem), else from SYNSET_name file names."""
     if label_file:
-        table = read_label_file(label_file)
-        by_stem = {Path(k).stem: v for k, v in table.items()}
-        out = []
-        for f in files:
-            if f.name not in table and f.stem not in by_stem:
-                raise ValueError(f"--labels {label_file}: no label for {f.name!r}")
-            out.append(table.get(f.name, by_stem.get(f.stem)))
-        return np.array(out, np.int64)
+        return classes_of_names(read_label_file(label_file), [f.name for f in files],
+                                f"--labels {label_file}")
     out = []
     for f in files:
         match = _SYNSET.match(f.name)

@@ -293,3 +293,73 @@ def test_cli_run_and_compare_take_target_and_loss(tmp_path, net_and_model, capsy
                  "--n-images", "3", "--image-size", "16", "--target", str(targets),
                  "--out", str(tmp_path / "cmp2"), *common]) == 2
     assert "--target" in capsys.readouterr().err
+
+
+def test_study_takes_a_table_of_targets_by_image_name(tmp_path, net_and_model):
+    """run_study(target={name: class}) (the CLI's --target FILE): each image aims at its own
+    class from the table, as fa.attack with that array does; a missing image or a target equal
+    to the label is refused before any attack runs."""
+    import pandas as pd
+
+    net, model = net_and_model
+    path = tmp_path / "s.pt"
+    torch.jit.save(torch.jit.script(net), str(path))
+    x, y = batch(model, n=4)
+    names = [f"img{i}.png" for i in range(4)]
+    chosen = (y + np.array([1, 2, 3, 4])) % 10
+    table = {f"img{i}": int(chosen[i]) for i in range(4)}  # by stem, as label files may be
+    common = dict(optimizers=["PGD"], settings=["fixed"], progress=False,
+                  overrides={"max_iter": 10, "eps": 32}, loss="logit")
+    df = fa.run_study({"s": path}, {"v": path}, (x, y, names), out_dir=tmp_path / "t",
+                      target=table, chunk_size=3, **common)
+    records = pd.read_csv(next((tmp_path / "t").glob("cells/*/*/*/images.csv")))
+    np.testing.assert_array_equal(records["target"], chosen)
+    res = fa.attack(model, x, y, "PGD", "fixed", target=chosen, loss="logit", max_iter=10,
+                    eps=32)
+    assert df["err_v"].iloc[0] == pytest.approx(float(np.mean(model.predict(res.images) ==
+                                                              chosen)))
+    changed = dict(table, img0=next(k for k in range(10) if k not in (y[0], chosen[0])))
+    with pytest.warns(fa.study.RecomputeWarning, match="recomputing cell"):
+        fa.run_study({"s": path}, {"v": path}, (x, y, names), out_dir=tmp_path / "t",
+                     target=changed, chunk_size=3, **common)
+    with pytest.raises(ValueError, match=r"target: no entry for 'img3.png'"):
+        fa.run_study({"s": path}, {"v": path}, (x, y, names), out_dir=tmp_path / "u",
+                     target={k: v for k, v in table.items() if k != "img3"}, **common)
+    with pytest.raises(ValueError, match=r"target: image 'img1.png' aims at its own label"):
+        fa.run_study({"s": path}, {"v": path}, (x, y, names), out_dir=tmp_path / "w",
+                     target=dict(table, img1=int(y[1])), **common)
+    assert not list((tmp_path / "w").glob("cells/*/*/*/images.csv"))  # nothing attacked
+    with pytest.raises(ValueError, match="class index"):
+        fa.run_study({"s": path}, {"v": path}, (x, y, names), out_dir=tmp_path / "z",
+                     target=dict(table, img1=True), **common)
+
+
+def test_cli_run_takes_a_target_file(tmp_path, net_and_model, capsys):
+    from fairattack.cli.main import main
+    from fairattack.data import synset_of
+    from PIL import Image
+
+    net, model = net_and_model
+    path = tmp_path / "s.pt"
+    torch.jit.save(torch.jit.script(net), str(path))
+    x, y = batch(model, n=3, size=16)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    names = [f"{synset_of(int(y[i]))}_img{i}.png" for i in range(len(x))]
+    for i, name in enumerate(names):
+        Image.fromarray(x[i]).save(folder / name)
+    targets = tmp_path / "targets.txt"
+    targets.write_text("".join(f"{n} {(int(y[i]) + 1) % 10}\n" for i, n in enumerate(names)))
+    args = ["run", "--surrogates", str(path), "--victims", str(path), "--data", str(folder),
+            "--optimizers", "PGD", "--settings", "fixed", "--max-iter", "3", "--image-size",
+            "16", "--loss", "logit", "--quiet"]
+    assert main(args + ["--target", str(targets), "--out", str(tmp_path / "study")]) == 0
+    import pandas as pd
+
+    records = pd.read_csv(next((tmp_path / "study").glob("cells/*/*/*/images.csv")))
+    want = {n: (int(y[i]) + 1) % 10 for i, n in enumerate(names)}
+    assert [want[n] for n in records["name"]] == records["target"].tolist()
+    capsys.readouterr()
+    assert main(args + ["--target", str(tmp_path / "nope.txt"), "--out",
+                        str(tmp_path / "bad")]) == 2
+    assert "--target" in capsys.readouterr().err and not (tmp_path / "bad").exists()

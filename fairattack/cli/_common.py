@@ -7,6 +7,7 @@ import argparse
 import difflib
 import os
 import re
+from pathlib import Path
 
 from ..settings import NAMED_ATTACKS, OPTIMIZERS, SETTINGS
 from ..spec import canonical_attack_name, canonical_setting
@@ -196,6 +197,23 @@ def _options():
                                          help="an ensemble surrogate's member weights, in the "
                                          "order of A+B, summing to 1 (default: equal)")),
     }
+
+
+def target_arg(text):
+    """--target: None, a named choice ("random", "least_likely"), or a file of lines
+    'IMAGE_NAME CLASS' read into {name: class} (UsageError naming --target otherwise)."""
+    from ..attack import TARGET_CHOICES
+    from ..data import read_label_file
+
+    if text is None or text in TARGET_CHOICES:
+        return text
+    if not Path(text).is_file():
+        raise UsageError(f"--target {text!r}: expected one of {TARGET_CHOICES} or a file of "
+                         "'IMAGE_NAME CLASS' lines")
+    try:
+        return read_label_file(text)
+    except ValueError as error:
+        raise UsageError(f"--target: {error}") from None
 
 
 def ensemble_weights(surrogates, weights):

@@ -146,30 +146,13 @@ def _folders(args):
 
 def _target_of(text, names):
     """--target: a named choice, or a file of 'IMAGE_NAME CLASS' lines -> one class per image."""
-    import numpy as np
+    from ..data import classes_of_names
+    from ._common import target_arg
 
-    from ..attack import TARGET_CHOICES
-
-    if text is None or text in TARGET_CHOICES:
-        return text
-    path = Path(text)
-    if not path.is_file():
-        raise ValueError(f"--target {text!r}: expected one of {TARGET_CHOICES} or a file of "
-                         "'IMAGE_NAME CLASS' lines")
-    table = {}
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        parts = line.split()
-        if not parts or parts[0].startswith("#"):
-            continue
-        if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
-            raise ValueError(f"--target {text}:{number}: expected 'IMAGE_NAME CLASS', got "
-                             f"{line!r}")
-        table[parts[0]] = int(parts[1])
-    missing = [n for n in names if n not in table and Path(n).stem not in table]
-    if missing:
-        raise ValueError(f"--target {text}: no target for {len(missing)} image(s), e.g. "
-                         f"{missing[0]!r}")
-    return np.array([table[n] if n in table else table[Path(n).stem] for n in names], np.int64)
+    table = target_arg(text)
+    if not isinstance(table, dict):
+        return table
+    return classes_of_names(table, names, f"--target {text}")
 
 
 def _markdown(df, table, path, meta):

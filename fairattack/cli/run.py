@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..spec import CONFIG_KEYS, TRANSFORMS, _value
 from ._common import (UsageError, add_options, check_names, common_options, description,
-                      ensemble_weights,
+                      ensemble_weights, target_arg,
                       nonnegative_float, nonnegative_int, positive_float, positive_int, rank)
 from .report import report
 
@@ -78,9 +78,10 @@ def add_parser(sub):
                    help="float -> uint8 of the adversarial images")
     r.add_argument("--chunk-size", type=positive_int, default=256,
                    help="images per work item")
-    r.add_argument("--target", choices=("random", "least_likely"), default=None,
-                   help="targeted attacks: every image aims at a random other class or the "
-                   "surrogate's least likely one (error rates become target success rates)")
+    r.add_argument("--target", default=None, metavar="random|least_likely|FILE",
+                   help="targeted attacks: every image aims at a random other class, the "
+                   "surrogate's least likely one, or the class FILE gives it (lines "
+                   "'IMAGE_NAME CLASS'); error rates become target success rates")
     r.add_argument("--loss", choices=("ce", "logit", "margin"), default=None,
                    help="the loss the attacks ascend (default ce; logit: targeted, margin: "
                    "untargeted)")
@@ -142,6 +143,7 @@ def cmd_run(args):
         raise UsageError(f"--data {args.data!r} does not exist")
     members = [m for spec in args.surrogates for m in spec.split("+")]
     ensemble_weights(args.surrogates, args.weights)
+    target = target_arg(args.target)
     for spec in members + args.victims:
         if spec.endswith((".pt", ".pth", ".ts")) and not Path(spec).is_file():
             raise UsageError(f"model file {spec!r} does not exist")
@@ -156,7 +158,7 @@ def cmd_run(args):
                    overrides=overrides or None, resume=not args.no_resume,
                    progress=not args.quiet, labels=args.labels, device=args.device,
                    rounding=args.rounding, image_size=args.image_size,
-                   chunk_size=args.chunk_size, target=args.target, loss=args.loss,
+                   chunk_size=args.chunk_size, target=target, loss=args.loss,
                    fuse=args.fuse, weights=args.weights)
     if rank() == 0:  # under torchrun, rank 0 speaks for every rank
         print()

@@ -18,6 +18,7 @@ table one process gives. The files are described in `fairattack.store`.
 import os
 import time
 import warnings
+from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
@@ -111,7 +112,9 @@ def run_study(surrogates, victims, data, optimizers=None, settings=None,
         registered model's or an exported file's own size is always used).
     chunk_size: images per work item (part of a cell's key: the per-image randomness of DI,
         random starts and random targets follows the image's place in its chunk).
-    target: None (untargeted), "random" or "least_likely": every attack runs targeted
+    target: None (untargeted), "random", "least_likely", or a mapping image name -> class
+        (a label file read by `fairattack.data.read_label_file`; matched by name, file name or
+        stem, every selected image must have one, never its label): every attack runs targeted
         (`fa.attack`'s target), and the error rates, surrogate_fooling_rate and asr are
         targeted success rates (the model predicts the image's target); the column `targeted`
         says so. loss: the loss every attack's gradient ascends ("ce", "logit", "margin"; as in
@@ -146,9 +149,11 @@ def run_study(surrogates, victims, data, optimizers=None, settings=None,
         raise ValueError("settings: expected at least one setting (or None: each attack's "
                          "default)")
     settings = list(dict.fromkeys(canonical_setting(s) for s in settings))
-    if target is not None and target not in TARGET_CHOICES:
-        raise ValueError(f"target={target!r}; a study draws its targets per image: expected "
-                         f"None or one of {TARGET_CHOICES}")
+    if isinstance(target, Mapping):
+        target = _target_table(target)
+    elif target is not None and (not isinstance(target, str) or target not in TARGET_CHOICES):
+        raise ValueError(f"target={target!r}; a study's targets follow its images: expected "
+                         f"None, one of {TARGET_CHOICES} or a mapping image name -> class")
     loss_objective(loss, target is not None)  # ValueError naming an unknown loss
     attack_specs = study_attacks(optimizers, attacks)
     _check_arguments(data, n_images, seed, batch_size, chunk_size, rounding, image_size, device)
@@ -232,6 +237,9 @@ def run_study(surrogates, victims, data, optimizers=None, settings=None,
                           chunk_size, folder, victim_digests, resume,
                           is_planner=ranks.rank == 0)
             ranks.barrier()
+        for cell in cells:  # every selected image has its target: before any work
+            if isinstance(target, dict):
+                _targets_of(target, cell.selection.names, cell.selection.labels)
 
         items = [(cell, start) for cell in cells
                  for start in range(0, len(cell.selection), chunk_size)]
@@ -297,11 +305,39 @@ def _surrogate_specs(surrogates, fuse, weights=None):
     return out
 
 
+def _target_table(target):
+    """A study's {image name: class} targets, checked: text names, integer classes >= 0."""
+    table = {}
+    for name, cls in target.items():
+        if isinstance(cls, (bool, np.bool_)) or not isinstance(cls, (int, np.integer)) \
+                or cls < 0:
+            raise ValueError(f"target[{name!r}]={cls!r}: expected a class index >= 0")
+        table[str(name)] = int(cls)
+    if not table:
+        raise ValueError("target: the mapping image name -> class is empty")
+    return table
+
+
+def _targets_of(table, names, labels):
+    """The targets of images `names` from a study's table; ValueError naming the first image
+    without one or whose target is its label."""
+    from ..data import classes_of_names
+
+    targets = classes_of_names(table, names, "target")
+    same = np.flatnonzero(targets == np.asarray(labels))
+    if same.size:
+        raise ValueError(f"target: image {names[same[0]]!r} aims at its own label "
+                         f"{int(targets[same[0]])} ({same.size} image(s) do)")
+    return targets
+
+
 def _cell_parts(cell, selection, surrogate_digest, rounding, chunk_size):
     config = {"optimizer": cell.optimizer, "setting": cell.setting, "config": cell.config,
               "transforms": cell.transforms, "rounding": rounding, "chunk_size": int(chunk_size)}
     if cell.aim:
-        config["aim"] = cell.aim
+        config["aim"] = dict(cell.aim)
+        if isinstance(cell.aim.get("target"), dict):  # a table of targets: by its content
+            config["aim"]["target"] = {"table": digest_json(sorted(cell.aim["target"].items()))}
     return dict(selection.parts, surrogate=surrogate_digest,
                 config=as_stored(config), version=version())
 
@@ -348,9 +384,12 @@ def _work_item(cell, start, chunk_size, batch_size, rounding, surrogate_model, v
         x = np.asarray(selection.images[start:stop])
         y = selection.labels[start:stop]
         began = time.perf_counter()
+        aim = cell.aim
+        if isinstance(aim.get("target"), dict):  # this chunk's targets, by image name
+            aim = dict(aim, target=_targets_of(aim["target"], selection.names[start:stop], y))
         res = attack(model, x, y, optimizer=cell.optimizer, setting=cell.setting,
                      batch_size=batch_size, rounding=rounding, progress=False,
-                     **cell.overrides, **cell.transforms, **cell.aim)
+                     **cell.overrides, **cell.transforms, **aim)
         seconds = time.perf_counter() - began
         adv = res.images
         attacked = np.asarray(res.attacked_mask)
