@@ -11,7 +11,7 @@ import torch
 
 import fairattack as fa
 from fairattack import _core
-from tiny import SmallNet
+from tiny import SmallNet, png_folder, save_scripted
 
 LOSS_INDEX = {name: i for i, name in enumerate(_core.LOSSES)}
 
@@ -161,14 +161,9 @@ def test_bad_ensembles_name_the_argument(members):
 
 def test_study_and_cli_take_an_ensemble_surrogate(tmp_path, members):
     from fairattack.cli.main import main
-    from fairattack.data import synset_of
-    from PIL import Image
 
     nets, models = members
-    paths = []
-    for i, net in enumerate(nets):
-        paths.append(tmp_path / f"m{i}.pt")
-        torch.jit.save(torch.jit.script(net), str(paths[-1]))
+    paths = [save_scripted(net, tmp_path / f"m{i}.pt") for i, net in enumerate(nets)]
     ens = fa.ensemble(models, fuse="probs")
     x, y = batch(ens, n=3, size=16)
     common = dict(optimizers=["PGD"], settings=["fixed"], progress=False,
@@ -187,9 +182,7 @@ def test_study_and_cli_take_an_ensemble_surrogate(tmp_path, members):
         fa.run_study([f"{paths[0]}+{paths[1]}"], {"v": paths[0]}, (x, y),
                      out_dir=tmp_path / "t", fuse="max", **common)
     folder = tmp_path / "images"
-    folder.mkdir()
-    for i in range(len(x)):
-        Image.fromarray(x[i]).save(folder / f"{synset_of(int(y[i]))}_img{i}.png")
+    png_folder(folder, x, y)
     code = main(["run", "--surrogates", f"{paths[0]}+{paths[1]}", "--victims", str(paths[0]),
                  "--data", str(folder), "--out", str(tmp_path / "cli"), "--optimizers", "PGD",
                  "--settings", "fixed", "--max-iter", "2", "--image-size", "16", "--quiet"])
@@ -201,20 +194,13 @@ def test_cli_compare_takes_an_ensemble_surrogate(tmp_path, members):
     import json
 
     from fairattack.cli.main import main
-    from fairattack.data import synset_of
-    from PIL import Image
 
     nets, models = members
-    paths = []
-    for i, net in enumerate(nets):
-        paths.append(tmp_path / f"m{i}.pt")
-        torch.jit.save(torch.jit.script(net), str(paths[-1]))
+    paths = [save_scripted(net, tmp_path / f"m{i}.pt") for i, net in enumerate(nets)]
     ens = fa.ensemble(models, fuse="loss")
     x, y = batch(ens, n=3, size=16)
     folder = tmp_path / "images"
-    folder.mkdir()
-    for i in range(len(x)):
-        Image.fromarray(x[i]).save(folder / f"{synset_of(int(y[i]))}_img{i}.png")
+    png_folder(folder, x, y)
     code = main(["compare", "--surrogate", f"{paths[0]}+{paths[1]}", "--fuse", "loss",
                  "--attacks", "PGD", "--victims", str(paths[0]), "--data", str(folder),
                  "--n-images", "3", "--image-size", "16", "--rmse", "2", "--n-boot", "0",
@@ -230,20 +216,13 @@ def test_cli_ensemble_weights_are_the_python_ensembles(tmp_path, members, capsys
     import json
 
     from fairattack.cli.main import main
-    from fairattack.data import synset_of
-    from PIL import Image
 
     nets, models = members
-    paths = []
-    for i, net in enumerate(nets):
-        paths.append(tmp_path / f"m{i}.pt")
-        torch.jit.save(torch.jit.script(net), str(paths[-1]))
+    paths = [save_scripted(net, tmp_path / f"m{i}.pt") for i, net in enumerate(nets)]
     ens = fa.ensemble(models, fuse="logits", weights=[0.25, 0.75])
     x, y = batch(ens, n=4, size=16)
     folder = tmp_path / "images"
-    folder.mkdir()
-    for i in range(len(x)):
-        Image.fromarray(x[i]).save(folder / f"{synset_of(int(y[i]))}_img{i}.png")
+    png_folder(folder, x, y)
     args = ["compare", "--surrogate", f"{paths[0]}+{paths[1]}", "--attacks", "PGD",
             "--victims", str(paths[1]), "--data", str(folder), "--n-images", "4",
             "--image-size", "16", "--rmse", "2", "--n-boot", "0", "--quiet"]

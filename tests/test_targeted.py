@@ -10,7 +10,7 @@ import torch
 
 import fairattack as fa
 from fairattack import _core
-from tiny import SmallNet
+from tiny import SmallNet, png_folder, save_scripted
 
 LOSS_INDEX = {name: i for i, name in enumerate(_core.LOSSES)}
 
@@ -232,7 +232,7 @@ def test_study_targeted_cells_report_target_success(tmp_path, net_and_model):
 
     net, model = net_and_model
     path = tmp_path / "s.pt"
-    torch.jit.save(torch.jit.script(net), str(path))
+    save_scripted(net, path)
     x, y = batch(model, n=4)
     common = dict(optimizers=["PGD"], settings=["fixed"], progress=False)
     df = fa.run_study({"s": path}, {"v": path}, (x, y), out_dir=tmp_path / "t",
@@ -261,16 +261,13 @@ def test_cli_run_and_compare_take_target_and_loss(tmp_path, net_and_model, capsy
 
     from fairattack.cli.main import main
     from fairattack.data import synset_of
-    from PIL import Image
 
     net, model = net_and_model
     path = tmp_path / "s.pt"
-    torch.jit.save(torch.jit.script(net), str(path))
+    save_scripted(net, path)
     x, y = batch(model, n=3, size=16)
     folder = tmp_path / "images"
-    folder.mkdir()
-    for i in range(len(x)):
-        Image.fromarray(x[i]).save(folder / f"{synset_of(int(y[i]))}_img{i}.png")
+    png_folder(folder, x, y)
     common = ["--victims", str(path), "--data", str(folder), "--quiet"]
     code = main(["run", "--surrogates", str(path), "--out", str(tmp_path / "study"),
                  "--optimizers", "PGD", "--settings", "fixed", "--max-iter", "3",
@@ -303,7 +300,7 @@ def test_study_takes_a_table_of_targets_by_image_name(tmp_path, net_and_model):
 
     net, model = net_and_model
     path = tmp_path / "s.pt"
-    torch.jit.save(torch.jit.script(net), str(path))
+    save_scripted(net, path)
     x, y = batch(model, n=4)
     names = [f"img{i}.png" for i in range(4)]
     chosen = (y + np.array([1, 2, 3, 4])) % 10
@@ -336,18 +333,13 @@ def test_study_takes_a_table_of_targets_by_image_name(tmp_path, net_and_model):
 
 def test_cli_run_takes_a_target_file(tmp_path, net_and_model, capsys):
     from fairattack.cli.main import main
-    from fairattack.data import synset_of
-    from PIL import Image
 
     net, model = net_and_model
     path = tmp_path / "s.pt"
-    torch.jit.save(torch.jit.script(net), str(path))
+    save_scripted(net, path)
     x, y = batch(model, n=3, size=16)
+    names = png_folder(tmp_path / "images", x, y)
     folder = tmp_path / "images"
-    folder.mkdir()
-    names = [f"{synset_of(int(y[i]))}_img{i}.png" for i in range(len(x))]
-    for i, name in enumerate(names):
-        Image.fromarray(x[i]).save(folder / name)
     targets = tmp_path / "targets.txt"
     targets.write_text("".join(f"{n} {(int(y[i]) + 1) % 10}\n" for i, n in enumerate(names)))
     args = ["run", "--surrogates", str(path), "--victims", str(path), "--data", str(folder),

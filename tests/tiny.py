@@ -43,6 +43,28 @@ def save_tiny(path, seed):
     return path
 
 
+def save_scripted(net, path):
+    """A TorchScript file of any module (its path)."""
+    from fairattack.models import _quiet_jit
+
+    with _quiet_jit():
+        torch.jit.save(torch.jit.script(net), str(path))
+    return path
+
+
+def png_folder(folder, images, labels):
+    """Write uint8 NHWC images as SYNSET_img<i>.png files (labels in their names, as a user's
+    folder says them) into a new folder; returns the file names."""
+    from fairattack.data import synset_of
+    from PIL import Image
+
+    folder.mkdir()
+    names = [f"{synset_of(int(label))}_img{i}.png" for i, label in enumerate(labels)]
+    for image, name in zip(images, names):
+        Image.fromarray(image).save(folder / name)
+    return names
+
+
 def images_it_gets_right(model, n=4, size=16, seed=0):
     """Random uint8 images labelled with the model's own predictions (so all are attacked)."""
     x = np.random.default_rng(seed).integers(0, 256, (n, size, size, 3)).astype(np.uint8)
