@@ -48,6 +48,36 @@ class Ensemble(Model):
         super().__init__(_EnsembleCore(self.members, self.weights, fuse),
                          f"ensemble({name}, {fuse})", members[0].device)
 
+    def as_torch_module(self, range="unit"):  # noqa: A002 - Model.as_torch_module's name
+        """The ensemble as one torch.nn.Module for a peer library's attack: the members' modules
+        (`Model.as_torch_module(range)`) fused so that the cross-entropy of its output is the
+        fused loss: fuse "logits" returns Σ w_i z_i, "probs" log Σ w_i softmax(z_i) (its CE is
+        −log Σ w_i p_i,y). "loss" (a weighted mean of the members' CEs) is no CE of one output
+        and is refused: a peer computes CE(module(x), y) itself."""
+        import torch
+
+        if self.fuse == "loss":
+            raise ValueError(f"{self.name}: fuse='loss' (the weighted mean of the members' CE) "
+                             "is no cross-entropy of one output, which is what a peer's attack "
+                             "computes; use fuse='logits' or 'probs' for peers")
+        members = [m.as_torch_module(range) for m in self.members]
+
+        class Fused(torch.nn.Module):
+            """An ensemble's members fused as fairattack fuses them (see as_torch_module)."""
+
+            def __init__(self, nets, weights, fuse):
+                super().__init__()
+                self.nets = torch.nn.ModuleList(nets)
+                self.weights, self.fuse = [float(w) for w in weights], fuse
+
+            def forward(self, x):
+                zs = [net(x) for net in self.nets]
+                if self.fuse == "logits":
+                    return sum(w * z for w, z in zip(self.weights, zs))
+                return torch.log(sum(w * torch.softmax(z, 1) for w, z in zip(self.weights, zs)))
+
+        return Fused(members, self.weights, self.fuse).eval()
+
     def __repr__(self):
         weights = ", ".join(f"{w:g}" for w in self.weights)
         return (f"Ensemble({[m.name for m in self.members]}, fuse={self.fuse!r}, "

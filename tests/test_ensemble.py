@@ -251,3 +251,22 @@ def test_cli_ensemble_weights_are_the_python_ensembles(tmp_path, members, capsys
     assert refused(alone + ["--weights", "1", "--out", str(tmp_path / "bad")]) == 2
     assert "give the surrogate as A+B" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize("fuse", ["logits", "probs"])
+def test_as_torch_module_gives_peers_the_fused_loss(members, fuse):
+    """A peer attack on an ensemble gets one module whose CE is the fused loss: its input
+    gradient equals the plain-torch reference of the fused loss, on [0, 1] input (x / 255)."""
+    nets, models = members
+    ens = fa.ensemble(models, fuse=fuse, weights=[0.3, 0.7])
+    x, y = batch(ens, n=3)
+    module = ens.as_torch_module()
+    t = (torch.from_numpy(x.astype(np.float32)).permute(0, 3, 1, 2) / 255).requires_grad_(True)
+    loss = torch.nn.functional.cross_entropy(module(t), torch.from_numpy(y), reduction="none")
+    (grad,) = torch.autograd.grad(loss.sum(), t)
+    want_loss, want_grad, _ = reference(nets, [0.3, 0.7], fuse, x, y)
+    np.testing.assert_allclose(loss.detach().numpy(), want_loss, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(grad.permute(0, 2, 3, 1).numpy() / 255, want_grad,  # d/dx
+                               rtol=1e-3, atol=1e-6 * np.abs(want_grad).max())
+    with pytest.raises(ValueError, match="fuse='loss'"):
+        fa.ensemble(models, fuse="loss").as_torch_module()

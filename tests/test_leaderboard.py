@@ -209,3 +209,31 @@ def test_cli_leaderboard_runs_and_resumes(case, tmp_path):
     bad = cli(*command(rmse=(4, 20), out="bad"))
     assert bad.returncode == 2 and "--rmse" in bad.stderr and len(bad.stderr.splitlines()) == 1
     assert not (tmp_path / "bad").exists()
+
+
+def test_cli_leaderboard_takes_an_ensemble_surrogate_and_a_compute_budget(case, tmp_path):
+    """--surrogates A+B (with --fuse/--weights) is one surrogate of the board, its passes one
+    per member; --max-grads K holds fairattack's attacks to K and flags a peer over it."""
+    import pandas as pd
+
+    root, s0, s1, v, x, y = case
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    ens = fa.ensemble([fa.load_model(s0), fa.load_model(s1)], weights=[0.7, 0.3])
+    for i, (im, label) in enumerate(zip(x, ens.predict(x))):
+        Image.fromarray(im).save(folder / f"{data.synset_of(int(label))}_img{i}.png")
+    out = cli("leaderboard", "--attacks", "PGD", "ta-pgd=ta:PGD,steps=10,alpha=1.6",
+              "--surrogates", f"{s0}+{s1}", "--weights", 0.7, 0.3, "--victims", v,
+              "--data", folder, "--n-images", 3, "--image-size", 16, "--rmse", 2,
+              "--n-boot", 0, "--max-grads", 8, "--out", tmp_path / "ens", "--quiet")
+    assert out.returncode == 0, out.stderr
+    table = pd.read_csv(tmp_path / "ens" / "leaderboard.csv")
+    assert set(table["surrogate"]) == {"s0+s1"}  # named by its members
+    spent = table.groupby("attack")["grad_evals"].first()
+    assert spent["PGD"] == 8  # 4 steps x 2 members within 8 passes
+    over = table.groupby("attack")["over_max_grads"].first()
+    assert not over["PGD"] and over["ta-pgd"]  # the peer's 10 steps x 2 members
+    bad = cli("leaderboard", "--attacks", "PGD", "--surrogates", s0, "--weights", 1,
+              "--victims", v, "--data", folder, "--out", tmp_path / "bad", "--quiet")
+    assert bad.returncode == 2 and "--weights" in bad.stderr
+    assert not (tmp_path / "bad").exists()

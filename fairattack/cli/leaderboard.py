@@ -19,40 +19,30 @@ from ..compare import MODES
 
 def add_parser(sub):
     """Register the `leaderboard` sub-command."""
-    from ._common import positive_int
+    from ._common import add_options, nonnegative_int, positive_float, positive_int
 
     c = sub.add_parser("leaderboard", help="attacks x surrogates, natively and at matched RMSE: "
                        "leaderboard.csv/.md/.html", description=__doc__.splitlines()[0])
-    c.add_argument("--attacks", nargs="+", required=True, metavar="NAME",
-                   help="fairattack optimizers, NAME=OPTIMIZER[:SETTING][,key=value...] specs, "
-                        "or peers by name: ta:PGD,steps=10 (torchattacks), torchattack:MIFGSM, "
-                        "transferattack:MIFGSM (a clone on PYTHONPATH)")
-    c.add_argument("--surrogates", nargs="+", required=True, metavar="MODEL",
-                   help="registry names or TorchScript files")
-    c.add_argument("--victims", nargs="+", required=True, metavar="MODEL")
-    c.add_argument("--data", required=True, help="an image folder to select --n-images from")
-    c.add_argument("--n-images", type=int, default=24, help="images to select (default: 24)")
-    c.add_argument("--labels", help="label file (lines 'FILE INDEX'); default: SYNSET_name "
-                                    "file names")
-    c.add_argument("--rmse", nargs="+", type=float, default=[1, 2, 4, 8], metavar="R",
+    add_options(c, "attacks", "surrogates", "victims", "data", "n_images", "labels", "eps",
+                "seed", "image_size", "batch_size", "device", "out", "quiet", "fuse",
+                "weights", attacks_required=True, surrogates_required=True,
+                data_required=True, n_images=24, eps=16.0, out="fairattack-leaderboard",
+                attacks_help="fairattack optimizers, NAME=OPTIMIZER[:SETTING][,key=value...] "
+                "specs, or peers by name: ta:PGD,steps=10 (torchattacks), torchattack:MIFGSM, "
+                "transferattack:MIFGSM (a clone on PYTHONPATH)",
+                surrogates_help="registry names or TorchScript files; A+B: an ensemble "
+                "(fused by --fuse, weighted by --weights); the first picks the images",
+                image_size_help="the first surrogate's input size when its file does not say")
+    c.add_argument("--rmse", nargs="+", type=positive_float, default=[1, 2, 4, 8], metavar="R",
                    help="RMSE budgets in pixels (default: 1 2 4 8)")
     c.add_argument("--mode", default="rescale", choices=MODES, help="(default: rescale)")
-    c.add_argument("--eps", type=float, default=16.0, help="l-inf budget in pixels (default: 16)")
-    c.add_argument("--examples", type=int, default=3,
+    c.add_argument("--examples", type=nonnegative_int, default=3,
                    help="adversarial images per attack on the page (default: 3)")
-    c.add_argument("--out", default="fairattack-leaderboard",
-                   help="results folder, resumable (default: fairattack-leaderboard)")
     c.add_argument("--max-grads", type=positive_int, metavar="K",
                    help="a matched compute budget: fairattack's attacks run within K gradient "
                         "passes per image; peers that spent more are flagged (over_max_grads)")
-    c.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default: 1000)")
-    c.add_argument("--seed", type=int, default=0, help="selection, attacks and bootstrap seed "
-                                                       "(default: 0)")
-    c.add_argument("--image-size", type=int, default=None,
-                   help="the first surrogate's input size when its file does not say")
-    c.add_argument("--batch-size", type=int, default=16, help="(default: 16)")
-    c.add_argument("--device", default="cpu", choices=("cpu", "cuda"), type=str.lower)
-    c.add_argument("--quiet", action="store_true", help="no progress bars")
+    c.add_argument("--n-boot", type=nonnegative_int, default=1000,
+                   help="bootstrap resamples (default: 1000)")
     c.set_defaults(func=cmd_leaderboard)
     return c
 
@@ -61,7 +51,9 @@ def cmd_leaderboard(args):
     from .. import data
     from .._model import input_size, load_spec, model_specs
     from ..leaderboard import checked_budgets, leaderboard
+    from ..ensemble import EnsembleSpec
     from ..spec import coerce
+    from ._common import ensemble_weights
 
     # everything checked before any work (and before --out is made)
     try:
@@ -72,14 +64,21 @@ def cmd_leaderboard(args):
         coerce(attack, f"--attacks {attack!r}")
     if not Path(args.data).is_dir():
         raise ValueError(f"--data {args.data!r} is not a folder")
-    if args.n_images < 1:
-        raise ValueError(f"--n-images must be >= 1, got {args.n_images}")
-    surrogates = {name: load_spec(name, spec, args.device)
-                  for name, spec in model_specs(args.surrogates, "--surrogates").items()}
+    ensemble_weights(args.surrogates, args.weights)
+    surrogates, sizes = {}, []
+    for text in args.surrogates:
+        if "+" in text:  # an ensemble: its members fused, its images at its largest size
+            spec = EnsembleSpec(text.split("+"), args.fuse, args.weights)
+            surrogates[spec.name] = spec.load(args.device)
+            sizes.append(spec.input_size())
+        else:
+            for name, one in model_specs([text], "--surrogates").items():
+                surrogates[name] = load_spec(name, one, args.device)
+            sizes.append(input_size(text))
     victims = {name: load_spec(name, spec, args.device)
                for name, spec in model_specs(args.victims, "--victims").items()}
     first = next(iter(surrogates))
-    size = args.image_size or input_size(args.surrogates[0])
+    size = args.image_size or sizes[0]
     if size is None:
         raise ValueError(f"--surrogates {args.surrogates[0]!r}: unknown input size; pass "
                          "--image-size")
