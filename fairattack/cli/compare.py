@@ -32,9 +32,11 @@ def add_parser(sub):
                 "allow_subpixel", "quiet", "fuse", "weights", attacks=[], n_images=100,
                 eps=16.0,
                 out="fairattack-compare",
-                attacks_help="fairattack optimizers (FGSM PGD MI-FGSM NI-FGSM Adam ...), with "
-                "options as NAME=OPTIMIZER[:SETTING][,key=value...] (DI=PGD,di_prob=0.5), or "
-                "ta:NAME (torchattacks); run on --surrogate",
+                attacks_help="fairattack optimizers and named attacks (FGSM PGD MI-FGSM "
+                "VMI-FGSM Admix BSR SIA Adam ...), with options as "
+                "NAME=OPTIMIZER[:SETTING][,key=value...] (DI=PGD,di_prob=0.5), or peers by name: "
+                "ta:PGD,steps=10 (torchattacks), torchattack:VMIFGSM, transferattack:MIFGSM (a "
+                "clone on PYTHONPATH); run on --surrogate",
                 surrogates_help="the one model the attacks run on (registry name or "
                 "TorchScript file; A+B: an ensemble, fused by --fuse); picks the images that "
                 "count (those it classifies correctly)")
