@@ -239,6 +239,62 @@ static PyObject *Model_num_classes(ModelObject *self, PyObject *args) {
 
 static int parse_transform(PyObject *d, fa_transform *t, npy_intp h, npy_intp w, npy_intp c);
 
+/* The arrays of one model call (Model.run, ensemble_run): the inputs x float32 [N,H,W,C] and
+ * labels int64 [N] (or NULL), and the outputs it allocates: loss [N] (with labels), logits
+ * [N, k] (k > 0), pred [N], grad [N,H,W,C] (want_grad). Owns a reference to each. */
+typedef struct {
+    PyArrayObject *x, *labels, *loss, *logits, *pred, *grad;
+} call_arrays;
+
+/* Fills *a from the Python inputs; -1 with an exception set (the arrays made so far stay in *a
+ * for call_arrays_release). */
+static int call_arrays_open(call_arrays *a, PyObject *xo, PyObject *lo, int want_grad,
+                            long long k) {
+    memset(a, 0, sizeof *a);
+    if (!(a->x = as_array(xo, NPY_FLOAT32, 4, "x")))
+        return -1;
+    if (lo != Py_None && !(a->labels = as_array(lo, NPY_INT64, 1, "labels")))
+        return -1;
+    npy_intp *shape = PyArray_DIMS(a->x);
+    npy_intp n = shape[0];
+    if (a->labels && PyArray_DIM(a->labels, 0) != n) {
+        PyErr_Format(PyExc_ValueError, "labels has %zd entries, expected %zd",
+                     (Py_ssize_t)PyArray_DIM(a->labels, 0), (Py_ssize_t)n);
+        return -1;
+    }
+    if (want_grad && !a->labels) {
+        PyErr_SetString(PyExc_ValueError, "want_grad needs labels");
+        return -1;
+    }
+    npy_intp logit_shape[2] = {n, (npy_intp)k};
+    if (!(a->pred = (PyArrayObject *)PyArray_SimpleNew(1, &n, NPY_INT64)) ||
+        (a->labels && !(a->loss = (PyArrayObject *)PyArray_SimpleNew(1, &n, NPY_FLOAT32))) ||
+        (k > 0 &&
+         !(a->logits = (PyArrayObject *)PyArray_SimpleNew(2, logit_shape, NPY_FLOAT32))) ||
+        (want_grad && !(a->grad = (PyArrayObject *)PyArray_SimpleNew(4, shape, NPY_FLOAT32))))
+        return -1;
+    return 0;
+}
+
+/* The call's result tuple (loss or None, logits or None, pred, grad or None): new reference. */
+static PyObject *call_arrays_result(const call_arrays *a) {
+    return Py_BuildValue("(OOOO)", a->loss ? (PyObject *)a->loss : Py_None,
+                         a->logits ? (PyObject *)a->logits : Py_None, (PyObject *)a->pred,
+                         a->grad ? (PyObject *)a->grad : Py_None);
+}
+
+static void call_arrays_release(call_arrays *a) {
+    Py_XDECREF(a->x);
+    Py_XDECREF(a->labels);
+    Py_XDECREF(a->loss);
+    Py_XDECREF(a->logits);
+    Py_XDECREF(a->pred);
+    Py_XDECREF(a->grad);
+}
+
+/* Data pointers of a call's arrays (NULL for those it has not). */
+#define FA_DATA(type, array) ((array) ? (type *)PyArray_DATA(array) : NULL)
+
 /* run(x float32 [N,H,W,C], labels int64 [N] or None, want_grad, num_classes or 0[, objective,
  *     transform dict or None, index int64 [N] or None, call]) -> (loss or None, logits or None,
  * pred, grad or None); grad is that of the fa_loss `objective` (0: CE; loss stays CE), the
@@ -252,64 +308,34 @@ static PyObject *Model_run(ModelObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "OOpL|iOOL", &xo, &lo, &want_grad, &k, &objective, &tro, &io,
                           &call))
         return NULL;
-    PyArrayObject *x = NULL, *labels = NULL, *loss = NULL, *logits = NULL, *pred = NULL,
-                  *grad = NULL, *index = NULL;
+    call_arrays a;
+    PyArrayObject *index = NULL;
     PyObject *result = NULL;
     fa_transform transform;
-    if (!(x = as_array(xo, NPY_FLOAT32, 4, "x")))
+    if (call_arrays_open(&a, xo, lo, want_grad, k) < 0)
         goto done;
-    if (parse_transform(tro, &transform, PyArray_DIM(x, 1), PyArray_DIM(x, 2),
-                        PyArray_DIM(x, 3)) < 0)
+    npy_intp *shape = PyArray_DIMS(a.x);
+    if (parse_transform(tro, &transform, shape[1], shape[2], shape[3]) < 0)
         goto done;
     if (io != Py_None && !(index = as_array(io, NPY_INT64, 1, "index")))
         goto done;
-    if (index && PyArray_DIM(index, 0) != PyArray_DIM(x, 0)) {
+    if (index && PyArray_DIM(index, 0) != shape[0]) {
         PyErr_SetString(PyExc_ValueError, "index must have one entry per image of x");
         goto done;
     }
-    if (lo != Py_None && !(labels = as_array(lo, NPY_INT64, 1, "labels")))
-        goto done;
-    npy_intp *shape = PyArray_DIMS(x);
-    npy_intp n = shape[0];
-    if (labels && PyArray_DIM(labels, 0) != n) {
-        PyErr_Format(PyExc_ValueError, "labels has %zd entries, expected %zd", (Py_ssize_t)PyArray_DIM(labels, 0), (Py_ssize_t)n);
-        goto done;
-    }
-    if (want_grad && !labels) {
-        PyErr_SetString(PyExc_ValueError, "want_grad needs labels");
-        goto done;
-    }
-    npy_intp logit_shape[2] = {n, (npy_intp)k};
-    if (!(pred = (PyArrayObject *)PyArray_SimpleNew(1, &n, NPY_INT64)))
-        goto done;
-    if (labels && !(loss = (PyArrayObject *)PyArray_SimpleNew(1, &n, NPY_FLOAT32)))
-        goto done;
-    if (k > 0 && !(logits = (PyArrayObject *)PyArray_SimpleNew(2, logit_shape, NPY_FLOAT32)))
-        goto done;
-    if (want_grad && !(grad = (PyArrayObject *)PyArray_SimpleNew(4, shape, NPY_FLOAT32)))
-        goto done;
     fa_status s;
     Py_BEGIN_ALLOW_THREADS s = fa_model_run_loss(
-        self->model, n, shape[1], shape[2], shape[3], (const float *)PyArray_DATA(x),
-        labels ? (const int64_t *)PyArray_DATA(labels) : NULL, want_grad,
-        loss ? (float *)PyArray_DATA(loss) : NULL, logits ? (float *)PyArray_DATA(logits) : NULL,
-        k, (int64_t *)PyArray_DATA(pred), grad ? (float *)PyArray_DATA(grad) : NULL, 0,
-        tro != Py_None ? &transform : NULL, index ? (const int64_t *)PyArray_DATA(index) : NULL,
-        call, objective);
+        self->model, shape[0], shape[1], shape[2], shape[3], FA_DATA(const float, a.x),
+        FA_DATA(const int64_t, a.labels), want_grad, FA_DATA(float, a.loss),
+        FA_DATA(float, a.logits), k, FA_DATA(int64_t, a.pred), FA_DATA(float, a.grad), 0,
+        tro != Py_None ? &transform : NULL, FA_DATA(const int64_t, index), call, objective);
     Py_END_ALLOW_THREADS if (s != FA_OK) {
         raise_status(s);
         goto done;
     }
-    result = Py_BuildValue("(OOOO)", loss ? (PyObject *)loss : Py_None,
-                           logits ? (PyObject *)logits : Py_None, (PyObject *)pred,
-                           grad ? (PyObject *)grad : Py_None);
+    result = call_arrays_result(&a);
 done:
-    Py_XDECREF(x);
-    Py_XDECREF(labels);
-    Py_XDECREF(loss);
-    Py_XDECREF(logits);
-    Py_XDECREF(pred);
-    Py_XDECREF(grad);
+    call_arrays_release(&a);
     Py_XDECREF(index);
     return result;
 }
@@ -362,55 +388,28 @@ static PyObject *py_ensemble_run(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "OOOpL|i", &spec, &xo, &lo, &want_grad, &k, &objective))
         return NULL;
     fa_model *handles[MAX_MEMBERS];
-    PyArrayObject *weights = NULL, *x = NULL, *labels = NULL, *loss = NULL, *logits = NULL,
-                  *pred = NULL, *grad = NULL;
+    PyArrayObject *weights = NULL;
     PyObject *result = NULL;
-    if (parse_ensemble(spec, handles, &count, &weights, &fuse, &device) < 0)
+    call_arrays a;
+    memset(&a, 0, sizeof a);
+    if (parse_ensemble(spec, handles, &count, &weights, &fuse, &device) < 0 ||
+        call_arrays_open(&a, xo, lo, want_grad, k) < 0)
         goto done;
-    if (!(x = as_array(xo, NPY_FLOAT32, 4, "x")))
-        goto done;
-    if (lo != Py_None && !(labels = as_array(lo, NPY_INT64, 1, "labels")))
-        goto done;
-    npy_intp *shape = PyArray_DIMS(x);
-    npy_intp n = shape[0];
-    if (labels && PyArray_DIM(labels, 0) != n) {
-        PyErr_Format(PyExc_ValueError, "labels has %zd entries, expected %zd",
-                     (Py_ssize_t)PyArray_DIM(labels, 0), (Py_ssize_t)n);
-        goto done;
-    }
-    if (want_grad && !labels) {
-        PyErr_SetString(PyExc_ValueError, "want_grad needs labels");
-        goto done;
-    }
-    npy_intp logit_shape[2] = {n, (npy_intp)k};
-    if (!(pred = (PyArrayObject *)PyArray_SimpleNew(1, &n, NPY_INT64)) ||
-        (labels && !(loss = (PyArrayObject *)PyArray_SimpleNew(1, &n, NPY_FLOAT32))) ||
-        (k > 0 && !(logits = (PyArrayObject *)PyArray_SimpleNew(2, logit_shape, NPY_FLOAT32))) ||
-        (want_grad && !(grad = (PyArrayObject *)PyArray_SimpleNew(4, shape, NPY_FLOAT32))))
-        goto done;
+    npy_intp *shape = PyArray_DIMS(a.x);
     fa_status s;
     Py_BEGIN_ALLOW_THREADS s = fa_ensemble_run(
-        handles, (const float *)PyArray_DATA(weights), count, fuse, n, shape[1], shape[2],
-        shape[3], (const float *)PyArray_DATA(x),
-        labels ? (const int64_t *)PyArray_DATA(labels) : NULL, want_grad,
-        loss ? (float *)PyArray_DATA(loss) : NULL, logits ? (float *)PyArray_DATA(logits) : NULL,
-        k, (int64_t *)PyArray_DATA(pred), grad ? (float *)PyArray_DATA(grad) : NULL, 0, NULL,
-        NULL, 0, objective);
+        handles, FA_DATA(const float, weights), count, fuse, shape[0], shape[1], shape[2],
+        shape[3], FA_DATA(const float, a.x), FA_DATA(const int64_t, a.labels), want_grad,
+        FA_DATA(float, a.loss), FA_DATA(float, a.logits), k, FA_DATA(int64_t, a.pred),
+        FA_DATA(float, a.grad), 0, NULL, NULL, 0, objective);
     Py_END_ALLOW_THREADS if (s != FA_OK) {
         raise_status(s);
         goto done;
     }
-    result = Py_BuildValue("(OOOO)", loss ? (PyObject *)loss : Py_None,
-                           logits ? (PyObject *)logits : Py_None, (PyObject *)pred,
-                           grad ? (PyObject *)grad : Py_None);
+    result = call_arrays_result(&a);
 done:
     Py_XDECREF(weights);
-    Py_XDECREF(x);
-    Py_XDECREF(labels);
-    Py_XDECREF(loss);
-    Py_XDECREF(logits);
-    Py_XDECREF(pred);
-    Py_XDECREF(grad);
+    call_arrays_release(&a);
     return result;
 }
 
