@@ -63,7 +63,8 @@ def main():
                "grads/img": round(float(native["grad_evals_mean"]), 1),
                "native": f"{native['asr']:.2f} [{native['ci_low']:.2f}, {native['ci_high']:.2f}]"}
         for _, r in g[g["how"] != "native"].iterrows():
-            row[f"@{float(r['rmse']):g}"] = f"{r['asr']:.2f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}]"
+            row[f"@{float(r['rmse']):g}"] = \
+                f"{r['asr']:.2f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}]"
         rows.append(row)
     table = pd.DataFrame(rows).fillna("")
     text = "\n".join(["| " + " | ".join(table.columns) + " |", "|" + "---|" * table.shape[1]] +

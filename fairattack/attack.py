@@ -19,9 +19,11 @@ from .settings import (OPTIMIZERS, STOP_LOSS_TARGETED, core_config, default_sett
 
 STATUS = tuple(_core.IMAGE_STATUS)
 METRICS = ("rmse", "linf", "l2", "l1", "l0", "psnr", "ssim")
-#: What an attack spends per image (docs/protocol.md#what-an-attack-spends): gradient passes and loss-only forwards.
+#: What an attack spends per image: gradient passes and loss-only forwards
+#: (docs/protocol.md#what-an-attack-spends).
 SPENT = ("grad_evals", "forward_evals")
-#: The losses a gradient may ascend (docs/protocol.md#targeted-attacks), by (name, targeted): the shim's fa_loss values.
+#: The losses a gradient may ascend, by (name, targeted): the shim's fa_loss values
+#: (docs/protocol.md#targeted-attacks).
 LOSSES = {("ce", False): "ce", ("margin", False): "margin", ("ce", True): "target_ce",
           ("logit", True): "logit"}
 #: The named ways of choosing targets; an array of classes is the third.

@@ -150,8 +150,8 @@ def leaderboard(surrogates, images, labels, attacks, victims, rmse=(1, 2, 4, 8),
         leaderboard.csv, leaderboard.md and leaderboard.html are written into it.
 
     Returns the tidy table (one row per surrogate, attack, victim and "mean"): n_images,
-    grad_evals (mean per image, where the attack reports it), over_max_grads, linf, rmse (its own output), asr
-    with asr_low/asr_high, asr@r with asr@r_low/asr@r_high per budget, rmse50 with
+    grad_evals (mean per image, where the attack reports it), over_max_grads, linf, rmse (its
+    own output), asr with asr_low/asr_high, asr@r with asr@r_low/asr@r_high per budget, rmse50 with
     rmse50_low/rmse50_high, auc, rank and rank@r/shift@r. table.attrs: "frames" {surrogate:
     compare frame}, "cells", "reused" (cells taken from out), "files" (written paths).
     """

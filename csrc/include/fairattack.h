@@ -143,8 +143,9 @@ typedef struct fa_config {
                                that splits a dataset into batches passes each batch's start */
     int skip_misclassified; /* 1: images the model gets wrong at x0 are skipped (default 1)   */
     int returns;            /* fa_returns: what an image that hits max_iter returns (best)    */
-    float max_rmse;         /* > 0: joint budget (docs/fair-comparison.md): every iterate is projected exactly
-                               onto {l-inf <= eps} n {RMSE <= max_rmse} n box; 0: off         */
+    float max_rmse;         /* > 0: joint budget (fair-comparison.md): every iterate is
+                               projected exactly onto {l-inf <= eps} n {RMSE <= max_rmse} n
+                               box; 0: off                                                    */
     /* VMI/VNI-FGSM (variance tuning): step k's direction is MI's (NI's) on g_k + v_{k-1}, and
      * v_k = mean_j g(x_k + u_j) - g_k over vmi_neighbours points, u_j uniform in the l-inf ball
      * of vmi_beta * eps (clipped to the pixel box), drawn as fa_random_value with the seed
@@ -154,9 +155,9 @@ typedef struct fa_config {
 } fa_config;
 
 /* Fills *out with the paper's defaults for `optimizer` under the const_loss setting: eps 16,
- * stop_loss 30, max_iter and first_step_rmse from the paper's table (docs/protocol.md), returns best (sign
- * attacks: FGSM one step of alpha = eps; PGD/MI/NI 10 steps of alpha = eps/10, no loss stop,
- * returns last). */
+ * stop_loss 30, max_iter and first_step_rmse from the paper's table (protocol.md), returns
+ * best (sign attacks: FGSM one step of alpha = eps; PGD/MI/NI 10 steps of alpha = eps/10, no
+ * loss stop, returns last). */
 fa_status fa_config_default(int optimizer, fa_config *out);
 /* Checks every field; the message names the first bad one ("cfg.eps=-1 must be > 0"). */
 fa_status fa_config_check(const fa_config *cfg);
@@ -171,7 +172,7 @@ fa_status fa_config_check(const fa_config *cfg);
  *   want_grad  0: only loss and pred are needed; grad may be left untouched
  *   loss[n]    host out: per-image cross-entropy in nats (-log p_y). This is the measure the
  *              stop rules (stop_loss) and the best iterate read, larger being further along:
- *              the oracle of a targeted attack gives -CE(z, target) instead (docs/protocol.md#targeted-attacks), whatever
+ *              the oracle of a targeted attack gives -CE(z, target) instead (protocol.md), whatever
  *              loss its gradient ascends, and labels stay the true labels (the skip rule)
  *   pred[n]    host out: argmax class per image
  *   grad       out, n*dim floats in the run's memory: d loss_i / d x_i (pixel units)
@@ -260,26 +261,26 @@ typedef struct fa_metrics {
                     gaussian_weights=True, use_sample_covariance=False, data_range=255)      */
 } fa_metrics;
 
-/* ---------------------------------------------------------------- fair budgets (docs/fair-comparison.md) */
+/* ------------------------------------------ fair budgets (docs/fair-comparison.md) */
 
 /*
  * The exact projection of y onto {||delta||_inf <= eps} n {RMSE(delta) <= max_rmse} n [0, 255]
  * around x0 (n images of dim floats, host): delta_j = clip(mu * (y_j - x0_j), l_j, u_j) with
  * l = max(-eps, -x0), u = min(eps, 255 - x0) and the largest mu in [0, 1] that meets the RMSE
- * budget (the joint budget's lambda is 1/mu - 1). max_rmse = 0: the l-inf and box projection alone. The
- * attack loop projects every iterate with the same code.
+ * budget (the joint budget's lambda is 1/mu - 1). max_rmse = 0: the l-inf and box projection
+ * alone. The attack loop projects every iterate with the same code.
  */
 fa_status fa_project_rmse(int64_t n, int64_t dim, const float *x0, const float *y, float eps,
                           float max_rmse, float *out);
 
 /*
- * RMSE matching (docs/fair-comparison.md): out = clean + clip(s * (adv - clean), l, u) with the per-image s >= 0
- * at which RMSE(out - clean) = target[i]. quantize (fa_match_mode) FA_MATCH_UINT8: out holds
- * integers (what a uint8 image holds) inside the l-inf ball and the box, chosen per value
- * between the two integers around the scaled value so that the RMSE of the integer image is as
- * close to target as one value's step allows (eps >= 0.5 needed); FA_MATCH_UINT8_AT_MOST: the
- * same, but never above target (a budget). An image already within tol of its target (inside the budget,
- * integer when asked) is returned unchanged (scale 1). Outputs (host, caller-owned): out
+ * RMSE matching (fair-comparison.md): out = clean + clip(s * (adv - clean), l, u) with the
+ * per-image s >= 0 at which RMSE(out - clean) = target[i]. quantize (fa_match_mode)
+ * FA_MATCH_UINT8: out holds integers (what a uint8 image holds) inside the l-inf ball and the
+ * box, chosen per value between the two integers around the scaled value so that the RMSE of
+ * the integer image is as close to target as one value's step allows (eps >= 0.5 needed);
+ * FA_MATCH_UINT8_AT_MOST: the same, but never above target (a budget). An image already within
+ * tol of its target (inside the budget, integer when asked) is returned unchanged (scale 1). Outputs (host, caller-owned): out
  * (n*dim), scale[n], rmse[n] (of out), reached[n] = |rmse - target| <= tol. Where no s reaches
  * the target (no perturbation, or every value at its bound first), reached is 0 and out is the
  * largest-RMSE image.

@@ -13,7 +13,8 @@ from ..outcome import (attacked_mask, bootstrap_ci, error_rate, mean_over_victim
 from ..settings import OPTIMIZERS, PAPER_OPTIMIZERS, SETTINGS
 from ..store import StudyFolder
 
-#: Means over attacked images; grad_evals / forward_evals: what the attack spent (docs/protocol.md#what-an-attack-spends).
+#: Means over attacked images; grad_evals / forward_evals: what the attack spent
+#: (docs/protocol.md#what-an-attack-spends).
 METRICS = ("rmse", "linf", "l2", "l1", "l0", "psnr", "ssim", "loss", "iterations") + SPENT
 COUNTS = ("n_images", "n_skipped", "n_failed", "n_stop_loss", "n_stop_rmse", "n_max_iter",
           "n_target_not_reached")
