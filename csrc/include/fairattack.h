@@ -282,8 +282,8 @@ fa_status fa_project_rmse(int64_t n, int64_t dim, const float *x0, const float *
  * FA_MATCH_UINT8_AT_MOST: the same, but never above target (a budget). An image already within
  * tol of its target (inside the budget, integer when asked) is returned unchanged (scale 1).
  * Outputs (host, caller-owned): out (n*dim), scale[n], rmse[n] (of out), reached[n] =
- * |rmse - target| <= tol. Where no s reaches the target (no perturbation, or every value at its bound first), reached is 0 and out is the
- * largest-RMSE image.
+ * |rmse - target| <= tol. Where no s reaches the target (no perturbation, or every value at
+ * its bound first), reached is 0 and out is the largest-RMSE image.
  */
 typedef enum fa_match_mode {
     FA_MATCH_FLOAT = 0,         /* float output, RMSE = target within float precision       */
