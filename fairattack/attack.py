@@ -238,9 +238,17 @@ def measure(adv, clean):
 
 
 #: Activation memory of one forward + backward pass as a multiple of its float input: a floor
-#: for ImageNet CNNs (EfficientNet-Lite0 needs about 100x), used to refuse hopeless batches.
+#: for ImageNet CNNs, used to refuse a batch that cannot fit even when its copies run in chunks.
 ACTIVATION_FACTOR = 64
-
+#: The same for sizing the gradient pass's row chunks (EfficientNet-Lite0 measures about 140x).
+CHUNK_FACTOR = 160
+#: At most this many pixels (rows x height x width) per forward + backward on the CPU, 16 rows
+#: of 224²: EfficientNet-Lite0's SIA step on 16 images (320 rows) takes 19.5 s in chunks of 16
+#: rows, 24.4 s in 40 and 98 s in 156 (the larger passes spill out of the caches).
+CPU_PASS_PIXELS = 16 * 224 * 224
+#: Memory of the transformed copies and their backward graph (all held at once), as a multiple
+#: of the copies' float size.
+TRANSFORM_FACTOR = 8
 
 def _available_memory(model):
     """Free bytes on the model's device, or None when unknown."""
@@ -264,23 +272,39 @@ def _available_memory(model):
         return None
 
 
-def _check_memory(model, transform, batch_size, n, height, width):
-    """Refuse a gradient pass that cannot fit: SI (and Admix, BSR, SIA) run their copies of the
-    batch in one forward, so its memory grows with batch_size × copies."""
-    copies = transform_copies(transform)
-    rows = min(batch_size, n) * copies
-    need = rows * height * width * 3 * 4 * ACTIVATION_FACTOR
+def _pass_rows(model, transform, batch_size, n, height, width):
+    """The most rows one forward + backward of the gradient pass takes (the shim's pass_rows).
+
+    SI, Admix, BSR and SIA make copies x batch rows; they run through the model in chunks that fit
+    half the free memory (CHUNK_FACTOR x the float input per row and member), on the CPU of at
+    most CPU_PASS_PIXELS (faster), so the model's activations never grow with the copies; the
+    gradient is the same. 0 (one pass) when everything fits or the free memory is unknown.
+    Refuses before any work a batch whose plain rows (ACTIVATION_FACTOR) or transformed copies
+    (TRANSFORM_FACTOR) cannot fit."""
     free = _available_memory(model)
-    if free is not None and need > free:
-        si_only = copies == max(transform.get("si_copies", 0), 1)
+    if free is None:
+        return 0
+    members = len(model.members) if isinstance(model, Ensemble) else 1
+    image = height * width * 3 * 4
+    batch, copies = min(batch_size, n), transform_copies(transform)
+    plain = batch * image * members * ACTIVATION_FACTOR
+    held = batch * copies * image * TRANSFORM_FACTOR
+    if plain > free or held > free:
+        si_only = copies == max((transform or {}).get("si_copies", 0), 1)
         what = f"si_copies={copies}" if si_only else f"{copies} transformed copies"
         knob = "si_copies" if si_only else "the transform's copies (si/admix/bsr/sia_copies)"
+        need, why = ((plain, f"{ACTIVATION_FACTOR}x the float input for activations")
+                     if plain > free else
+                     (held, f"{TRANSFORM_FACTOR}x the copies' float size"))
         raise MemoryError(
-            f"{what} x batch_size={min(batch_size, n)} images of {height}x{width} "
-            f"need about {need / 2**30:.1f} GiB in one gradient pass (estimate: "
-            f"{ACTIVATION_FACTOR}x the float input for activations), more than the "
-            f"{free / 2**30:.1f} GiB available on {model.device}: lower batch_size or {knob}")
-
+            f"{what} x batch_size={batch} images of {height}x{width} need about "
+            f"{need / 2**30:.1f} GiB in one gradient pass (estimate: {why}), more than the "
+            f"{free / 2**30:.1f} GiB available on {model.device}: lower batch_size"
+            + ("" if plain > free else f" or {knob}"))
+    fit = max(int(free // 2 // (image * members * CHUNK_FACTOR)), 1)
+    if not str(model.device).startswith("cuda"):
+        fit = min(fit, max(CPU_PASS_PIXELS // (height * width), 1))
+    return 0 if fit >= batch * copies else fit
 
 def _within_grads(cfg, max_grads, members, optimizer, setting, overrides):
     """The configuration of an attack held to max_grads gradient passes per image: its step
@@ -406,7 +430,9 @@ def attack(model, images, labels, optimizer="Adam", setting=None, *, target=None
         (`settings.grad_passes_per_step`); the sign attacks' default step stays eps / steps.
         A K below one step's passes is refused. None: no compute budget.
     Memory: the output is one preallocated uint8 array and metrics are measured per batch, so
-    the attack holds about one uint8 copy of the input plus a batch of floats.
+    the attack holds about one uint8 copy of the input plus a batch of floats. A transform's
+    copies (SI, Admix, BSR, SIA: batch x copies rows) go through the model in row chunks sized
+    to the free memory, so the model's activations never grow with the copies.
     The core runs without the GIL; Ctrl-C stops it with KeyboardInterrupt.
 
     Returns an `AttackResult`: .images (uint8 [N, H, W, 3], within eps of the clean images),
@@ -464,7 +490,9 @@ def attack(model, images, labels, optimizer="Adam", setting=None, *, target=None
         if isinstance(model, Ensemble):  # the members, weights and fuse: fused in the shim
             core = core.spec
         y = check_labels(labels, n, {model.name: model}, height, width)
-        _check_memory(model, transform, batch_size, n, height, width)
+        rows = _pass_rows(model, transform, batch_size, n, height, width)
+        if transform is not None:
+            transform["pass_rows"] = rows
     else:
         if transform is not None:
             given = [k for k in ("di_prob", "si_copies", "ti_kernel", "admix_copies",

@@ -2,6 +2,7 @@
 from the same draws (fa_transform_draws), per-image seeding (batching never changes a result),
 the named attacks and bad input."""
 
+import importlib
 import math
 
 import numpy as np
@@ -421,3 +422,59 @@ def test_named_attacks_on_the_command_line(tmp_path):
     bad = cli("compare", "--attacks", "x=BSR,bsr_blocks=0", "--surrogate", s, "--data", folder,
               "--n-images", 3, "--image-size", 16, "--victims", v, "--out", root / "o2")
     assert bad.returncode != 0 and "bsr_blocks must be >= 1" in bad.stderr
+
+
+# ------------------------------------------------------------------ row chunks (pass_rows)
+
+@pytest.mark.parametrize("t", [dict(si_copies=3), dict(si_copies=2, bsr_copies=2, bsr_blocks=2),
+                               dict(sia_copies=3, di_prob=1.0), dict(bsr_copies=3, ti_kernel=3)],
+                         ids=["SI", "SI+BSR", "SIA+DI", "BSR+TI"])
+def test_row_chunks_never_change_the_gradient(model, t):
+    """The copies x n rows run through the model in chunks of pass_rows (1, a part of the batch,
+    across copies, all): the same gradient, loss and plain logits as one pass."""
+    x, labels, index = images(3, seed=9), np.array([0, 2, 4]), np.array([5, 6, 7])
+    t = dict(t, seed=4)
+    k = model.num_classes(H, W)
+
+    def run(rows):
+        return model._core.run(x, labels, True, k, 0, dict(t, pass_rows=rows), index, 2)
+
+    whole = run(0)
+    rows = 3 * transform_copies(t)
+    for chunk in (1, 2, 4, rows - 1, rows, rows + 5):
+        out = run(chunk)
+        close(out[3], whole[3])
+        np.testing.assert_allclose(out[0], whole[0], rtol=1e-5)  # CE at x
+        np.testing.assert_allclose(out[1], whole[1], rtol=1e-5, atol=1e-6)  # plain logits
+    assert np.abs(whole[3]).max() > 0
+
+
+def test_attack_sizes_row_chunks_to_the_free_memory(model, monkeypatch):
+    """With little free memory, fa.attack passes a row budget smaller than batch x copies (never
+    below the batch) and gets the same images as with plenty; grad_evals count every copy."""
+    attack_module = importlib.import_module("fairattack.attack")  # fa.attack is the function
+    x = np.random.default_rng(8).integers(0, 256, (4, H, W, 3)).astype(np.uint8)
+    labels = np.array([0, 1, 2, 3])
+    kw = dict(max_iter=2, skip_misclassified=0, seed=1)
+    plenty = fa.attack(model, x, labels, "BSR", **kw)
+    row = H * W * 3 * 4
+    seen = []
+    real = _core.attack
+    monkeypatch.setattr(_core, "attack", lambda *a: seen.append(a[5]["pass_rows"]) or real(*a))
+    monkeypatch.setattr(attack_module, "_available_memory",
+                        lambda m: 2 * row * attack_module.CHUNK_FACTOR * 6)  # 6 rows fit
+    small = fa.attack(model, x, labels, "BSR", **kw)
+    assert seen == [6]  # 6 of the 4 x 20 rows per chunk
+    np.testing.assert_array_equal(small.images, plenty.images)
+    np.testing.assert_array_equal(small.grad_evals, plenty.grad_evals)
+    assert (small.grad_evals == 2 * 20).all()
+    seen.clear()
+    monkeypatch.setattr(attack_module, "_available_memory", lambda m: 1 << 40)
+    fa.attack(model, x, labels, "BSR", **kw)
+    assert seen == [0]  # everything fits: one pass
+
+
+def test_pass_rows_bad_value(model):
+    x = images(1)
+    with pytest.raises(ValueError, match=r"pass_rows=-1 must be >= 0"):
+        shim_grad(model, x, [0], dict(si_copies=2, pass_rows=-1), [0], 0)

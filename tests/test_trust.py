@@ -2,6 +2,7 @@
 output, the callable oracle's outputs, evaluation of an AttackResult and of non-finite logits,
 unreadable and 16-bit image files, and a user's module left as it was."""
 
+import importlib
 import math
 import warnings
 
@@ -223,11 +224,19 @@ def test_si_copies_beyond_memory_is_refused_before_running(small, monkeypatch):
     monkeypatch.setattr(fa._core, "attack", lambda *a: calls.append(1) or real(*a))
     with pytest.raises(MemoryError, match=r"si_copies=100000000 x batch_size=4"):
         fa.attack(model, x, y, "MI-FGSM", si_copies=10**8)
-    with pytest.raises(MemoryError, match="lower batch_size or si_copies"):
-        fa.attack(model, np.zeros((2, 4000, 4000, 3), np.uint8), [0, 0], "MI-FGSM",
-                  si_copies=5, batch_size=2)
+    attack_module = importlib.import_module("fairattack.attack")  # fa.attack is the function
+    image = 12 * 12 * 3 * 4
+    # copies run in row chunks, so only a batch whose plain rows cannot fit is refused ...
+    monkeypatch.setattr(attack_module, "_available_memory",
+                        lambda m: 4 * image * attack_module.ACTIVATION_FACTOR - 1)
+    with pytest.raises(MemoryError, match=r"batch_size=4 .* 12x12 .*: lower batch_size$"):
+        fa.attack(model, x, y, "MI-FGSM", si_copies=5)
     assert not calls
-    fa.attack(model, x, y, "MI-FGSM", si_copies=3, max_iter=2)  # a reasonable one runs
+    # ... and 4 rows fit at once, 5 x 4 do not: the copies run in chunks
+    monkeypatch.setattr(attack_module, "_available_memory",
+                        lambda m: 2 * 4 * image * attack_module.CHUNK_FACTOR)
+    fa.attack(model, x, y, "MI-FGSM", si_copies=5, max_iter=2)
+    assert len(calls) == 1
 
 
 def test_index_offset_is_honoured(small):

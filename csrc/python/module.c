@@ -666,6 +666,13 @@ static int parse_int(PyObject *d, const char *key, int *out) {
     return 0;
 }
 
+static int parse_int64(PyObject *d, const char *key, int64_t *out) {
+    PyObject *v = PyDict_GetItemString(d, key);
+    if (v && (*out = (int64_t)PyLong_AsLongLong(v)) == -1 && PyErr_Occurred())
+        return -1;
+    return 0;
+}
+
 static int parse_float(PyObject *d, const char *key, float *out) {
     PyObject *v = PyDict_GetItemString(d, key);
     if (v && (*out = (float)PyFloat_AsDouble(v)) == -1.0f && PyErr_Occurred())
@@ -702,7 +709,8 @@ static int parse_transform(PyObject *d, fa_transform *t, npy_intp h, npy_intp w,
         parse_int(d, "bsr_blocks", &t->bsr_blocks) < 0 ||
         parse_float(d, "bsr_angle", &t->bsr_angle) < 0 ||
         parse_int(d, "sia_copies", &t->sia_copies) < 0 ||
-        parse_int(d, "sia_blocks", &t->sia_blocks) < 0)
+        parse_int(d, "sia_blocks", &t->sia_blocks) < 0 ||
+        parse_int64(d, "pass_rows", &t->pass_rows) < 0)
         return -1;
     return parse_admix_pool(d, t, h, w, c);
 }

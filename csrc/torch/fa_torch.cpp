@@ -250,6 +250,9 @@ fa_status check_transform(const fa_transform &t) {
     if (t.ti_kernel < 0 || (t.ti_kernel > 0 && t.ti_kernel % 2 == 0))
         return fa_set_error(FA_ERR_ARGUMENT, "transform.ti_kernel=%d must be 0 or odd",
                             t.ti_kernel);
+    if (t.pass_rows < 0)
+        return fa_set_error(FA_ERR_ARGUMENT, "transform.pass_rows=%lld must be >= 0 (0: all "
+                            "rows in one pass)", ll(t.pass_rows));
     return FA_OK;
 }
 
@@ -772,34 +775,55 @@ fa_status gradient_pass(const surrogate &s, const at::Tensor &x_nhwc, int64_t n,
     if (di)
         input = diverse(input, n, t, index, call);
 
-    std::vector<at::Tensor> outs;
-    status = forward_all(s, input, total * n, &outs);
-    if (status != FA_OK)
-        return status;
-    const int64_t k = outs.front().size(1);
-    if (want_k && k_expected != k)
-        return fa_set_error(FA_ERR_ARGUMENT, "k_expected=%lld does not match the model's %lld "
-                            "classes", ll(k_expected), ll(k));
-    status = check_labels(n, labels, k);
-    if (status != FA_OK)
-        return status;
-
-    at::Tensor y = labels_on(labels, n, outs.front().device());
+    const int64_t rows = total * n;
+    const int64_t chunk = t.pass_rows > 0 ? std::min(t.pass_rows, rows) : rows;
+    at::Tensor y = labels_on(labels, n, input.device());
     if (total > 1)
         y = y.repeat({total});
-    /* one backward through every member's graph (one gradient pass per member) */
-    const at::Tensor summed = fused_objective(s, outs, y, objective).sum();
-    *gradient = torch::autograd::grad({summed}, {leaf})[0].permute({0, 3, 1, 2});
+    /* The rows in chunks of at most `chunk`: each chunk's forward and backward (one gradient pass
+     * per member) to its own leaf, then one backward of the transforms from the joined
+     * gradient. One chunk is the plain backward from the objective to x. */
+    std::vector<at::Tensor> outs, plain, chunk_grads;
+    for (int64_t start = 0; start < rows; start += chunk) {
+        const int64_t m = std::min(chunk, rows - start);
+        const at::Tensor part =
+            chunk == rows ? input : input.narrow(0, start, m).detach().requires_grad_(true);
+        status = forward_all(s, part, m, &outs);
+        if (status != FA_OK)
+            return status;
+        const int64_t k = outs.front().size(1);
+        if (start == 0 && want_k && k_expected != k)
+            return fa_set_error(FA_ERR_ARGUMENT, "k_expected=%lld does not match the model's "
+                                "%lld classes", ll(k_expected), ll(k));
+        if (start == 0 && (status = check_labels(n, labels, k)) != FA_OK)
+            return status;
+        const at::Tensor summed =
+            fused_objective(s, outs, y.narrow(0, start, m).to(outs.front().device()), objective)
+                .sum();
+        if (chunk == rows) {
+            *gradient = torch::autograd::grad({summed}, {leaf})[0];
+        } else {
+            chunk_grads.push_back(torch::autograd::grad({summed}, {part})[0]);
+        }
+        if (plain_first && start < n) /* copy 0 (rows [0, n)) is the plain x */
+            for (size_t i = 0; i < outs.size(); i++) {
+                const at::Tensor mine = outs[i].narrow(0, 0, std::min(m, n - start)).detach();
+                if (plain.size() <= i)
+                    plain.push_back(mine);
+                else
+                    plain[i] = at::cat({plain[i], mine});
+            }
+    }
+    if (chunk < rows)
+        *gradient = torch::autograd::grad({input}, {leaf}, {at::cat(chunk_grads)})[0];
+    *gradient = gradient->permute({0, 3, 1, 2});
 
     torch::NoGradGuard no_grad;
     if (total > 1)
         gradient->div_(static_cast<double>(total));
     if (t.ti_kernel > 1)
         *gradient = smooth(s.first(), *gradient, t.ti_kernel);
-    logits->clear();
-    if (plain_first)
-        for (const at::Tensor &out : outs)
-            logits->push_back(out.narrow(0, 0, n).detach()); /* copy 0 is the plain x */
+    *logits = plain;
     return FA_OK;
 }
 

@@ -102,6 +102,10 @@ typedef struct fa_transform {
      * columns, rotate 180, scale by U[0, 1), add U[-16, 16] noise and clip to [0, 255]. */
     int sia_copies;
     int sia_blocks;                    /* 3 */
+    /* The most rows one forward + backward of the gradient pass takes (0: all at once): the
+     * copies x n rows run in chunks of pass_rows, so memory is bounded by pass_rows, not by
+     * n x copies; the gradient is the same (every row's objective is its own). */
+    int64_t pass_rows;
 } fa_transform;
 
 /*
