@@ -12,6 +12,7 @@ import math
 import numpy as np
 
 from . import figures
+from .markdown import table as markdown_table
 from .store import write_atomic
 
 
@@ -71,11 +72,9 @@ def markdown(table, meta):
     for surrogate, rows in table[table["victim"] == "mean"].groupby("surrogate", sort=False):
         lines += [f"## Surrogate {surrogate} ({int(rows['n_images'].iloc[0])} images, victims "
                   f"{', '.join(meta['victims'])})", "",
-                  "| " + " | ".join(h for h, _, _ in shown) + " |", "|" + "---|" * len(shown)]
-        for _, row in rows.iterrows():
-            lines.append("| " + " | ".join(text(row).replace("|", "\\|")
-                                           for _, text, _ in shown) + " |")
-        lines.append("")
+                  *markdown_table([h for h, _, _ in shown],
+                                  ([text(row) for _, text, _ in shown]
+                                   for _, row in rows.iterrows())), ""]
     return "\n".join(lines)
 
 

@@ -315,22 +315,33 @@ def plot_rank_shifts(ranks, path=None, victim="mean", title=None):
     budgets = sorted({float(r) for r in rows["rmse"] if not isinstance(r, str)})
     cells = ["native"] + budgets
     attacks = list(dict.fromkeys(rows["attack"]))
-    fig = _figure(1.3 * len(cells) + 3.5, 0.35 * len(attacks) + 2.2)
+    fig = _figure(1.3 * len(cells) + 6.5, 0.35 * len(attacks) + 2.2)
     ax = fig.add_subplot(1, 1, 1)
+    ends = ({}, {})  # rank -> the attacks there, natively and at the last budget
     for i, attack in enumerate(attacks):
         mine = rows[rows["attack"] == attack]
         by_cell = {("native" if isinstance(r, str) else float(r)): k
                    for r, k in zip(mine["rmse"], mine["rank"])}
         spread = 0.25 * (i / max(len(attacks) - 1, 1) - 0.5) if len(attacks) > 1 else 0.0
-        y = [by_cell.get(c, np.nan) + spread for c in cells]
-        ax.plot(range(len(cells)), y, "-o", color=_PALETTE[i % len(_PALETTE)], lw=1.6, ms=5,
-                label=attack)
+        ranks_here = [by_cell.get(c, np.nan) for c in cells]
+        color = _PALETTE[i % len(_PALETTE)]
+        ax.plot(range(len(cells)), [r + spread for r in ranks_here], "-o", color=color, lw=1.6,
+                ms=5, label=attack)
+        for end, rank in zip(ends, (ranks_here[0], ranks_here[-1])):
+            if np.isfinite(rank):
+                end.setdefault(rank, []).append((attack, color))
+    # every line named at both ends (tied attacks on one line of text): no legend to match
+    for x, end, align in ((-0.15, ends[0], "right"), (len(cells) - 0.85, ends[1], "left")):
+        for rank, named in end.items():
+            text = ", ".join(a for a, _ in named)
+            ax.text(x, rank, text, ha=align, va="center", fontsize="small",
+                    color=named[0][1] if len(named) == 1 else "#333")
     ax.set_xticks(range(len(cells)), ["native"] + [f"RMSE {r:g}" for r in budgets])
+    ax.set_xlim(-0.1 - 0.9 * len(cells) / 4, len(cells) - 0.9 + 0.9 * len(cells) / 4)
     ax.set_ylim(len(attacks) + 0.5, 0.5)
     ax.set_yticks(range(1, len(attacks) + 1))
     ax.set_ylabel(f"rank by ASR ({victim})")
     ax.grid(alpha=0.3)
-    fig.legend(loc="outside right center", fontsize="small")
     if title:
         fig.suptitle(title)
     return _save(fig, path)

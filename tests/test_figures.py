@@ -99,3 +99,18 @@ def test_bad_tables_and_images():
         figures.plot_gallery(np.zeros((8, 8), np.uint8), {"GD": np.zeros((8, 8), np.uint8)})
     with pytest.raises(ValueError, match="adversarials"):
         figures.plot_gallery(np.zeros((8, 8, 3), np.uint8), {})
+
+
+def test_rank_shifts_name_every_line_at_both_ends():
+    """One line per attack through its ranks; each end names the attacks at that rank (ties on
+    one text), so 20+ attacks need no legend to match colours against."""
+    ranks = pd.DataFrame(
+        [(a, "mean", r, k) for a, ks in {"MI": (1, 2), "NI": (2, 1), "DI": (2, 3)}.items()
+         for r, k in zip(("native", 4.0), ks)], columns=["attack", "victim", "rmse", "rank"])
+    fig = figures.plot_rank_shifts(ranks)
+    ax = fig.axes[0]
+    assert [line.get_label() for line in ax.lines] == ["MI", "NI", "DI"]
+    np.testing.assert_allclose(np.round(ax.lines[0].get_ydata()), [1, 2])
+    texts = {(t.get_text(), t.get_position()[1]) for t in ax.texts}
+    assert texts == {("MI", 1), ("NI, DI", 2), ("NI", 1), ("MI", 2), ("DI", 3)}
+    assert not fig.legends and ax.get_legend() is None

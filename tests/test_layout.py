@@ -115,7 +115,7 @@ def test_public_names():
 
 #: The data flow of the README's layout: a module imports only modules before it.
 FLOW = ["fairattack._core", "fairattack._validate", "fairattack.settings", "fairattack.data",
-        "fairattack.store", "fairattack.models", "fairattack._model", "fairattack.ensemble",
+        "fairattack.store", "fairattack.markdown", "fairattack.models", "fairattack._model", "fairattack.ensemble",
         "fairattack.peers", "fairattack.spec", "fairattack.outcome", "fairattack.curves",
         "fairattack.attack", "fairattack.evaluate", "fairattack.compare", "fairattack.figures",
         "fairattack.study", "fairattack.board_page", "fairattack.leaderboard", "fairattack.cli",

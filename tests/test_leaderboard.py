@@ -4,6 +4,7 @@ static page holds every attack, number and image."""
 
 import base64
 import io
+import re
 import warnings
 from html.parser import HTMLParser
 
@@ -237,3 +238,17 @@ def test_cli_leaderboard_takes_an_ensemble_surrogate_and_a_compute_budget(case, 
               "--victims", v, "--data", folder, "--out", tmp_path / "bad", "--quiet")
     assert bad.returncode == 2 and "--weights" in bad.stderr
     assert not (tmp_path / "bad").exists()
+
+
+def test_markdown_table_round_trips_through_a_parser():
+    """The one Markdown table writer: every cell back from the lines (floats to 3 decimals, '|'
+    escaped), one rule line, as many columns as the header."""
+    from fairattack.markdown import table
+
+    rows = [("MI|FGSM", 0.12345, 3, np.float64(2.0)), ("PGD", float("nan"), -1, "n.r.")]
+    lines = table(["attack", "asr", "rank", "rmse50"], rows)
+    assert lines[1] == "|---|---|---|---|"
+    parsed = [[c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line)[1:-1]]
+              for line in lines[:1] + lines[2:]]
+    assert parsed == [["attack", "asr", "rank", "rmse50"],
+                      ["MI|FGSM", "0.123", "3", "2.000"], ["PGD", "nan", "-1", "n.r."]]

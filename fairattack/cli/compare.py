@@ -15,6 +15,7 @@ per_image.csv (every image's outcome, for `fairattack.paired_test`) and asr_at_r
 from pathlib import Path
 
 from ..compare import MODES
+from ..markdown import table as markdown_table
 
 
 def add_parser(sub):
@@ -164,11 +165,7 @@ def _markdown(df, table, path, meta):
              "classifies correctly); [95% bootstrap CI]; clean_error: the victims' error on "
              "the same clean images (the baseline of ASR); linf and rmse: the attack's own "
              "uint8 images.", ""]
-    cols = list(table.columns)
-    lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for _, row in table.iterrows():
-        lines.append("| " + " | ".join(f"{v:.3f}" if isinstance(v, float) else str(v)
-                                       for v in row) + " |")
+    lines += markdown_table(table.columns, (row for _, row in table.iterrows()))
     unreachable = df[(df["how"] != "native") & (df["victim"] == "mean") &
                      (df["n_unreachable"] > 0)]
     if len(unreachable):

@@ -4,6 +4,7 @@ and demo print at the end)."""
 import time
 from pathlib import Path
 
+from ..markdown import table as markdown_table
 from ._common import UsageError, description
 
 TABLE_COLUMNS = ("surrogate", "attack", "optimizer", "setting", "targeted", "n_images",
@@ -49,10 +50,7 @@ def _markdown(df, path):
     cols = [c for c in TABLE_COLUMNS if c in df.columns] + \
         [c for c in df.columns if c.startswith(("err_", "clean_err_", "n_failed_"))] + \
         [c for c in ("asr", "asr_ci_low", "asr_ci_high") if c in df.columns]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for _, row in df[cols].iterrows():
-        lines.append("| " + " | ".join(f"{v:.3f}" if isinstance(v, float) else str(v)
-                                       for v in row) + " |")
+    lines = markdown_table(cols, (row for _, row in df[cols].iterrows()))
     path.write_text("\n".join(lines) + "\n")
     return path
 
