@@ -411,7 +411,7 @@ def main(argv=None):
                "NOT BUILT, attack state on the host" if not with_kernels else "no GPU"))
     if not args.dry_run and not (with_kernels and _core.cuda_available()):
         failures.append(f"{kernels} (the extension must be built with nvcc: FAIRATTACK_CUDA=1)")
-    lines = [f"# fairattack GPU check\n", f"- device: {gpu_name}; torch {torch.__version__} "
+    lines = ["# fairattack GPU check\n", f"- device: {gpu_name}; torch {torch.__version__} "
              f"(CUDA {torch.version.cuda}); {kernels}",
              f"- surrogate: {name}, {size}x{size}"]
 

@@ -250,6 +250,7 @@ CPU_PASS_PIXELS = 16 * 224 * 224
 #: of the copies' float size.
 TRANSFORM_FACTOR = 8
 
+
 def _available_memory(model):
     """Free bytes on the model's device, or None when unknown."""
     if str(model.device).startswith("cuda"):
@@ -305,6 +306,7 @@ def _pass_rows(model, transform, batch_size, n, height, width):
     if not str(model.device).startswith("cuda"):
         fit = min(fit, max(CPU_PASS_PIXELS // (height * width), 1))
     return 0 if fit >= batch * copies else fit
+
 
 def _within_grads(cfg, max_grads, members, optimizer, setting, overrides):
     """The configuration of an attack held to max_grads gradient passes per image: its step

@@ -28,6 +28,8 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
+from .store import new_file_mode
+
 MODES = ("caffe", "tf", "torch")
 _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 _TORCH_MEAN = (0.485, 0.456, 0.406)
@@ -318,6 +320,7 @@ def export_registered(name, folder=None):
     try:
         export(net, tmp, entry.input_size, entry.mode, entry.mean, entry.std,
                metadata={"name": name})
+        os.chmod(tmp, new_file_mode())  # a shared cache stays readable as the umask says
         os.replace(tmp, path)  # atomic: concurrent processes never see a partial file
     finally:
         if os.path.exists(tmp):

@@ -151,13 +151,27 @@ def as_stored(obj):
     return json.loads(to_json(obj))
 
 
+def new_file_mode():
+    """0o666 less the process's umask: the mode open() gives a new file (mkstemp's is 0o600,
+    which would hide a study or a leaderboard from the other users of a shared folder)."""
+    try:  # Linux: read it without changing it (os.umask is set-and-return, racy with threads)
+        with open("/proc/self/status") as f:
+            mask = next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return 0o666 & ~mask
+
+
 def write_atomic(path, data):
     """Write bytes (or call data(file) to write) into a temporary file next to path, then rename it
-    over path: a reader sees the old file or the new one, never half of one."""
+    over path: a reader sees the old file or the new one, never half of one. The file gets the
+    mode a plain open() would (the umask's), not the temporary file's owner-only one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     try:
+        os.fchmod(fd, new_file_mode())
         with os.fdopen(fd, "wb") as f:
             if callable(data):
                 data(f)

@@ -1,6 +1,8 @@
 """fairattack.models: the wrapper's resize + normalisation, TorchScript export, the registry and the
 embedded EfficientNet-Lite and MobileNetV2 defaults."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -148,8 +150,13 @@ def test_registry_builds_once_and_rebuilds_when_stale(tmp_path, monkeypatch):
     models.register("tiny-test", factory, 24, mode="tf")
     assert "tiny-test" in models.available_models()
     assert models.input_size("tiny-test") == 24
-    model = models.get_model("tiny-test", cache_dir=tmp_path)
+    old_mask = os.umask(0o022)
+    try:
+        model = models.get_model("tiny-test", cache_dir=tmp_path)
+    finally:
+        os.umask(old_mask)
     assert model.name == "tiny-test" and (tmp_path / "tiny-test.pt").is_file()
+    assert (tmp_path / "tiny-test.pt").stat().st_mode & 0o777 == 0o644  # a shared cache: readable
     x = pixels(2, 3, 24, 24)
     with torch.no_grad():
         want = TinyNet()(by_hand(x, "tf")).numpy()

@@ -28,6 +28,20 @@ def test_write_atomic_replaces_and_leaves_no_temporary_file(tmp_path):
     assert sorted(p.name for p in path.parent.iterdir()) == ["x.json"]
 
 
+def test_write_atomic_gives_the_umask_mode_not_owner_only(tmp_path):
+    """A study or leaderboard in a shared folder stays readable by the group/others as the umask
+    says (tempfile.mkstemp alone would leave every file 0o600)."""
+    old = os.umask(0o022)
+    try:
+        for mask in (0o022, 0o027, 0o077):
+            os.umask(mask)
+            path = store.write_atomic(tmp_path / f"m{mask:o}.csv", b"x")
+            assert path.stat().st_mode & 0o777 == 0o666 & ~mask
+            assert open(path, "rb").read() == b"x"
+    finally:
+        os.umask(old)
+
+
 def test_sweep_temps_removes_what_a_killed_writer_left(tmp_path):
     (tmp_path / "cells").mkdir()
     (tmp_path / "cells" / ".x.json.abc.tmp").write_text("half")

@@ -6,7 +6,6 @@ references computed here with PyTorch, plus every error path of the C API.
 """
 
 import itertools
-import math
 import shutil
 import subprocess
 import sys
